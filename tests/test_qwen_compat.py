@@ -28,8 +28,8 @@ MAX_PIXELS = 28 * 28 * 64
 PATCH, MERGE, TEMPORAL = 14, 2, 2
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
-# (width, height): tall, wide, square-but-upscaled, and one that needs no resize at all.
-SIZES = [(40, 90), (200, 120), (57, 57)]
+# (width, height): tall+upscaled (min_pixels), wide+downscaled (max_pixels), square (rounded).
+SIZES = [(40, 90), (320, 190), (57, 57)]
 
 
 # ---------------------------------------------------------------- first-principles reference

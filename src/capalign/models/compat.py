@@ -11,11 +11,11 @@ The *video* processor (``Qwen2VLVideoProcessor``) only has a torchvision backend
 ``Qwen2VLProcessor.__init__`` (and ``Qwen2_5_VLProcessor.__init__``) always takes a
 ``video_processor`` argument and ``ProcessorMixin.__init__``
 (``transformers/processing_utils.py``, the loop ending in
-``self.check_argument_for_proper_class(attribute_name, arg)``, ~line 667) checks
+``self.check_argument_for_proper_class(attribute_name, arg)``, line 667 in 5.23) checks
 *every* sub-processor -- even ``None`` -- with ``isinstance(arg, <base class>)``.
 For ``video_processor`` the base class is named ``"VideoProcessorMixin"``
 (``MODALITY_TO_BASE_CLASS_MAPPING``) and is resolved by name in
-``ProcessorMixin.get_possibly_dynamic_module`` (~line 2030): first as an attribute of
+``ProcessorMixin.get_possibly_dynamic_module`` (crash at line 2041 in 5.23): first as an attribute of
 the top-level ``transformers`` module, which only exports ``VideoProcessorMixin``
 when torchvision is available (``transformers/__init__.py``,
 ``_import_structure["video_processing_utils"]`` in the torchvision ``else`` branch),
