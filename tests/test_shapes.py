@@ -133,6 +133,7 @@ def test_config_validation():
 def test_cli(tmp_path, capsys):
     assert main(["shapes", "--out", str(tmp_path / "cli"), "--n", "5", "--seed", "1"]) == 0
     assert len(list((tmp_path / "cli" / "images").glob("*.png"))) == 5
-    assert json.loads((tmp_path / "cli" / "config.json").read_text())["seed"] == 1
+    saved = [p for p in (tmp_path / "cli").glob("*config.json")]  # name is save_config's business
+    assert saved and json.loads(saved[0].read_text())["seed"] == 1
     assert main(["shapes", "--out", str(tmp_path / "bad"), "--n", "0"]) == 2
     assert "error: invalid ShapesConfig" in capsys.readouterr().err

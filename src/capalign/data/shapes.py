@@ -143,7 +143,7 @@ def factual_captions(scene: Scene) -> list[str]:
 _VAGUE = ["ITAP of a shape", "my favourite picture", "abstract art print", "geometry wallpaper hd", "untitled",
           "minimalist poster for my room", "kids learning shapes", "stock photo", "check out this pic!!",
           "simple design", "shapes, {year}", "IMG_{num}.jpg", "art class, {year}", "so aesthetic", "free clipart"]
-_PARTIAL = ["a {c} {s}", "{c} {s}", "the best {c} {s} ever", "a {z} {s}", "my {c} {s} lol", "{s} clipart png",
+_PARTIAL = ["a {c} {s}", "{c} {s}", "the best {c} {s} ever", "a {z} {s}", "my {c} {s} :)", "{s} clipart png",
             "look at this {z} {s}", "a {s}", "{c} {s} on grey background", "nice {s}"]
 
 
