@@ -78,9 +78,16 @@ def show_config(cfg: Any) -> None:
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:
-    """Save the resolved config as JSON beside an output (`<out>.config.json` or `<dir>/config.json`)."""
+    """Save the resolved config as JSON beside an output: `<dir>/capalign_config.json` for a folder
+    (not config.json: model folders already have one), `<file>.config.json` for a file, or `path`
+    itself when it ends in .json."""
     path = Path(path)
-    target = path / "config.json" if path.is_dir() or not path.suffix else path.with_name(path.name + ".config.json")
+    if path.suffix == ".json":
+        target = path
+    elif path.is_dir() or not path.suffix:
+        target = path / "capalign_config.json"
+    else:
+        target = path.with_name(path.name + ".config.json")
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, json.dumps({"command": type(cfg).__name__, **config_dict(cfg)}, indent=2) + "\n")
     return target

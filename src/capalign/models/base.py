@@ -1,0 +1,215 @@
+"""One interface over VLM families. Family differences (prompt format, vision inputs, pooling,
+extra position inputs) live in the adapters (idefics3.py, qwen2_vl.py); everything here is generic.
+
+The vision tower runs once per image: `encode()` returns an `Encoded` batch that holds the prompt
+tokens and the tower's output, and both `generate()` and the training forwards (`caption_states`,
+`caption_logprobs`) reuse it through transformers' `mm_encoder_outputs` argument, which
+Idefics3 and Qwen2-VL accept in `forward` and `generate` alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+from PIL import Image
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .. import CapalignError
+
+Pooling = Literal["mean", "global", "max"]
+
+
+@dataclass
+class Encoded:
+    """A batch of images encoded once: prompt tokens + vision-tower output + pooled features."""
+
+    inputs: dict[str, torch.Tensor]  # prompt tokens, left padded: input_ids/attention_mask [B, T] + family extras
+    mm: BaseModelOutputWithPooling  # vision tower output; pooler_output = per-sample LM image embeddings
+    features: torch.Tensor  # [B, D_v] pooled vision-encoder features (frozen target for ViZer)
+
+    def __len__(self) -> int:
+        return self.inputs["input_ids"].shape[0]
+
+    @property
+    def mm_outputs(self) -> dict:
+        # a fresh object each call: generate(num_return_sequences=n) expands it in place
+        return {"image": BaseModelOutputWithPooling(pooler_output=list(self.mm.pooler_output))}
+
+    def detach(self) -> "Encoded":
+        mm = BaseModelOutputWithPooling(pooler_output=[p.detach() for p in self.mm.pooler_output])
+        return replace(self, mm=mm, features=self.features.detach())
+
+
+@dataclass
+class Captions:
+    """Generated (or tokenized) captions for a batch, right padded."""
+
+    texts: list[str]
+    ids: torch.Tensor  # [N, L] caption token ids (no prompt), pad after the end
+    mask: torch.Tensor  # [N, L] 1 for tokens the model attends to (content + end-of-caption token)
+    content: torch.Tensor = field(default=None)  # [N, L] 1 for content tokens only (what gets pooled)
+
+
+class VLM:
+    """A loaded VLM plus its processor. Subclasses implement the family-specific hooks below."""
+
+    family: str = "?"
+    default_prompt: str | None = None
+    vision_keys: tuple[str, ...] = ("pixel_values",)  # processor outputs that only the vision tower reads
+
+    def __init__(self, model, processor, prompt: str | None = None, pooling: Pooling = "mean"):
+        self.model = model  # the transformers *ForConditionalGeneration (LoRA layers, if any, are injected in place)
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"  # batched generation appends to the right
+        self.prompt = self.default_prompt if prompt is None else (prompt or None)
+        if pooling not in ("mean", "global", "max"):
+            raise CapalignError(f"unknown pooling {pooling!r}; expected mean, global or max")
+        self.pooling = pooling
+        gen_eos = model.generation_config.eos_token_id
+        eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) | {self.tokenizer.eos_token_id}
+        self.eos_ids = sorted(i for i in eos if i is not None)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    # ---- family hooks -------------------------------------------------------------------------
+    def prompt_texts(self, n: int, prompt: str | None) -> list[str]:
+        raise NotImplementedError
+
+    def processor_images(self, images: list[Image.Image]) -> list:
+        return [[im] for im in images]
+
+    def pool(self, mm: BaseModelOutputWithPooling, inputs: dict, how: Pooling) -> torch.Tensor:
+        """[B, D_v] from the vision encoder's last hidden state (before the connector)."""
+        raise NotImplementedError
+
+    def run_vision(self, vision: dict, inputs: dict) -> BaseModelOutputWithPooling:
+        return self.model.model.get_image_features(**vision, return_dict=True)
+
+    def extend_inputs(self, inputs: dict, ids: torch.Tensor, mask: torch.Tensor) -> dict:
+        """Prompt inputs + caption tokens -> forward kwargs (positions must match generation's)."""
+        return {"input_ids": torch.cat([inputs["input_ids"], ids], 1), "attention_mask": torch.cat([inputs["attention_mask"], mask], 1)}
+
+    # ---- generic ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def text_hidden_size(self) -> int:
+        return self.model.config.get_text_config().hidden_size
+
+    @property
+    def vision_hidden_size(self) -> int:
+        return self.model.config.vision_config.hidden_size  # D_v of `features`
+
+    def vision_parameters(self):
+        """Parameters of the vision tower and connector (frozen in every method of this package)."""
+        raise NotImplementedError
+
+    def encode(self, images: list[Image.Image], prompt: str | None = None, pooling: Pooling | None = None) -> Encoded:
+        """Run the processor and the vision tower once; the result feeds generation and training."""
+        if not images:
+            raise CapalignError("encode() got an empty batch of images")
+        texts = self.prompt_texts(len(images), self.prompt if prompt is None else prompt)
+        batch = self.processor(text=texts, images=self.processor_images(images), return_tensors="pt", padding=True)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        vision = {k: batch.pop(k) for k in self.vision_keys if k in batch}
+        vision["pixel_values"] = vision["pixel_values"].to(self.model.dtype)
+        with torch.no_grad():  # the vision tower is frozen everywhere in capalign
+            mm = self.run_vision(vision, batch)
+        mm.pooler_output = [p.detach() for p in mm.pooler_output]
+        feats = self.pool(mm, {**batch, **vision}, pooling or self.pooling).float()
+        mm.last_hidden_state = None  # pooled already; drop the big tensor
+        return Encoded(inputs=batch, mm=mm, features=feats)
+
+    def vision_features(self, images: list[Image.Image], pooling: Pooling | None = None) -> torch.Tensor:
+        return self.encode(images, pooling=pooling).features
+
+    @torch.no_grad()
+    def generate(
+        self,
+        enc: Encoded,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+        use_cache: bool = True,
+    ) -> Captions:
+        """Batched generation from encoded images; returns [B * num_return_sequences] captions."""
+        if max_new_tokens <= 0:
+            raise CapalignError(f"max_new_tokens must be > 0, got {max_new_tokens}")
+        sample_kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else dict(do_sample=False)
+        out = self.model.generate(
+            **enc.inputs,
+            mm_encoder_outputs=enc.mm_outputs,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_return_sequences,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            use_cache=use_cache,
+            **sample_kw,
+        )
+        new = out[:, enc.inputs["input_ids"].shape[1] :]  # [N, L]
+        return self.captions_from_ids(new)
+
+    def captions_from_ids(self, new: torch.Tensor) -> Captions:
+        """Cut generated ids at the first end token: attend up to and including it, pool before it."""
+        is_eos = torch.isin(new, torch.tensor(self.eos_ids, device=new.device))
+        after = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first eos
+        mask = (~after).long()
+        content = mask * (~is_eos).long()
+        ids = new.masked_fill(after, self.pad_id)
+        texts = [t.strip() for t in self.tokenizer.batch_decode(ids * content + self.pad_id * (1 - content), skip_special_tokens=True)]
+        return Captions(texts=texts, ids=ids, mask=mask, content=content)
+
+    def generate_captions(self, images: list[Image.Image], max_new_tokens: int = 32, **kw) -> list[str]:
+        return self.generate(self.encode(images), max_new_tokens=max_new_tokens, **kw).texts
+
+    def tokenize_captions(self, texts: list[str]) -> Captions:
+        """Given captions -> ids ending with the end token (as the model would have produced them)."""
+        eos = self.eos_ids[0]
+        seqs = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+        L = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), L), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        content = mask.clone()
+        content[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])] = 0
+        return Captions(texts=list(texts), ids=ids.to(self.device), mask=mask.to(self.device), content=content.to(self.device))
+
+    def _forward(self, enc: Encoded, caps: Captions) -> torch.Tensor:
+        """Last hidden state of the language model (no LM head) over prompt + caption: [N, T + L, D_t]."""
+        if len(caps.ids) != len(enc):
+            raise ValueError(f"{len(caps.ids)} captions for {len(enc)} encoded images; repeat the encoding first")
+        kw = self.extend_inputs(enc.inputs, caps.ids, caps.mask)
+        out = self.model.model(**kw, mm_encoder_outputs=enc.mm_outputs, use_cache=False)
+        return out.last_hidden_state
+
+    def caption_states(self, enc: Encoded, caps: Captions) -> torch.Tensor:
+        """[N, D_t] mean of the last hidden state over the caption's content tokens; differentiable."""
+        h = self._forward(enc, caps)[:, enc.inputs["input_ids"].shape[1] :]  # [N, L, D_t]
+        w = caps.content if caps.content is not None else caps.mask
+        w = torch.where(w.sum(1, keepdim=True) > 0, w, caps.mask).to(h.dtype)  # empty caption: pool its end token
+        return (h * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1)
+
+    def caption_logprobs(self, enc: Encoded, caps: Captions, normalize: bool = True) -> torch.Tensor:
+        """[N] log p(caption | image, prompt), summed over caption tokens incl. the end token, or their mean."""
+        T = enc.inputs["input_ids"].shape[1]
+        h = self._forward(enc, caps)[:, T - 1 : -1]  # states that predict each caption token
+        logits = self.model.lm_head(h).float()
+        lp = torch.log_softmax(logits, -1).gather(-1, caps.ids.unsqueeze(-1)).squeeze(-1) * caps.mask
+        total = lp.sum(1)
+        return total / caps.mask.sum(1).clamp(min=1) if normalize else total
+
+    def repeat(self, enc: Encoded, n: int) -> Encoded:
+        """Each sample n times (e.g. to score n sampled captions per image) without re-running vision."""
+        if n == 1:
+            return enc
+        inputs = {k: v.repeat_interleave(n, 0) for k, v in enc.inputs.items()}
+        mm = BaseModelOutputWithPooling(pooler_output=[p for p in enc.mm.pooler_output for _ in range(n)])
+        return Encoded(inputs=inputs, mm=mm, features=enc.features.repeat_interleave(n, 0))

@@ -1,0 +1,85 @@
+"""`load_vlm`: hub id or local path -> family adapter, with a clear one-line error for anything else."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .. import CapalignError
+from ..utils import resolve_device, resolve_dtype
+from .base import VLM, Pooling
+
+log = logging.getLogger(__name__)
+
+# config.model_type -> (adapter module, adapter class, transformers model class)
+FAMILIES = {
+    "idefics3": ("idefics3", "Idefics3VLM", "Idefics3ForConditionalGeneration"),
+    "qwen2_vl": ("qwen2_vl", "Qwen2VLM", "Qwen2VLForConditionalGeneration"),
+    "qwen2_5_vl": ("qwen2_vl", "Qwen2VLM", "Qwen2_5_VLForConditionalGeneration"),
+}
+
+
+def _config(name_or_path: str):
+    from transformers import AutoConfig
+
+    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists() or name_or_path.count("/") > 1
+    if looks_local and not Path(name_or_path).expanduser().is_dir():
+        raise CapalignError(f"model path not found: {name_or_path} (expected a local model folder or a hub id like HuggingFaceTB/SmolVLM-256M-Base)")
+    try:
+        return AutoConfig.from_pretrained(str(Path(name_or_path).expanduser()) if looks_local else name_or_path)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CapalignError(f"cannot load model {name_or_path!r}: {first}") from None
+
+
+def load_processor(path: str, family: str):
+    from transformers import AutoProcessor
+
+    if family.startswith("qwen"):
+        from .compat import load_processor as load_qwen_processor  # works without torchvision
+
+        return load_qwen_processor(path)
+    return AutoProcessor.from_pretrained(path)
+
+
+def load_vlm(
+    name_or_path: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    adapter: str | None = None,
+    prompt: str | None = None,
+    pooling: Pooling = "mean",
+    attn_implementation: str | None = "sdpa",
+) -> VLM:
+    """Load a VLM and wrap it in its family adapter.
+
+    `adapter`: a PEFT adapter folder (e.g. the output of `capalign vizer train`), merged for inference
+    speed only when asked by the caller; here it is loaded unmerged so it can keep training.
+    `prompt`: overrides the family default ("" forces no prompt).
+    """
+    import importlib
+
+    import transformers
+
+    cfg = _config(name_or_path)
+    family = cfg.model_type
+    if family not in FAMILIES:
+        raise CapalignError(f"unsupported model family {family!r} for {name_or_path}; supported: {', '.join(FAMILIES)}")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    mod, cls_name, model_cls = FAMILIES[family]
+    path = str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().is_dir() else name_or_path
+    try:
+        model = getattr(transformers, model_cls).from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+        processor = load_processor(path, family)
+    except (OSError, ValueError) as e:
+        raise CapalignError(f"cannot load model {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None
+    model.to(dev).eval()
+    if adapter:
+        if not Path(adapter).is_dir():
+            raise CapalignError(f"adapter folder not found: {adapter} (expected the output folder of `capalign vizer train`)")
+        from peft import PeftModel
+
+        PeftModel.from_pretrained(model, adapter, is_trainable=False)  # injects LoRA layers into `model` in place
+    cls = getattr(importlib.import_module(f".{mod}", __package__), cls_name)
+    return cls(model, processor, prompt=prompt, pooling=pooling)

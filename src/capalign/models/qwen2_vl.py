@@ -1,0 +1,55 @@
+"""Qwen2-VL / Qwen2.5-VL adapter.
+
+Dynamic resolution: each image becomes a (t, h, w) grid of 14-px patches between the processor's
+min and max pixels, so images in a batch have different token counts; pooling splits the vision
+encoder's patch states by `image_grid_thw`. Features are the encoder's states before the patch
+merger (the merger is Qwen's connector into the language model). Positions are M-RoPE, computed by
+the model from input_ids + image_grid_thw + mm_token_type_ids, so extending the prompt with a
+caption only needs mm_token_type_ids extended with text (0) entries.
+Default prompt as in the ViZer paper: system "You are a helpful assistant.", user: image +
+"Describe this image in the shortest form."
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import VLM, Pooling
+
+
+class Qwen2VLM(VLM):
+    family = "qwen2_vl"
+    system = "You are a helpful assistant."
+    default_prompt = "Describe this image in the shortest form."
+    vision_keys = ("pixel_values",)
+
+    def prompt_texts(self, n: int, prompt: str | None) -> list[str]:
+        user = [{"type": "image"}] + ([{"type": "text", "text": prompt}] if prompt else [])
+        msgs = [{"role": "system", "content": [{"type": "text", "text": self.system}]}, {"role": "user", "content": user}]
+        return [self.processor.apply_chat_template(msgs, add_generation_prompt=True)] * n
+
+    def processor_images(self, images):
+        return list(images)
+
+    @property
+    def vision_hidden_size(self) -> int:
+        vc = self.model.config.vision_config
+        return getattr(vc, "embed_dim", None) or vc.hidden_size  # Qwen2-VL: embed_dim; Qwen2.5-VL: hidden_size
+
+    def vision_parameters(self):
+        yield from self.model.model.visual.parameters()  # includes the merger (the connector)
+
+    def run_vision(self, vision: dict, inputs: dict):
+        return self.model.model.get_image_features(vision["pixel_values"], inputs["image_grid_thw"], return_dict=True)
+
+    def pool(self, mm, inputs: dict, how: Pooling) -> torch.Tensor:
+        h = mm.last_hidden_state  # [sum_i t*h*w, D_v] patch states of all images, image after image
+        parts = h.split(inputs["image_grid_thw"].prod(-1).tolist())
+        return torch.stack([p.amax(0) if how == "max" else p.mean(0) for p in parts])  # "global" == mean: one view per image
+
+    def extend_inputs(self, inputs: dict, ids: torch.Tensor, mask: torch.Tensor) -> dict:
+        kw = super().extend_inputs(inputs, ids, mask)
+        kw["image_grid_thw"] = inputs["image_grid_thw"]
+        if "mm_token_type_ids" in inputs:
+            kw["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids, dtype=inputs["mm_token_type_ids"].dtype)], 1)
+        return kw

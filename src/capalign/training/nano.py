@@ -1,0 +1,180 @@
+"""The nano captioner: a ~0.6M-parameter model of the SmolVLM architecture (transformers' Idefics3
+classes, processor and tokenizer built locally and saved with save_pretrained) trained on the
+shapes world, so `load_vlm(out)` loads it exactly like a hub checkpoint.
+
+- clean mode: trained on the canonical factual caption; the bar is >= 90% exact captions on held-out
+  images in <= 3 minutes on 2 CPU cores.
+- web mode: trained mostly on web-style captions (vague, partial, opinionated), like SmolVLM-Base's
+  alt-text pretraining: the starting point that ViZer is meant to improve.
+
+Launch: `capalign nano train --out runs/nano-clean --mode clean` (CPU, one process; no accelerate needed).
+The processor runs once over the whole training set (images are tiny and all the same size), so a
+training step is one forward/backward of the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..config import arg, save_config, show_config
+from ..data import shapes
+from ..io import atomic_write_json
+from ..utils import print0, progress, seed_everything
+
+
+@dataclass
+class NanoTrainConfig:
+    """Train the nano captioner (SmolVLM architecture) on the shapes world."""
+
+    out: str = arg("runs/nano", "Output folder: a model folder that `load_vlm` / `--model` accept.")
+    mode: str = arg("clean", "clean: factual captions; web: mostly web-style captions (SmolVLM-Base-like).")
+    web_fraction: float = arg(0.9, "web mode: share of training captions that are web-style (the rest factual).")
+    n_train: int = arg(6000, "Training images (shapes world, split 'train').")
+    n_val: int = arg(200, "Held-out images (split 'val') for the exact-match score.")
+    seed: int = arg(0, "Seed for data, init and training.")
+    image_size: int = arg(64, "Image side in pixels; also the vision encoder's tile size.")
+    patch_size: int = arg(8, "Vision patch size.")
+    vision_width: int = arg(96, "Vision encoder width.")
+    vision_layers: int = arg(2, "Vision encoder layers.")
+    text_width: int = arg(128, "Language model width.")
+    text_layers: int = arg(2, "Language model layers.")
+    vocab_size: int = arg(400, "BPE vocabulary size of the locally trained tokenizer.")
+    steps: int = arg(1500, "Optimizer steps (training also stops at max_minutes).")
+    max_minutes: float = arg(3.0, "Wall-clock budget for training (the val score is computed after).")
+    batch_size: int = arg(64, "Batch size.")
+    lr: float = arg(3e-3, "Peak learning rate (AdamW, linear warmup, cosine decay).")
+    weight_decay: float = arg(0.01, "AdamW weight decay.")
+    eval_batch_size: int = arg(100, "Batch size for the held-out generation.")
+
+    def __post_init__(self):
+        if self.mode not in ("clean", "web"):
+            raise ValueError(f"mode must be clean or web, got {self.mode!r}")
+        if not 0 <= self.web_fraction <= 1:
+            raise ValueError("web_fraction must be in [0, 1]")
+        if self.image_size % self.patch_size or (self.image_size // self.patch_size) % 2:
+            raise ValueError("image_size / patch_size must be an even integer (pixel shuffle x2)")
+        for k in ("n_train", "n_val", "steps", "batch_size"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1")
+
+
+def _examples(seed: int, n: int, split: str, image_size: int) -> list[tuple[dict, Image.Image]]:
+    out = []
+    for i in range(n):
+        row, png = shapes.make_example(seed, i, image_size, split)
+        out.append((row, Image.open(BytesIO(png)).convert("RGB")))
+    return out
+
+
+def _pick_caption(row: dict, cfg: NanoTrainConfig, rng: random.Random) -> str:
+    if cfg.mode == "web" and rng.random() < cfg.web_fraction:
+        return rng.choice(row["captions_web"])
+    return row["captions"][0] if cfg.mode == "clean" else rng.choice(row["captions"])
+
+
+def build_nano(cfg: NanoTrainConfig, corpus: list[str], out: Path) -> Path:
+    from ..models.tiny import IDEFICS3_SPECIALS, build_idefics3, build_tokenizer
+
+    shape = dict(
+        vision=dict(hidden_size=cfg.vision_width, intermediate_size=2 * cfg.vision_width, num_hidden_layers=cfg.vision_layers, num_attention_heads=4, image_size=cfg.image_size, patch_size=cfg.patch_size),
+        text=dict(hidden_size=cfg.text_width, intermediate_size=2 * cfg.text_width, num_hidden_layers=cfg.text_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
+        scale_factor=2,
+    )
+    tok = build_tokenizer(IDEFICS3_SPECIALS, corpus, vocab_size=cfg.vocab_size)
+    # no splitting: a shapes image is one tile (plus nothing else), as small as the model can see it
+    return build_idefics3(out, shape, tokenizer=tok, longest_edge=cfg.image_size, splitting=False, seed=cfg.seed)
+
+
+def exact_match(pred: str, refs: list[str]) -> bool:
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    return norm(pred) in {norm(r) for r in refs}
+
+
+def evaluate_exact(vlm, examples, batch_size: int = 100, max_new_tokens: int = 40) -> tuple[float, list[dict]]:
+    rows = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        caps = vlm.generate_captions([im for _, im in chunk], max_new_tokens=max_new_tokens)
+        rows += [{"id": r["id"], "caption": c, "exact": exact_match(c, r["captions"])} for (r, _), c in zip(chunk, caps)]
+    return sum(r["exact"] for r in rows) / len(rows), rows
+
+
+def run(cfg: NanoTrainConfig) -> dict:
+    from ..models import load_vlm
+
+    show_config(cfg)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    seed_everything(cfg.seed)
+    out = Path(cfg.out)
+    train = _examples(cfg.seed, cfg.n_train, "train", cfg.image_size)
+    val = _examples(cfg.seed, cfg.n_val, "val", cfg.image_size)
+    corpus = [c for r, _ in train[:2000] for k in ("captions", "captions_web", "captions_humorous", "captions_romantic") for c in r[k]]
+    build_nano(cfg, corpus, out)
+    vlm = load_vlm(str(out), device="cpu", dtype="float32")
+    model, tok = vlm.model, vlm.tokenizer
+    n_params = sum(p.numel() for p in model.parameters())
+
+    # 1. the processor once over all training images: [N, 1, 3, S, S]; the image prompt is the same for all
+    enc = vlm.processor(text=["<image>"] * 2, images=[[train[0][1]], [train[1][1]]], return_tensors="pt")
+    prompt_ids = enc["input_ids"][0]  # [T_p]
+    pix = torch.cat([vlm.processor.image_processor([[im]], return_tensors="pt")["pixel_values"] for _, im in train])
+    eos = vlm.eos_ids[0]
+    rng = random.Random(cfg.seed)
+
+    def batch(idx: list[int]):
+        caps = [tok(_pick_caption(train[i][0], cfg, rng), add_special_tokens=False)["input_ids"] + [eos] for i in idx]
+        L = max(map(len, caps))
+        ids = torch.full((len(idx), len(prompt_ids) + L), vlm.pad_id)
+        labels = torch.full_like(ids, -100)
+        for j, c in enumerate(caps):
+            ids[j, : len(prompt_ids)] = prompt_ids
+            ids[j, len(prompt_ids) : len(prompt_ids) + len(c)] = torch.tensor(c)
+            labels[j, len(prompt_ids) : len(prompt_ids) + len(c)] = torch.tensor(c)
+        return ids, (labels != -100) | (torch.arange(ids.shape[1]) < len(prompt_ids)), labels, pix[idx]
+
+    # 2. train
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, cfg.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
+    model.train()
+    t0, step, losses, order = time.time(), 0, [], []
+    with progress() as bar:
+        task = bar.add_task(f"nano {cfg.mode}", total=cfg.steps, rate="")
+        while step < cfg.steps and time.time() - t0 < 60 * cfg.max_minutes:
+            if len(order) < cfg.batch_size:
+                order += rng.sample(range(len(train)), len(train))
+            idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            ids, attn, labels, pv = batch(idx)
+            loss = model(input_ids=ids, attention_mask=attn.long(), pixel_values=pv, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(loss.item())
+            bar.update(task, advance=1, rate=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    train_s = time.time() - t0
+    model.eval()
+    model.save_pretrained(out)
+    vlm.processor.save_pretrained(out)
+
+    # 3. held-out exact match (and a look at what the model says)
+    acc, rows = evaluate_exact(vlm, val, cfg.eval_batch_size)
+    result = {"mode": cfg.mode, "steps": step, "train_seconds": round(train_s, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+              "val_exact": acc, "n_val": len(val), "params": n_params, "threads": torch.get_num_threads(), "samples": rows[:10]}
+    atomic_write_json(out / "nano_result.json", result)
+    save_config(cfg, out / "nano_config.json")
+    print0(f"nano {cfg.mode}: {step} steps in {train_s:.0f}s, {n_params / 1e6:.2f}M params, held-out exact match {acc:.1%}")
+    for r in rows[:3]:
+        print0(f"  {r['id']}: {r['caption']!r}")
+    return result
