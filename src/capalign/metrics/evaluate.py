@@ -1,0 +1,175 @@
+"""`capalign evaluate`: score one or more caption files against references.
+
+Nothing is dropped silently: predictions without references are counted and excluded, references
+without predictions are counted, empty predictions are scored as "" and counted.
+BERTScore / CLIPScore are opt-in (they need model weights); the default metrics need no downloads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from .. import CapalignError
+from ..config import arg, save_config, show_config
+from ..io import atomic_write_json, read_jsonl
+
+ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding")
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """Score caption files (JSONL {"id", "caption"}) against references (JSONL {"id", "captions", "objects"?, "image"?})."""
+
+    pred: list[str] = arg([], "prediction JSONL file(s); repeat the flag or give several paths; one table row per file")
+    refs: str = arg("", "references JSONL (a shapes-world manifest.jsonl works)")
+    images: str = arg("", "image source for CLIPScore (default: the refs' `image` paths, relative to the refs file)")
+    metrics: str = arg("bleu,rouge,cider,grounding", f"comma-separated subset of {','.join(ALL_METRICS)}")
+    out: str = arg("", "write corpus and per-caption scores to this JSON file (config saved beside it)")
+    bertscore_model: str = arg("roberta-large", "BERTScore model: hub id or local folder")
+    bertscore_layer: int = arg(17, "BERTScore hidden layer")
+    clip_model: str = arg("openai/clip-vit-base-patch32", "CLIP or SigLIP model for CLIPScore: hub id or local folder")
+    device: str = arg("auto", "auto, cpu, cuda, mps")
+
+    def __post_init__(self):
+        if isinstance(self.pred, str):
+            self.pred = [self.pred]
+        names = [m.strip() for m in self.metrics.split(",") if m.strip()]
+        bad = [m for m in names if m not in ALL_METRICS]
+        if bad:
+            raise ValueError(f"unknown metric(s) {', '.join(bad)}; choose from {','.join(ALL_METRICS)}")
+        if not self.pred:
+            raise ValueError("give at least one --pred file")
+        if not self.refs:
+            raise ValueError("--refs is required")
+
+
+def _read(path: str, what: str) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise CapalignError(f"{what} file not found: {p}")
+    try:
+        return list(read_jsonl(p))
+    except json.JSONDecodeError as e:
+        raise CapalignError(f"{what} file {p} is not valid JSONL: {e}") from None
+
+
+def _model_available(name: str) -> bool:
+    if Path(name).is_dir():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:
+        return False
+
+
+def _check_models(cfg: EvaluateConfig, names: list[str]) -> None:
+    for metric, model, flag in (("bertscore", cfg.bertscore_model, "--bertscore_model"), ("clipscore", cfg.clip_model, "--clip_model")):
+        if metric in names:
+            if not _model_available(model):
+                raise CapalignError(f"{metric} needs model {model!r}, which is not available locally; pass a local folder with {flag}")
+            raise CapalignError(f"{metric} is not implemented in this build yet; drop it from --metrics")
+
+
+def evaluate_system(preds: list[dict], refs: dict[str, dict], names: list[str]) -> dict:
+    by_id: dict[str, str] = {}
+    counts = {"predictions": len(preds), "empty_predictions": 0, "no_reference": 0, "duplicate_ids": 0}
+    for p in preds:
+        pid, cap = str(p.get("id")), p.get("caption")
+        if pid in by_id:
+            counts["duplicate_ids"] += 1  # the last one wins, and it is counted
+        if not isinstance(cap, str) or not cap.strip():
+            counts["empty_predictions"] += 1
+            cap = cap if isinstance(cap, str) else ""
+        by_id[pid] = cap
+    ids = [i for i in by_id if i in refs and refs[i]["captions"]]
+    counts["no_reference"] = sum(1 for i in by_id if i not in refs or not refs[i]["captions"])
+    counts["refs_without_prediction"] = sum(1 for i in refs if i not in by_id)
+    counts["scored"] = len(ids)
+    if not ids:
+        raise CapalignError("no prediction id matches a reference id; check that both files use the same ids")
+    corpus: dict = {}
+    per: dict = {}
+    ref_names = [m for m in ("bleu", "rouge", "cider") if m in names]
+    if ref_names:
+        from .coco import coco_scores
+
+        c, p = coco_scores({i: refs[i]["captions"] for i in ids}, {i: [by_id[i]] for i in ids}, metrics=ref_names)
+        corpus.update(c)
+        per.update(p)
+    if "grounding" in names:
+        have = [i for i in ids if refs[i].get("objects") is not None]
+        if have:
+            from .grounding import grounding
+
+            g = grounding([by_id[i] for i in have], [refs[i]["objects"] for i in have])
+            for lvl in ("name", "attr"):
+                for k, v in g[lvl].items():
+                    corpus[f"{k}_{lvl}"] = v
+            rows = dict(zip(have, g["per_caption"]))
+            per["grounding"] = [rows.get(i) for i in ids]
+            counts["with_objects"] = len(have)
+    return {"counts": counts, "corpus": corpus, "per_caption": {"id": ids, **per}}
+
+
+def _table(results: dict[str, dict]) -> None:
+    from rich.table import Table
+
+    from ..utils import console
+
+    cols = [("BLEU1", "BLEU1"), ("BLEU2", "BLEU2"), ("BLEU3", "BLEU3"), ("BLEU4", "BLEU4"), ("BERTS", "BERTScore_F1"),
+            ("ROUGE-L", "ROUGE_L"), ("CIDEr", "CIDEr"), ("CLIPS", "CLIPScore"),
+            ("P_obj", "precision_name"), ("R_obj", "recall_name"), ("F1_obj", "f1_name"), ("CHAIRi", "chair_i_name"),
+            ("CHAIRs", "chair_s_name"), ("CHAIRi_attr", "chair_i_attr"), ("CHAIRs_attr", "chair_s_attr")]
+    cols = [(h, k) for h, k in cols if any(k in r["corpus"] for r in results.values())]
+    t = Table(title="caption scores (BLEU/ROUGE/CIDEr as pycocoevalcap; x100 except CIDEr)")
+    t.add_column("system", no_wrap=True)
+    for h, _ in cols:
+        t.add_column(h, justify="right", no_wrap=True)
+    t.add_column("scored", justify="right")
+    for name, r in results.items():
+        row = [name]
+        for _, k in cols:
+            v = r["corpus"].get(k)
+            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr",) else f"{100 * v:.2f}")
+        row.append(str(r["counts"]["scored"]))
+        t.add_row(*row)
+    console.print(t)
+
+
+def run(cfg: EvaluateConfig) -> dict:
+    show_config(cfg)
+    names = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
+    _check_models(cfg, names)
+    refs: dict[str, dict] = {}
+    for r in _read(cfg.refs, "references"):
+        if "id" not in r:
+            raise CapalignError(f"a line of {cfg.refs} has no 'id'")
+        caps = r.get("captions") or []
+        refs[str(r["id"])] = {"captions": [c for c in caps if isinstance(c, str)], "objects": r.get("objects")}
+    from ..utils import print0
+
+    results: dict[str, dict] = {}
+    for path in cfg.pred:
+        preds = _read(path, "prediction")
+        name = Path(path).stem
+        while name in results:
+            name += "'"
+        res = evaluate_system(preds, refs, names)
+        c = res["counts"]
+        print0(f"{name}: {c['scored']} scored, {c['empty_predictions']} empty predictions (scored as \"\"), "
+               f"{c['no_reference']} predictions without references (excluded), {c['refs_without_prediction']} references without prediction"
+               + (f", {c['duplicate_ids']} duplicate ids (last kept)" if c["duplicate_ids"] else ""))
+        results[name] = {"file": str(path), **res}
+    _table(results)
+    out = {"metrics": names, "refs": cfg.refs, "definitions": {
+        "BLEU1-4/ROUGE_L/CIDEr": "pycocoevalcap semantics (PTB tokenisation, CIDEr-D sigma=6), values in [0,1] except CIDEr",
+        "grounding": "*_name: noun only; *_attr: noun and stated colours must match (see docs/metrics.md)"}, "systems": results}
+    if cfg.out:
+        atomic_write_json(cfg.out, out)
+        save_config(cfg, cfg.out + ".config.json")  # beside the results, never over them
+        print0(f"wrote {cfg.out}")
+    return out
