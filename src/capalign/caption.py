@@ -1,0 +1,232 @@
+"""`capalign caption`: caption an image source with a VLM, batched and resumable.
+
+Output: one JSON line `{"id", "caption"}` per image, appended whole after each batch (a crash never
+leaves a partial line; a torn last line from a killed run is cut on the next open). Re-running the
+same command skips the ids already in the output file without decoding their images. Images that
+cannot be read are listed in `<out>.skipped.jsonl`; the resolved config goes to `<out>.config.json`.
+
+Under `accelerate launch` (several processes) each rank captions the entries whose index in the
+source is congruent to its rank modulo the world size, into `<out>.rank{k}`; rank 0 merges those
+files into `<out>` at the end (and so does any later run, so a crashed multi-process run resumes
+correctly with any number of processes).
+
+`caption_source(vlm, source, out_path, ...)` is the library entry point (reused by the ViZer code).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import CapalignError
+from .config import arg, save_config, show_config
+from .io import JsonlAppender, atomic_write_text, read_jsonl
+from .utils import print0, progress
+
+_DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+
+
+@dataclass
+class CaptionConfig:
+    """Caption images with a VLM (hub id, local checkpoint or nano captioner folder); batched and resumable."""
+
+    model: str = arg(help="Model: a hub id (e.g. HuggingFaceTB/SmolVLM-256M-Base) or a local model folder (checkpoint, nano captioner).")
+    images: str = arg(help="Image source: folder, dataset folder with manifest.jsonl, .jsonl/.csv manifest, save_to_disk folder, .tar shards or hf:NAME (see docs/data.md).")
+    out: str = arg(help="Output JSONL file ({'id', 'caption'} per line). Re-running resumes: ids already in it are skipped.")
+    adapter: str = arg("", "Optional PEFT adapter folder (e.g. the output of `capalign vizer train`).")
+    batch_size: int = arg(16, "Images per batch (one vision pass + one generate call per batch).")
+    max_new_tokens: int = arg(32, "Maximum caption length in tokens.")
+    prompt: str = arg(None, "Text prompt after the image; default: the family's default (none for SmolVLM-Base). '' forces no prompt.")
+    do_sample: bool = arg(False, "Sample instead of greedy decoding.")
+    temperature: float = arg(1.0, "Sampling temperature (with --do_sample).")
+    top_p: float = arg(1.0, "Nucleus sampling mass (with --do_sample).")
+    device: str = arg("auto", "Device: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")
+    dtype: str = arg("auto", "Weights dtype: auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16, float16 (not on CPU).")
+    limit: int = arg(None, "Caption only the first N images of the source (resumed runs cover the same N).")
+    seed: int = arg(0, "Random seed (matters with --do_sample).")
+
+    def __post_init__(self):
+        for name in ("model", "images", "out"):
+            if not str(getattr(self, name) or "").strip():
+                raise ValueError(f"--{name} is required")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if self.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES)}, got {self.dtype!r}")
+        if Path(self.out).is_dir():
+            raise ValueError(f"out must be a file path (e.g. captions.jsonl), got the folder {self.out}")
+
+
+@dataclass
+class CaptionStats:
+    captioned: int = 0  # generated in this run (this rank)
+    resumed: int = 0  # already in the output before this run
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) of unreadable images
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.captioned / self.seconds if self.seconds > 0 else 0.0
+
+
+def rank_path(out: Path, rank: int) -> Path:
+    return out.with_name(f"{out.name}.rank{rank}")
+
+
+def _rank_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.parent.glob(f"{out.name}.rank*") if p.name[len(out.name) + 5 :].isdigit())
+
+
+def done_ids(out: str | Path) -> set[str]:
+    """Ids already captioned: in `out` or in leftover per-rank files of an interrupted multi-process run."""
+    out = Path(out)
+    ids: set[str] = set()
+    for p in [out, *_rank_files(out)]:
+        if p.is_file():
+            ids.update(str(r["id"]) for r in read_jsonl(p))
+    return ids
+
+
+def merge_rank_files(out: str | Path) -> int:
+    """Append the records of `<out>.rank*` not yet in `out` to it, then delete those files. Returns
+    the number of records added. Crash-safe: records are appended before the files are removed, and
+    a re-run skips ids already in `out`."""
+    out = Path(out)
+    files = _rank_files(out)
+    if not files:
+        return 0
+    have = {str(r["id"]) for r in read_jsonl(out)} if out.is_file() else set()
+    added = 0
+    with JsonlAppender(out) as w:
+        for p in files:
+            new = [r for r in read_jsonl(p) if str(r["id"]) not in have]
+            have.update(str(r["id"]) for r in new)
+            w.write(new)
+            added += len(new)
+    for p in files:
+        p.unlink(missing_ok=True)
+    return added
+
+
+def caption_source(
+    vlm,
+    source,
+    out_path: str | Path,
+    batch_size: int = 16,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    rank: int = 0,
+    world_size: int = 1,
+    show_progress: bool = True,
+) -> CaptionStats:
+    """Caption every image of `source` (an ImageSource) not yet in `out_path`; append {"id", "caption"}
+    lines after each batch. With world_size > 1, this call handles only entries with index % world_size
+    == rank and writes them to `<out_path>.rank{rank}` (merge with `merge_rank_files` afterwards)."""
+    import torch
+
+    from .data.sources import batched
+
+    if batch_size <= 0:
+        raise CapalignError(f"batch_size must be > 0, got {batch_size}")
+    out = Path(out_path)
+    target = out if world_size == 1 else rank_path(out, rank)
+    done = done_ids(out)
+    skip = set(done)
+    all_ids = source.ids() if world_size > 1 else None
+    if world_size > 1:  # not mine: never decoded
+        skip.update(i for k, i in enumerate(all_ids) if k % world_size != rank)
+        mine = [i for k, i in enumerate(all_ids) if k % world_size == rank]
+        total, resumed = len(mine), sum(i in done for i in mine)
+    else:
+        total = source.num_known()
+        resumed = len(done)  # counted as done; the bar starts there
+    stats = CaptionStats(resumed=resumed)
+    n_skipped0 = len(source.skipped)
+    t0 = time.perf_counter()
+    with JsonlAppender(target) as writer, progress(disable=not show_progress) as bar, torch.inference_mode():
+        task = bar.add_task("captioning", total=total, completed=min(resumed, total) if total else resumed, rate="")
+        for batch in batched(source.iter(skip_ids=skip), batch_size):
+            enc = vlm.encode([r.image for r in batch])
+            caps = vlm.generate(enc, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
+            writer.write({"id": r.id, "caption": t} for r, t in zip(batch, caps.texts))
+            stats.captioned += len(batch)
+            elapsed = time.perf_counter() - t0
+            bar.update(task, advance=len(batch), rate=f"{stats.captioned / elapsed:.2f} img/s")
+    stats.seconds = time.perf_counter() - t0
+    stats.skipped = list(source.skipped[n_skipped0:])
+    return stats
+
+
+def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> Path:
+    import json
+
+    path = out.with_name(out.name + ".skipped.jsonl")
+    atomic_write_text(path, "".join(json.dumps({"id": i, "reason": r}, ensure_ascii=False) + "\n" for i, r in skipped))
+    return path
+
+
+def run(cfg: CaptionConfig) -> CaptionStats:
+    from .data.sources import open_images
+    from .models.loading import FAMILIES, _config, load_vlm
+    from .utils import resolve_device, resolve_dtype, seed_everything
+
+    # cheap checks first, so bad input fails in one line before any weights are loaded
+    device = resolve_device(cfg.device)
+    resolve_dtype(cfg.dtype, device)
+    source = open_images(cfg.images, limit=cfg.limit)
+    family = _config(cfg.model).model_type
+    if family not in FAMILIES:
+        raise CapalignError(f"unsupported model family {family!r} for {cfg.model}; supported: {', '.join(FAMILIES)}")
+    if cfg.adapter and not Path(cfg.adapter).is_dir():
+        raise CapalignError(f"adapter folder not found: {cfg.adapter} (expected the output folder of `capalign vizer train`)")
+
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu") if _launched() else None
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    out = Path(cfg.out)
+    show_config(cfg)
+    if rank == 0:
+        save_config(cfg, out)
+        merge_rank_files(out)  # leftovers of an interrupted multi-process run
+    if state:
+        state.wait_for_everyone()
+    seed_everything(cfg.seed + rank)
+    vlm = load_vlm(cfg.model, device=device, dtype=cfg.dtype, adapter=cfg.adapter or None, prompt=cfg.prompt)
+    stats = caption_source(vlm, source, out, cfg.batch_size, cfg.max_new_tokens, cfg.do_sample, cfg.temperature,
+                           cfg.top_p, rank=rank, world_size=world)
+    if state:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([(stats.captioned, stats.resumed, stats.skipped)])
+        state.wait_for_everyone()
+        if rank == 0:
+            merge_rank_files(out)
+            stats = CaptionStats(sum(p[0] for p in parts), sum(p[1] for p in parts),
+                                 [s for p in parts for s in p[2]], stats.seconds)
+    if rank != 0:
+        return stats
+    skipped_path = _write_skipped(out, stats.skipped)
+    if stats.skipped:
+        shown = ", ".join(i for i, _ in stats.skipped[:5]) + (", ..." if len(stats.skipped) > 5 else "")
+        print0(f"[yellow]skipped {len(stats.skipped)} unreadable image(s): {shown} (reasons in {skipped_path})")
+    print0(f"captioned {stats.captioned} images, {stats.resumed} already done (resumed), {len(stats.skipped)} skipped; "
+           f"{stats.images_per_s:.2f} images/s over {stats.seconds:.1f}s -> {out}")
+    return stats
+
+
+def _launched() -> bool:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
