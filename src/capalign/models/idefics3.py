@@ -17,6 +17,7 @@ from .base import VLM, Pooling
 class Idefics3VLM(VLM):
     family = "idefics3"
     default_prompt = None
+    language_model_prefix = "model.text_model"  # LoRA goes inside this module only
     vision_keys = ("pixel_values", "pixel_attention_mask")
 
     def prompt_texts(self, n: int, prompt: str | None) -> list[str]:

@@ -21,6 +21,7 @@ class Qwen2VLM(VLM):
     family = "qwen2_vl"
     system = "You are a helpful assistant."
     default_prompt = "Describe this image in the shortest form."
+    language_model_prefix = "model.language_model"  # LoRA goes inside this module only
     vision_keys = ("pixel_values",)
 
     def prompt_texts(self, n: int, prompt: str | None) -> list[str]:

@@ -1,0 +1,91 @@
+"""Frozen-model features for the mapper, computed once and cached on disk.
+
+For each image: the pooled vision-encoder feature F_I [D_v] and the pooled last hidden state of the
+language model over one caption [D_t] (variant gt: a human caption from the data; variant g: the
+model's own greedy caption). The cache key covers everything that changes the numbers (model,
+adapter, prompt, pooling, variant, data, sample count, seed, generation length), so sweeps over mapper
+widths and sizes reuse one pass of the VLM: a smaller sample count reads a prefix of a larger cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import CapalignError, __version__
+from ..data.sources import batched, open_images
+from ..io import atomic_write_json
+from ..utils import print0, progress
+
+
+def cache_key(**parts) -> str:
+    return hashlib.sha256(json.dumps({"v": __version__, **parts}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _find_cached(cache_dir: Path, parts: dict, samples: int) -> Path | None:
+    """A cache with the same settings and at least `samples` rows (a prefix of it is the same data)."""
+    for meta in sorted(cache_dir.glob("features-*.json")):
+        m = json.loads(meta.read_text())
+        if m.get("parts") == parts and m.get("rows", 0) >= samples and meta.with_suffix(".safetensors").exists():
+            return meta.with_suffix(".safetensors")
+    return None
+
+
+@torch.no_grad()
+def collect_features(vlm, data: str, variant: str, samples: int, cache_dir: str | Path, model_id: str, batch_size: int = 32,
+                     max_new_tokens: int = 32, seed: int = 0) -> dict:
+    """Return {"ids", "captions", "image_features" [N, D_v], "text_states" [N, D_t]}, from cache if possible."""
+    if variant not in ("gt", "g"):
+        raise CapalignError(f"variant must be gt (human captions) or g (the model's own captions), got {variant!r}")
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    parts = dict(model=model_id, prompt=vlm.prompt, pooling=vlm.pooling, variant=variant, data=str(data), seed=seed,
+                 max_new_tokens=max_new_tokens if variant == "g" else None)
+    hit = _find_cached(cache_dir, parts, samples)
+    if hit is not None:
+        meta = json.loads(hit.with_suffix(".json").read_text())
+        t = load_file(hit)
+        print0(f"features: {samples} rows from cache {hit.name}")
+        return {"ids": meta["ids"][:samples], "captions": meta["captions"][:samples],
+                "image_features": t["image_features"][:samples], "text_states": t["text_states"][:samples]}
+
+    source = open_images(data, limit=samples)
+    rng = random.Random(seed)
+    ids, captions, feats, states, no_caption = [], [], [], [], 0
+    vlm.model.eval()
+    with progress() as bar:
+        task = bar.add_task(f"features ({variant})", total=source.num_known(), rate="")
+        for recs in batched(source, batch_size):
+            if variant == "gt":
+                no_caption += sum(1 for r in recs if not r.captions)
+                recs = [r for r in recs if r.captions]
+                if not recs:
+                    continue
+            enc = vlm.encode([r.image for r in recs])
+            if variant == "gt":
+                caps = vlm.tokenize_captions([rng.choice(r.captions) for r in recs])
+            else:
+                caps = vlm.generate(enc, max_new_tokens=max_new_tokens)
+            states.append(vlm.caption_states(enc, caps).float().cpu())
+            feats.append(enc.features.float().cpu())
+            ids += [r.id for r in recs]
+            captions += caps.texts
+            bar.update(task, advance=len(recs))
+    if not ids:
+        raise CapalignError(f"no usable (image, caption) pairs in {data}" + (" (variant gt needs captions)" if variant == "gt" else ""))
+    if source.skipped or no_caption > 0:
+        print0(f"features: skipped {len(source.skipped)} unreadable images" + (f", {no_caption} images without captions" if no_caption > 0 else ""))
+    out = {"ids": ids, "captions": captions, "image_features": torch.cat(feats), "text_states": torch.cat(states)}
+    key = cache_key(**parts, rows=len(ids))
+    path = cache_dir / f"features-{key}.safetensors"
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"image_features": out["image_features"].contiguous(), "text_states": out["text_states"].contiguous()}, str(tmp))
+    tmp.replace(path)
+    atomic_write_json(path.with_suffix(".json"), {"parts": parts, "rows": len(ids), "ids": ids, "captions": captions,
+                                                  "skipped": source.skipped})
+    return out
