@@ -1,0 +1,96 @@
+"""`capalign vizer study`: Base vs ViZer_GT vs ViZer_G on the shapes world, end to end.
+
+  1. nano captioner in web mode (vague / partial captions, like SmolVLM-Base): the Base model;
+  2. shapes-world splits: `mapper` (images + human captions, for the GT mapper; the G mapper uses only
+     its images), `unlabeled` (images only, for ViZer's LoRA training), `test` (held out);
+  3. mappers GT and G (`capalign mapper train`), ViZer LoRA runs (`capalign vizer train`);
+  4. caption the test split with each system, score with the metric suite + grounding, print the table.
+Every stage writes into `out/` and is skipped when its output exists, so an interrupted study resumes.
+This is what `make demo` runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import arg, save_config, show_config
+from ..io import atomic_write_json, read_jsonl
+from ..utils import print0
+
+
+@dataclass
+class StudyConfig:
+    """Base vs ViZer_GT vs ViZer_G on the shapes world with the nano captioner (web mode)."""
+
+    out: str = arg("runs/study", "Output folder for every stage (re-running resumes).")
+    seed: int = arg(0, "Seed for data and training.")
+    nano_minutes: float = arg(3.0, "Training budget of the web-mode nano captioner.")
+    n_mapper: int = arg(2000, "Images (with captions) for the mappers.")
+    n_unlabeled: int = arg(800, "Unlabeled images for ViZer training.")
+    n_test: int = arg(300, "Held-out test images.")
+    mapper_width: int = arg(256, "Mapper width.")
+    mapper_epochs: int = arg(20, "Mapper epochs (the paper's 1 epoch assumes 10k-100k pairs).")
+    vizer_batch_size: int = arg(16, "ViZer images per step.")
+    vizer_epochs: int = arg(1, "ViZer epochs over the unlabeled images.")
+    vizer_lr: float = arg(1e-3, "ViZer LoRA learning rate.")
+    lora_r: int = arg(32, "LoRA rank.")
+    max_new_tokens: int = arg(32, "Caption length.")
+    variants: str = arg("gt,g", "Which ViZer variants to run (comma-separated subset of gt,g).")
+
+
+def run(cfg: StudyConfig) -> dict:
+    from ..caption import caption_source
+    from ..data.shapes import write_dataset
+    from ..data.sources import open_images
+    from ..metrics.evaluate import _table, evaluate_system
+    from ..models import load_vlm
+    from . import mapper as mapper_mod
+    from . import nano
+    from . import vizer as vizer_mod
+
+    show_config(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    base = out / "nano-web"
+    if not (base / "nano_result.json").exists():
+        nano.run(nano.NanoTrainConfig(out=str(base), mode="web", seed=cfg.seed, max_minutes=cfg.nano_minutes))
+    data = {}
+    for split, n in (("mapper", cfg.n_mapper), ("unlabeled", cfg.n_unlabeled), ("test", cfg.n_test)):
+        data[split] = out / f"shapes-{split}"
+        if not (data[split] / "manifest.jsonl").exists():
+            write_dataset(data[split], n, seed=cfg.seed, split=split)
+
+    systems = {"Base": None}
+    for v in [v.strip() for v in cfg.variants.split(",") if v.strip()]:
+        mdir, vdir = out / f"mapper-{v}", out / f"vizer-{v}"
+        if not (mdir / "mapper_meta.json").exists():
+            mapper_mod.run(mapper_mod.MapperTrainConfig(model=str(base), data=str(data["mapper"]), out=str(mdir), variant=v,
+                                                        width=cfg.mapper_width, samples=cfg.n_mapper, epochs=cfg.mapper_epochs,
+                                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, device="cpu",
+                                                        cache_dir=str(out / "feature-cache")))
+        if not (vdir / "adapter_model.safetensors").exists():
+            vizer_mod.run(vizer_mod.VizerTrainConfig(model=str(base), mapper=str(mdir), images=str(data["unlabeled"]), out=str(vdir),
+                                                     batch_size=cfg.vizer_batch_size, epochs=cfg.vizer_epochs, lr=cfg.vizer_lr,
+                                                     lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, max_new_tokens=cfg.max_new_tokens,
+                                                     seed=cfg.seed, device="cpu", save_every=0))
+        systems[f"ViZer_{v.upper()}"] = vdir
+
+    refs = {r["id"]: r for r in read_jsonl(data["test"] / "manifest.jsonl")}
+    results = {}
+    for name, adapter in systems.items():
+        pred = out / f"captions-{name}.jsonl"
+        vlm = load_vlm(str(base), device="cpu", dtype="float32", adapter=str(adapter) if adapter else None)
+        caption_source(vlm, open_images(str(data["test"])), pred, batch_size=50, max_new_tokens=cfg.max_new_tokens, show_progress=False)
+        res = evaluate_system(list(read_jsonl(pred)), refs, ["bleu", "rouge", "cider", "grounding"])
+        res["examples"] = [r["caption"] for r in list(read_jsonl(pred))[:5]]
+        results[name] = {"file": str(pred), **res}
+    _table(results)
+    for name, r in results.items():
+        print0(f"{name}: " + " | ".join(r["examples"][:3]))
+    summary = {name: {k: r["corpus"].get(k) for k in ("BLEU4", "CIDEr", "recall_name", "recall_attr", "chair_i_name", "chair_i_attr", "chair_s_attr")}
+               for name, r in results.items()}
+    atomic_write_json(out / "study.json", {"summary": summary, "systems": results})
+    print0(f"wrote {out / 'study.json'}")
+    return summary
