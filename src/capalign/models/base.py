@@ -70,8 +70,11 @@ class VLM:
             raise CapalignError(f"unknown pooling {pooling!r}; expected mean, global or max")
         self.pooling = pooling
         gen_eos = model.generation_config.eos_token_id
-        eos = set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) | {self.tokenizer.eos_token_id}
-        self.eos_ids = sorted(i for i in eos if i is not None)
+        # keep the generation config's order: tokenize_captions ends references with eos_ids[0], which must be the
+        # token the model ends its own captions with (Qwen2-VL-Instruct: [<|im_end|>, <|endoftext|>]; sorted ids
+        # would pick <|endoftext|>)
+        eos = (list(gen_eos) if isinstance(gen_eos, (list, tuple)) else [gen_eos]) + [self.tokenizer.eos_token_id]
+        self.eos_ids = [i for i in dict.fromkeys(eos) if i is not None]
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     # ---- family hooks -------------------------------------------------------------------------

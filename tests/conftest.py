@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny random VLM checkpoints, built once per test session (a few seconds each)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics3_path(tmp_path_factory):
+    """Tiny random Idefics3 (SmolVLM-like): large images split into tiles + a global image."""
+    from capalign.models.tiny import build_idefics3
+
+    return build_idefics3(tmp_path_factory.mktemp("tiny_idefics3"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl_path(tmp_path_factory):
+    from capalign.models.tiny_qwen import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl_path(tmp_path_factory):
+    from capalign.models.tiny_qwen import build_tiny_qwen2_5_vl
+
+    # seed 3: greedy captions differ between images (with seed 0 one token dominates every image)
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), seed=3)
