@@ -81,3 +81,120 @@ def test_bertscore_multi_ref_and_baseline(oracle, tmp_path):
     ours = bert_score(CANDS, REFS, model=str(MINILM), num_layers=6, rescale_with_baseline=True, baseline_path=str(base), device="cpu")
     np.testing.assert_allclose(ours["F"], F, atol=1e-5)
     np.testing.assert_allclose(ours["P"], P, atol=1e-5)
+
+
+# ---------------------------------------------------------------- CLIPScore on tiny random models
+
+def _tokenizer(max_len):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["a photo depicts a red circle and a blue square"] * 5 + CANDS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<|startoftext|> $A <|endoftext|>", special_tokens=[(s, tok.token_to_id(s)) for s in specials])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=specials[0], eos_token=specials[1], pad_token=specials[1], model_max_length=max_len)
+
+
+def _build(kind, out, max_len=16):
+    import torch
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, SiglipConfig, SiglipImageProcessor,
+                              SiglipModel, SiglipProcessor)
+
+    tok = _tokenizer(max_len)
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=max_len, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
+    torch.manual_seed(0)
+    if kind == "clip":
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+        proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    else:
+        model = SiglipModel(SiglipConfig(text_config={**text, "projection_size": 32}, vision_config=vision))
+        proc = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    return _build("clip", tmp_path_factory.mktemp("clip"))
+
+
+def _images(tmp, n):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        p = tmp / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40 + i, 48, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def _direct(path, paths, texts, siglip=False):
+    """Embeddings straight from the model (one at a time, no batching), numpy cosine."""
+    import torch
+    from transformers import AutoModel, AutoProcessor
+
+    from capalign.data.images import load_image
+    from capalign.metrics.clipscore import _features
+
+    proc, net = AutoProcessor.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    with torch.no_grad():
+        I = [_features(net.get_image_features(pixel_values=proc.image_processor(images=[load_image(p)], return_tensors="pt")["pixel_values"]))[0].numpy() for p in paths]
+        T = []
+        for t in texts:
+            enc = proc.tokenizer([t], truncation=True, max_length=16, return_tensors="pt", padding="max_length" if siglip else False)
+            kw = {"input_ids": enc["input_ids"]} if siglip else dict(enc)
+            T.append(_features(net.get_text_features(**kw))[0].numpy())
+    unit = lambda v: np.asarray(v, dtype=np.float64) / np.linalg.norm(v)  # noqa: E731
+    return [unit(v) for v in I], [unit(v) for v in T]
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_clipscore_matches_direct(kind, tiny_clip, tmp_path):
+    from capalign.metrics.clipscore import clip_score
+
+    path = tiny_clip if kind == "clip" else _build("siglip", tmp_path / "siglip")
+    n = 5
+    paths = _images(tmp_path, n)
+    cands = CANDS[:n]
+    cands[1] = "a very long caption " * 10  # > 16 tokens: truncated
+    refs = REFS[:n]
+    res = clip_score(paths, cands, refs, model=path, batch_size=2, device="cpu")
+    I, T = _direct(path, paths, cands + ["A photo depicts " + c for c in cands] + ["A photo depicts " + r for g in refs for r in g], kind == "siglip")
+    raw, pre, R = T[:n], T[n:2 * n], T[2 * n:]
+    start = 0
+    for i in range(n):
+        assert res["cos"][i] == pytest.approx(I[i] @ raw[i], abs=1e-5)
+        cs = 2.5 * max(I[i] @ pre[i], 0)
+        assert res["clip_s"][i] == pytest.approx(cs, abs=1e-5)
+        rs = max(R[start + j] @ pre[i] for j in range(len(refs[i])))
+        start += len(refs[i])
+        assert res["ref_s"][i] == pytest.approx(rs, abs=1e-5)
+        rr = max(rs, 0)
+        assert res["refclip_s"][i] == pytest.approx(2 * cs * rr / (cs + rr) if cs + rr else 0.0, abs=1e-5)
+    assert res["cos_mean"] == pytest.approx(np.mean([I[i] @ raw[i] for i in range(n)]), abs=1e-5)
+    assert res["truncated"]["captions"] >= 1 and res["truncated"]["captions_with_prefix"] >= res["truncated"]["captions"]
+    assert res["max_text_tokens"] == 16 and "A photo depicts" in res["definitions"]["clip_s"]
+    # batch-size invariance
+    res1 = clip_score(paths, cands, refs, model=path, batch_size=1, device="cpu")
+    for k in ("cos", "clip_s", "refclip_s"):
+        np.testing.assert_allclose(res1[k], res[k], atol=1e-5)
+
+
+def test_clipscore_truncation_and_missing(tiny_clip, tmp_path):
+    from capalign.metrics.clipscore import clip_score
+
+    paths = _images(tmp_path, 2)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="truncated"):
+        res = clip_score([paths[0], str(tmp_path / "bad.png"), None], ["word " * 30, "a cat", "a dog"], model=tiny_clip, device="cpu")
+    assert res["truncated"]["captions"] == 1 and res["missing_images"] == 2 and res["scored"] == 1
+    assert res["cos"][1] is None and res["cos_mean"] == pytest.approx(res["cos"][0])
