@@ -2,7 +2,7 @@
 
 SmolVLM's processor splits a large image into tiles plus a downscaled global image, so one image is
 several sub-images: `pool` averages the SigLIP patch states of all of an image's sub-images (only
-real patches: the global image of a non-square picture is padded), or only the global one.
+real patches, by the same pixel_attention_mask rule the model uses), or only the global one.
 SmolVLM-Base takes no text prompt (the image alone); a prompt, if given, goes through the
 processor's chat template when it has one (Instruct checkpoints), else follows the image tokens.
 """

@@ -32,27 +32,11 @@ TINY = dict(
     scale_factor=2,
 )
 
-_CORPUS = [
-    "a small red circle on the left and a large blue square on the right.",
-    "there is a large green triangle in the middle of a picture of shapes.",
-    "my favourite picture, abstract art print, geometry wallpaper hd, photo taken in 1987.",
-    "Describe this image in the shortest form. You are a helpful assistant.",
-    "The quick brown fox jumps over the lazy dog while the purple diamond and the orange star look on.",
-    "humorous romantic love heart funny joke lunch plotting gazes longingly dream together forever.",
-]
+def build_tokenizer(specials: list[str], corpus: list[str] = (), vocab_size: int = 600, eos: str = "<end_of_utterance>", pad: str = "<|endoftext|>"):
+    """SmolVLM-style special tokens on a small byte-level BPE (see tiny_qwen.build_bpe_tokenizer)."""
+    from .tiny_qwen import build_bpe_tokenizer
 
-
-def build_tokenizer(specials: list[str], corpus: list[str] = (), vocab_size: int = 600, eos: str = "<end_of_utterance>", pad: str = "<|endoftext|>", bos: str | None = None):
-    """A small byte-level BPE (any text encodes) trained on `corpus`, with the given special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(list(_CORPUS) + list(corpus), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, bos_token=bos, unk_token=None)
+    return build_bpe_tokenizer(specials, corpus, vocab_size=vocab_size, eos_token=eos, pad_token=pad)
 
 
 def idefics3_processor(tokenizer, image_size: int, patch_size: int, scale_factor: int, longest_edge: int, splitting: bool = True):
