@@ -198,3 +198,44 @@ def test_clipscore_truncation_and_missing(tiny_clip, tmp_path):
         res = clip_score([paths[0], str(tmp_path / "bad.png"), None], ["word " * 30, "a cat", "a dog"], model=tiny_clip, device="cpu")
     assert res["truncated"]["captions"] == 1 and res["missing_images"] == 2 and res["scored"] == 1
     assert res["cos"][1] is None and res["cos_mean"] == pytest.approx(res["cos"][0])
+
+
+# ---------------------------------------------------------------- capalign evaluate --metrics ...,bertscore,clipscore
+
+def test_cli_bertscore_clipscore(tiny_clip, tmp_path, capsys):
+    from capalign.cli import main
+    from capalign.metrics.bertscore import bert_score
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    paths = _images(imgs, 3)  # imgs/0.png, 1.png, 2.png
+    rows = [{"id": "0", "captions": REFS[0], "image": "imgs/0.png"}, {"id": "1", "captions": REFS[1], "image": "imgs/nope.png"},
+            {"id": "2", "captions": REFS[3]}]
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pred = tmp_path / "sys.jsonl"
+    caps = [CANDS[0], CANDS[1], CANDS[3]]
+    pred.write_text("".join(json.dumps({"id": str(i), "caption": c}) + "\n" for i, c in enumerate(caps)))
+    out = tmp_path / "res.json"
+    common = ["evaluate", "--pred", str(pred), "--refs", str(refs), "--metrics", "bleu,bertscore,clipscore",
+              "--bertscore_model", str(MINILM), "--bertscore_layer", "3", "--clip_model", tiny_clip, "--device", "cpu"]
+    assert main(common + ["--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "1 without image" in err and "1 unreadable" in err  # the table may be squeezed on narrow terminals
+    data = json.loads(out.read_text())
+    S = data["systems"]["sys"]
+    direct = bert_score(caps, [REFS[0], REFS[1], REFS[3]], model=str(MINILM), num_layers=3, device="cpu")
+    np.testing.assert_allclose(S["per_caption"]["BERTScore_F1"], direct["F"], atol=1e-6)
+    assert S["corpus"]["BERTScore_F1"] == pytest.approx(direct["F_mean"], abs=1e-6)
+    assert S["counts"]["clipscore_scored"] == 1 and S["counts"]["clipscore_no_image"] == 1 and S["counts"]["clipscore_bad_image"] == 1
+    cl = S["per_caption"]["CLIPScore"]
+    assert cl[0] is not None and cl[1] is None and cl[2] is None and S["corpus"]["CLIPScore"] == pytest.approx(cl[0])
+    assert "CLIP_S" in S["corpus"] and "RefCLIP_S" in S["corpus"] and "no prefix" in data["definitions"]["CLIPScore"]
+    # --images: matched by id (folder source: id = file name without extension); same image -> same score
+    assert main(common + ["--images", str(imgs), "--out", str(out)]) == 0
+    S2 = json.loads(out.read_text())["systems"]["sys"]
+    assert S2["counts"]["clipscore_scored"] == 3 and S2["counts"]["clipscore_no_image"] == 0
+    assert S2["per_caption"]["CLIPScore"][0] == pytest.approx(cl[0], abs=1e-6)
+    # a model that cannot be loaded: one line naming it and the flag
+    assert main(common[:-4] + ["--clip_model", str(tmp_path / "no_such_model"), "--device", "cpu"]) != 0
+    assert "--clip_model" in capsys.readouterr().err

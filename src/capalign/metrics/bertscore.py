@@ -114,6 +114,8 @@ def _encode(tok, sents: list[str]) -> tuple[list[list[int]], int]:
     if full:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+        if isinstance(getattr(tok, "deprecation_warnings", None), dict):  # silence the "longer than max length" log: we count them
+            tok.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
             long = tok([nonempty[i] for i in full], add_special_tokens=True, truncation=False, **extra)["input_ids"]
         truncated = sum(len(x) > max_len for x in long)
     it = iter(ids_ne)

@@ -89,6 +89,8 @@ def text_features(texts: list[str], proc, net, device: str, batch_size: int = 64
     tok = proc.tokenizer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if isinstance(getattr(tok, "deprecation_warnings", None), dict):  # silence the "longer than max length" log: we count them
+            tok.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
         lengths = [len(x) for x in tok(list(texts), truncation=False)["input_ids"]] if texts else []
     truncated = [n > limit for n in lengths]
     uniq = list(dict.fromkeys(texts))
@@ -109,8 +111,9 @@ def text_features(texts: list[str], proc, net, device: str, batch_size: int = 64
 
 
 def image_features(images: list, proc, net, device: str, batch_size: int = 64, cache: dict | None = None,
-                   bar=None, task=None) -> tuple[np.ndarray | None, list[str | None]]:
-    """Normalised image embeddings; images are PIL images or paths. Returns (features or None rows, errors)."""
+                   bar=None, task=None, keys: list | None = None) -> tuple[np.ndarray | None, list[str | None]]:
+    """Normalised image embeddings; images are PIL images, paths, bytes or callables returning one of those.
+    `keys` (default: the path) name images in `cache`. Returns (features or None rows, errors)."""
     import torch
 
     from ..data.images import BadImage, load_image
@@ -119,7 +122,7 @@ def image_features(images: list, proc, net, device: str, batch_size: int = 64, c
     errors: list[str | None] = [None] * len(images)
     todo = []
     for i, im in enumerate(images):
-        key = str(im) if isinstance(im, (str, Path)) else None
+        key = keys[i] if keys is not None else str(im) if isinstance(im, (str, Path)) else None
         if im is None:
             errors[i] = "no image"
         elif cache is not None and key in cache:
@@ -131,7 +134,8 @@ def image_features(images: list, proc, net, device: str, batch_size: int = 64, c
             chunk, pics = [], []
             for i in todo[b:b + batch_size]:
                 try:
-                    pics.append(load_image(images[i]))
+                    src = images[i]() if callable(images[i]) else images[i]
+                    pics.append(load_image(src))
                     chunk.append(i)
                 except BadImage as e:
                     errors[i] = str(e)
@@ -140,19 +144,22 @@ def image_features(images: list, proc, net, device: str, batch_size: int = 64, c
                 f = _normalize(_features(net.get_image_features(pixel_values=px)).float().cpu().numpy())
                 for i, v in zip(chunk, f):
                     out[i] = v
-                    if cache is not None and isinstance(images[i], (str, Path)):
-                        cache[str(images[i])] = v
+                    key = keys[i] if keys is not None else str(images[i]) if isinstance(images[i], (str, Path)) else None
+                    if cache is not None and key is not None:
+                        cache[key] = v
             if bar is not None:
                 bar.update(task, advance=len(todo[b:b + batch_size]))
     return out, errors
 
 
 def clip_score(images: list, cands: list[str], refs: list[list[str]] | None = None, model: str = "openai/clip-vit-base-patch32",
-               batch_size: int = 64, device: str | None = None, prefix: str = PREFIX, show_progress: bool | None = None) -> dict:
+               batch_size: int = 64, device: str | None = None, prefix: str = PREFIX, show_progress: bool | None = None,
+               cache_keys: list | None = None) -> dict:
     """CLIP-S, RefCLIP-S (when refs are given) and the raw cosine per sample, plus their means.
 
-    images[i] (PIL image or path; None = missing) goes with cands[i]. Samples whose image is missing or
-    unreadable get None and are left out of the means (counted in "missing_images").
+    images[i] (PIL image, path, bytes or a callable returning one; None = missing) goes with cands[i];
+    cache_keys[i] (optional) names it in the in-process image-feature cache (paths are their own key).
+    Samples whose image is missing or unreadable get None and are left out of the means (counted in "missing_images").
     """
     from ..utils import progress, resolve_device
 
@@ -172,7 +179,7 @@ def clip_score(images: list, cands: list[str], refs: list[list[str]] | None = No
     show = len(images) > 500 if show_progress is None else show_progress
     with progress(disable=not show) as bar:
         task = bar.add_task("clipscore images", total=len(images), rate="")
-        img, errors = image_features(images, proc, net, dev, batch_size, cache, bar, task)
+        img, errors = image_features(images, proc, net, dev, batch_size, cache, bar, task, cache_keys)
     ok = [i for i, v in enumerate(img) if v is not None]
     raw, trunc_raw = text_features(cands, proc, net, dev, batch_size)
     pre, trunc_pre = text_features([prefix + c for c in cands], proc, net, dev, batch_size)

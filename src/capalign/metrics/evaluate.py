@@ -71,10 +71,21 @@ def _check_models(cfg: EvaluateConfig, names: list[str]) -> None:
         if metric in names:
             if not _model_available(model):
                 raise CapalignError(f"{metric} needs model {model!r}, which is not available locally; pass a local folder with {flag}")
-            raise CapalignError(f"{metric} is not implemented in this build yet; drop it from --metrics")
 
 
-def evaluate_system(preds: list[dict], refs: dict[str, dict], names: list[str]) -> dict:
+def _image_map(cfg: EvaluateConfig, refs: dict[str, dict]) -> tuple[dict, str]:
+    """id -> image (path or loader) for CLIPScore: --images SRC (matched by id) or the refs' `image` paths."""
+    if cfg.images:
+        from ..data.sources import open_images
+
+        src = open_images(cfg.images)
+        return {e.id: e.load for e in src.entries()}, cfg.images
+    base = Path(cfg.refs).resolve().parent
+    return {i: str(base / r["image"]) for i, r in refs.items() if isinstance(r.get("image"), str) and r["image"]}, str(base)
+
+
+def evaluate_system(preds: list[dict], refs: dict[str, dict], names: list[str], cfg: EvaluateConfig | None = None,
+                    images: dict | None = None, images_from: str = "") -> dict:
     by_id: dict[str, str] = {}
     counts = {"predictions": len(preds), "empty_predictions": 0, "no_reference": 0, "duplicate_ids": 0}
     for p in preds:
@@ -112,6 +123,37 @@ def evaluate_system(preds: list[dict], refs: dict[str, dict], names: list[str]) 
             rows = dict(zip(have, g["per_caption"]))
             per["grounding"] = [rows.get(i) for i in ids]
             counts["with_objects"] = len(have)
+    dev = cfg.device if cfg is not None else "auto"
+    if "bertscore" in names:
+        from .bertscore import bert_score
+
+        kw = dict(model=cfg.bertscore_model, num_layers=cfg.bertscore_layer) if cfg is not None else {}
+        b = bert_score([by_id[i] for i in ids], [refs[i]["captions"] for i in ids], device=dev, **kw)
+        for k, name in (("P", "BERTScore_P"), ("R", "BERTScore_R"), ("F", "BERTScore_F1")):
+            corpus[name] = b[f"{k}_mean"]
+            per[name] = b[k]
+        counts["bertscore_truncated"] = b["truncated"]
+    if "clipscore" in names:
+        from .clipscore import clip_score
+
+        images = images or {}
+        have = [i for i in ids if i in images]
+        counts["clipscore_no_image"] = len(ids) - len(have)
+        if not have:
+            raise CapalignError(f"clipscore needs images, but none of the {len(ids)} scored ids has one "
+                                "(refs 'image' field, relative to the refs file, or --images SRC matched by id)")
+        kw = dict(model=cfg.clip_model) if cfg is not None else {}
+        c = clip_score([images[i] for i in have], [by_id[i] for i in have], [refs[i]["captions"] for i in have], device=dev,
+                       cache_keys=[(images_from, i) for i in have], **kw)
+        counts["clipscore_bad_image"] = c["missing_images"]
+        counts["clipscore_scored"] = c["scored"]
+        counts["clipscore_truncated"] = c["truncated"]
+        for k, name in (("cos", "CLIPScore"), ("clip_s", "CLIP_S"), ("refclip_s", "RefCLIP_S")):
+            corpus[name] = c[f"{k}_mean"]
+            vals = dict(zip(have, c[k]))
+            per[name] = [vals.get(i) for i in ids]
+        if c["image_errors"]:
+            counts["clipscore_image_errors"] = {have[j]: e for j, e in c["image_errors"].items()}  # first 20
     return {"counts": counts, "corpus": corpus, "per_caption": {"id": ids, **per}}
 
 
@@ -125,7 +167,7 @@ def _table(results: dict[str, dict]) -> None:
             ("P_obj", "precision_name"), ("R_obj", "recall_name"), ("F1_obj", "f1_name"), ("CHAIRi", "chair_i_name"),
             ("CHAIRs", "chair_s_name"), ("CHAIRi_attr", "chair_i_attr"), ("CHAIRs_attr", "chair_s_attr")]
     cols = [(h, k) for h, k in cols if any(k in r["corpus"] for r in results.values())]
-    t = Table(title="caption scores (BLEU/ROUGE/CIDEr as pycocoevalcap; x100 except CIDEr)")
+    t = Table(title="caption scores (BLEU/ROUGE/CIDEr as pycocoevalcap; BERTS = BERTScore F1; CLIPS = raw image-caption cosine; x100 except CIDEr, CLIPS)")
     t.add_column("system", no_wrap=True)
     for h, _ in cols:
         t.add_column(h, justify="right", no_wrap=True)
@@ -134,7 +176,7 @@ def _table(results: dict[str, dict]) -> None:
         row = [name]
         for _, k in cols:
             v = r["corpus"].get(k)
-            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr",) else f"{100 * v:.2f}")
+            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr", "CLIPScore") else f"{100 * v:.2f}")
         row.append(str(r["counts"]["scored"]))
         t.add_row(*row)
     console.print(t)
@@ -149,7 +191,8 @@ def run(cfg: EvaluateConfig) -> dict:
         if "id" not in r:
             raise CapalignError(f"a line of {cfg.refs} has no 'id'")
         caps = r.get("captions") or []
-        refs[str(r["id"])] = {"captions": [c for c in caps if isinstance(c, str)], "objects": r.get("objects")}
+        refs[str(r["id"])] = {"captions": [c for c in caps if isinstance(c, str)], "objects": r.get("objects"), "image": r.get("image")}
+    images, images_from = _image_map(cfg, refs) if "clipscore" in names else ({}, "")
     from ..utils import print0
 
     results: dict[str, dict] = {}
@@ -158,16 +201,29 @@ def run(cfg: EvaluateConfig) -> dict:
         name = Path(path).stem
         while name in results:
             name += "'"
-        res = evaluate_system(preds, refs, names)
+        res = evaluate_system(preds, refs, names, cfg, images, images_from)
         c = res["counts"]
         print0(f"{name}: {c['scored']} scored, {c['empty_predictions']} empty predictions (scored as \"\"), "
                f"{c['no_reference']} predictions without references (excluded), {c['refs_without_prediction']} references without prediction"
-               + (f", {c['duplicate_ids']} duplicate ids (last kept)" if c["duplicate_ids"] else ""))
+               + (f", {c['duplicate_ids']} duplicate ids (last kept)" if c["duplicate_ids"] else "")
+               + (f"; CLIPScore: {c['clipscore_scored']} scored, {c['clipscore_no_image']} without image, "
+                  f"{c['clipscore_bad_image']} unreadable images (excluded)" if "clipscore_scored" in c else "")
+               + (f"; {sum(c['clipscore_truncated'].values())} CLIPScore texts truncated" if sum(c.get("clipscore_truncated", {}).values()) else "")
+               + (f"; {c['bertscore_truncated']} BERTScore sentences truncated" if c.get("bertscore_truncated") else ""))
         results[name] = {"file": str(path), **res}
     _table(results)
     out = {"metrics": names, "refs": cfg.refs, "definitions": {
         "BLEU1-4/ROUGE_L/CIDEr": "pycocoevalcap semantics (PTB tokenisation, CIDEr-D sigma=6), values in [0,1] except CIDEr",
         "grounding": "*_name: noun only; *_attr: noun and stated colours must match (see docs/metrics.md)"}, "systems": results}
+    if "bertscore" in names:
+        from .bertscore import DEFINITION
+
+        out["definitions"]["BERTScore_P/R/F1"] = f"{DEFINITION}; model {cfg.bertscore_model}, layer {cfg.bertscore_layer}, no idf, not rescaled"
+    if "clipscore" in names:
+        from .clipscore import definitions
+
+        d = definitions()
+        out["definitions"].update({"CLIPScore": d["cos"] + f"; model {cfg.clip_model}", "CLIP_S": d["clip_s"], "RefCLIP_S": d["refclip_s"]})
     if cfg.out:
         atomic_write_json(cfg.out, out)
         save_config(cfg, cfg.out + ".config.json")  # beside the results, never over them
