@@ -179,11 +179,13 @@ def tokenize(caption: str, next_caption: str = "") -> str:
     if len(parts) == 1 and not next_caption:  # one chunk: no cross-chunk rules apply
         return " ".join(t for t in _chunk(caption) if t not in PUNCTUATIONS)
     toks: list[str] = []
+    prev = ""  # the raw chunk right before this one (even if it lexed to nothing)
     for i in range(0, len(parts), 2):
         chunk = parts[i]
         if not chunk:
             continue
         cur = _chunk(chunk)
+        last, prev = prev, chunk
         if toks and cur:
             sep = parts[i - 1]
             # FRAC may span one space: "42 1/2" is one token, printed with a no-break space.
@@ -191,7 +193,9 @@ def tokenize(caption: str, next_caption: str = "") -> str:
             if m:
                 toks[-1] = toks[-1] + "\u00a0" + m.group()
                 cur = _chunk(chunk[m.end():]) if m.end() < len(chunk) else []
-            elif _INITIAL.fullmatch(toks[-1]) and _starts_sentence(chunk):
+            # The lexer's lookahead is "A." + whitespace + sentence starter: it fails when chars the
+            # lexer drops (emoji, zero-width ...) come between, e.g. "A. \U0001f600 It" keeps "a.".
+            elif _INITIAL.fullmatch(toks[-1]) and last[-2:].lower() == toks[-1] and _starts_sentence(chunk):
                 toks[-1] = toks[-1][0]
         toks.extend(cur)
     if next_caption and toks and _INITIAL.fullmatch(toks[-1]) and caption.rstrip()[-2:].lower() == toks[-1]:
