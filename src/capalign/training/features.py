@@ -28,10 +28,12 @@ def cache_key(**parts) -> str:
 
 
 def _find_cached(cache_dir: Path, parts: dict, samples: int) -> Path | None:
-    """A cache with the same settings and at least `samples` rows (a prefix of it is the same data)."""
+    """A cache with the same settings and at least `samples` rows (a prefix of it is the same data), or
+    one that already holds all of the data (the source ran out before its requested sample count)."""
     for meta in sorted(cache_dir.glob("features-*.json")):
         m = json.loads(meta.read_text())
-        if m.get("parts") == parts and m.get("rows", 0) >= samples and meta.with_suffix(".safetensors").exists():
+        enough = m.get("rows", 0) >= samples or (m.get("complete") and samples >= m.get("entries", float("inf")))
+        if m.get("parts") == parts and enough and meta.with_suffix(".safetensors").exists():
             return meta.with_suffix(".safetensors")
     return None
 
@@ -56,11 +58,12 @@ def collect_features(vlm, data: str, variant: str, samples: int, cache_dir: str 
 
     source = open_images(data, limit=samples)
     rng = random.Random(seed)
-    ids, captions, feats, states, no_caption = [], [], [], [], 0
+    ids, captions, feats, states, no_caption, seen = [], [], [], [], 0, 0
     vlm.model.eval()
     with progress() as bar:
         task = bar.add_task(f"features ({variant})", total=source.num_known(), rate="")
         for recs in batched(source, batch_size):
+            seen += len(recs)
             if variant == "gt":
                 no_caption += sum(1 for r in recs if not r.captions)
                 recs = [r for r in recs if r.captions]
@@ -86,6 +89,9 @@ def collect_features(vlm, data: str, variant: str, samples: int, cache_dir: str 
     tmp = path.with_name(path.name + ".tmp")
     save_file({"image_features": out["image_features"].contiguous(), "text_states": out["text_states"].contiguous()}, str(tmp))
     tmp.replace(path)
-    atomic_write_json(path.with_suffix(".json"), {"parts": parts, "rows": len(ids), "ids": ids, "captions": captions,
+    entries = seen + len(source.skipped)
+    complete = entries < samples  # the data ran out: any sample count >= entries reads exactly this data
+    atomic_write_json(path.with_suffix(".json"), {"parts": parts, "rows": len(ids), "entries": entries, "complete": complete,
+                                                  "ids": ids, "captions": captions,
                                                   "skipped": source.skipped})
     return out

@@ -10,7 +10,9 @@ F_I comes from the same single vision pass as the prompt embeddings (the vision 
 are frozen, so it equals the cached features the mapper was trained on, at no extra cost).
 
 LoRA (paper): r=32, alpha=64, dropout 0.1, no bias, on the language model only; AdamW, weight decay
-0.01, 1 epoch. Multi-GPU/CPU: `accelerate launch -m capalign vizer train ...`; each process takes
+0.01, 1 epoch. Multi-GPU: `accelerate launch -m capalign vizer train ...`; several CPU processes:
+`torchrun --nproc_per_node N -m capalign vizer train ... --device cpu` (gloo; `accelerate launch --cpu`
+starts a single process unless given an MPI hostfile). Each process takes
 every k-th image and gradients are averaged by DDP over the loss module below.
 Checkpoints (`checkpoint-<step>/`: LoRA, optimizer, scheduler, RNG states via accelerate's
 save_state) every `save_every` steps; re-running the same command resumes from the newest one.
@@ -142,7 +144,10 @@ def run(cfg: VizerTrainConfig) -> dict:
     objective = VizerObjective(vlm, mapper)
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
-    objective, opt, sched = acc.prepare(objective, opt, sched)
+    objective, opt = acc.prepare(objective, opt)
+    # not through prepare(): accelerate's scheduler wrapper steps num_processes times per optimizer step
+    # (it assumes a per-process batch); batch_size here is global, so the schedule follows optimizer steps
+    acc.register_for_checkpointing(sched)
 
     # data: every process reads the same ordered stream and keeps every k-th image (no captions read)
     source = open_images(cfg.images, limit=cfg.limit)
@@ -154,7 +159,7 @@ def run(cfg: VizerTrainConfig) -> dict:
     total = cfg.max_steps or (steps_per_epoch * cfg.epochs if steps_per_epoch else None)
     if total is None:
         raise CapalignError("the image source has no known length (streaming): give --max_steps")
-    if total < 1:
+    if total < 1 or (n is not None and n < cfg.batch_size):  # (with --max_steps the epoch loop would spin forever)
         raise CapalignError(f"{n} images are fewer than one batch of {cfg.batch_size}")
 
     # checkpoints hold the LoRA weights only (not the frozen VLM): the diffusers-LoRA pattern of
@@ -202,8 +207,8 @@ def run(cfg: VizerTrainConfig) -> dict:
             loss_sum, cos_sum = 0.0, 0.0
             for k in range(cfg.grad_accum):
                 chunk = images[k * micro : (k + 1) * micro]
+                vlm.model.eval()  # F_I and the captions from the frozen model in eval mode (train() is set below)
                 enc = vlm.encode(chunk)  # 1. vision tower once
-                vlm.model.eval()
                 caps = vlm.generate(enc, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature)  # 2.
                 objective.train()
                 sync = acc.no_sync(objective) if k < cfg.grad_accum - 1 else nullcontext()
@@ -238,6 +243,7 @@ def _save_checkpoint(acc, out: Path, step: int, history: list, keep: int) -> Non
     path = out / f"checkpoint-{step}"
     tmp = out / f".tmp-checkpoint-{step}"
     acc.save_state(str(tmp))
+    acc.wait_for_everyone()  # every rank has written its RNG state into tmp before it is renamed
     if acc.is_main_process:
         atomic_write_json(tmp / "progress.json", {"step": step, "history": history})
         tmp.replace(path)  # a checkpoint folder exists only once it is complete
