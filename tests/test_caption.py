@@ -164,3 +164,30 @@ def test_bad_input_one_line_exit_2(case, model_dir, data_dir, tmp_path, capsys):
               "fp16_cpu": "float16 is not supported on CPU"}[case]
     assert expect in err[0]
     assert not out.exists()
+
+
+def test_benchmark_flop_count_matches_torch_flop_counter(tmp_path, data_dir):
+    """benchmarks/caption_throughput.py counts FLOPs analytically; check it against torch's counter."""
+    import importlib.util
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from capalign.models.tiny import TINY
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("caption_throughput", root / "benchmarks" / "caption_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    vlm = load_vlm(str(build_idefics3(tmp_path / "m", longest_edge=32)), device="cpu", attn_implementation="eager")
+    vlm.model.generation_config.min_new_tokens = 5
+    img = [next(iter(open_images(str(data_dir)))).image]
+    with FlopCounterMode(display=False) as fc:
+        enc = vlm.encode(img)
+    vision = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fc:
+        caps = vlm.generate(enc, max_new_tokens=5)
+    lm = fc.get_total_flops()
+    assert caps.ids.shape == (1, 5)
+    fl = bench.flops_per_image(TINY, 1, enc.inputs["input_ids"].shape[1], 5, vlm.model.config.text_config.vocab_size)
+    assert fl["vision"] + fl["connector"] == vision
+    assert fl["lm_prefill"] + fl["lm_decode"] == lm
