@@ -85,7 +85,7 @@ EMOJI = "\U0001f600"
 
 @pytest.mark.java
 @java
-def test_initial_lookahead_matches_java():
+def test_cross_chunk_rules_match_java():
     """A one-letter initial ("A.") loses its period only if whitespace and a sentence starter follow it
     directly, on the same or the next line. Characters the lexer drops (emoji, zero-width space)
     between them block that lookahead: "A. 😀 It" keeps "a." (this was the benchmark
@@ -99,6 +99,10 @@ def test_initial_lookahead_matches_java():
                 lines += [f"x {ini}{gap}{nxt}", "zzz"]  # same line; "zzz" isolates the cases
                 lines += [f"x {ini}{gap.rstrip()}", nxt, "zzz"]  # across lines
                 lines += [f"x {ini}", gap, nxt, "zzz"]  # across a line holding only the gap
+    # the same for FRAC, which may span one space: "42 1/2" is one token, "42 \U0001f600 1/2" two
+    for num in ("42", "3", "$42", "12345"):
+        for gap in gaps:
+            lines += [f"x {num}{gap}1/2 y", "zzz", f"x {num}{gap}3/4", "zzz"]
     ours, theirs = ptb.tokenize_lines(lines), _java_lines(lines)
     bad = [(l, o, j) for l, o, j in zip(lines, ours, theirs) if o != j]
     assert not bad, f"{len(bad)} of {len(lines)} lines differ, e.g. {bad[:3]}"

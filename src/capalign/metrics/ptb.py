@@ -169,15 +169,66 @@ def _starts_sentence(chunk: str) -> bool:
     return (chunk[:1].isupper() and chunk.lower() in _SENT_START) or (len(chunk) > 2 and _chunk(chunk) == [chunk.lower()] and chunk[0] == "<")
 
 
+# Per chunk: (tokens kept after PUNCTUATIONS, flags for the rules that look across chunks).
+_LAST_DIGITS, _LAST_INITIAL, _FRAC_START, _SENT_STARTER = 1, 2, 4, 8
+_infos: dict[str, tuple[list[str], int]] = {}
+# Whole captions whose result does not depend on the next caption.
+_lines: dict[str, str] = {}
+
+
+def _info(chunk: str) -> tuple[list[str], int]:
+    got = _infos.get(chunk)
+    if got is None:
+        toks = _chunk(chunk)
+        flags = 0
+        if toks:
+            t = toks[-1]
+            if _DIGITS14.fullmatch(t) and chunk.endswith(t):
+                flags |= _LAST_DIGITS
+            if _INITIAL.fullmatch(t) and chunk[-2:].lower() == t:
+                flags |= _LAST_INITIAL
+            if _FRAC.match(chunk):
+                flags |= _FRAC_START
+            if _starts_sentence(chunk):
+                flags |= _SENT_STARTER
+        got = ([t for t in toks if t not in PUNCTUATIONS], flags)
+        if len(_infos) < 2_000_000:
+            _infos[sys.intern(chunk)] = got
+    return got
+
+
 def tokenize(caption: str, next_caption: str = "") -> str:
     """One caption -> the string pycocoevalcap's PTBTokenizer would produce for it.
 
     `next_caption` is the caption on the following line of the same Java call: a one-letter
     initial at the very end of a caption looks at it (the lexer's sentence-end lookahead).
+    Fast path: the cached chunks' kept tokens, joined; the rare captions where a rule spanning two
+    chunks (a fraction after a number, an initial before a sentence starter) might apply go
+    through _tokenize_slow.
     """
+    got = _lines.get(caption)
+    if got is not None:
+        return got
+    out: list[str] = []
+    prev = 0
+    for chunk in _SPLIT.split(caption)[::2]:
+        if not chunk:
+            continue
+        kept, flags = _info(chunk)
+        if (prev & _LAST_DIGITS and flags & _FRAC_START) or (prev & _LAST_INITIAL and flags & _SENT_STARTER):
+            return _tokenize_slow(caption, next_caption)
+        out += kept
+        prev = flags
+    if prev & _LAST_INITIAL:  # depends on the next caption: not cached
+        return _tokenize_slow(caption, next_caption) if next_caption else " ".join(out)
+    got = " ".join(out)
+    if len(_lines) < 2_000_000:
+        _lines[caption] = got
+    return got
+
+
+def _tokenize_slow(caption: str, next_caption: str = "") -> str:
     parts = _SPLIT.split(caption)
-    if len(parts) == 1 and not next_caption:  # one chunk: no cross-chunk rules apply
-        return " ".join(t for t in _chunk(caption) if t not in PUNCTUATIONS)
     toks: list[str] = []
     prev = ""  # the raw chunk right before this one (even if it lexed to nothing)
     for i in range(0, len(parts), 2):
@@ -188,13 +239,15 @@ def tokenize(caption: str, next_caption: str = "") -> str:
         last, prev = prev, chunk
         if toks and cur:
             sep = parts[i - 1]
+            # The lexer's lookaheads do not see past chars it drops (emoji, zero-width ...): the
+            # previous token must end the previous chunk, e.g. "42 \U0001f600 1/2" stays two tokens
+            # and "A. \U0001f600 It" keeps "a.".
             # FRAC may span one space: "42 1/2" is one token, printed with a no-break space.
-            m = _FRAC.match(chunk) if sep in (" ", "\u00a0") and _DIGITS14.fullmatch(toks[-1]) else None
+            m = _FRAC.match(chunk) if sep in (" ", "\u00a0") and _DIGITS14.fullmatch(toks[-1]) and last.endswith(toks[-1]) else None
             if m:
                 toks[-1] = toks[-1] + "\u00a0" + m.group()
                 cur = _chunk(chunk[m.end():]) if m.end() < len(chunk) else []
-            # The lexer's lookahead is "A." + whitespace + sentence starter: it fails when chars the
-            # lexer drops (emoji, zero-width ...) come between, e.g. "A. \U0001f600 It" keeps "a.".
+            # An initial before whitespace + a sentence starter loses its period.
             elif _INITIAL.fullmatch(toks[-1]) and last[-2:].lower() == toks[-1] and _starts_sentence(chunk):
                 toks[-1] = toks[-1][0]
         toks.extend(cur)
