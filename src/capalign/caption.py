@@ -8,7 +8,10 @@ cannot be read are listed in `<out>.skipped.jsonl`; the resolved config goes to 
 Under `accelerate launch` (several processes) each rank captions the entries whose index in the
 source is congruent to its rank modulo the world size, into `<out>.rank{k}`; rank 0 merges those
 files into `<out>` at the end (and so does any later run, so a crashed multi-process run resumes
-correctly with any number of processes).
+correctly with any number of processes). The merged file is in rank order, not source order.
+Checked with `torchrun --nproc_per_node 2 -m capalign caption ...` on CPU (accelerate's GPU launcher
+sets the same environment); note that `accelerate launch --cpu --num_processes 2` starts ONE process
+(accelerate's multi-CPU mode needs MPI), which then simply captions everything.
 
 `caption_source(vlm, source, out_path, ...)` is the library entry point (reused by the ViZer code).
 """
