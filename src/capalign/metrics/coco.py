@@ -36,30 +36,42 @@ BETA = 1.2
 _SMALL, _TINY = 1e-9, 1e-15
 
 
-def _sorted_unique(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct values, index of each value's first row in the sorted array).
-    np.unique is avoided: numpy 2.x's hash-based path takes seconds on millions of int64."""
-    s = np.sort(key)
-    first = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1]))) if len(s) else np.zeros(0, dtype=np.int64)
-    return s[first], first
+def _inverse(key: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense ids 0..n-1 for the distinct values of key (in sorted order) and n. Argsort-based:
+    faster than searchsorted into the distinct values, and numpy 2.x's hash-based np.unique."""
+    if len(key) == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    perm = np.argsort(key)
+    s = key[perm]
+    ids = np.empty(len(key), dtype=np.int64)
+    ids[0] = 0
+    np.cumsum(s[1:] != s[:-1], out=ids[1:])
+    inv = np.empty_like(ids)
+    inv[perm] = ids
+    return inv, int(ids[-1]) + 1
 
 
 class _Table:
-    """N-gram counts of every sentence of a corpus: refs (image by image) then the candidates.
+    """Distinct (image, n-gram, sentence) rows of a corpus, sorted by image, then n-gram, then sentence.
 
-    Arrays (one row per distinct (sentence, n-gram) pair, sorted by sentence then n-gram id):
-    sent, gram, order (0..3), count. Per sentence: length (words), image. Refs are sentences
-    0..n_refs-1, the candidate of image i is sentence n_refs + i.
+    Sentences are the references (image by image, "slot" 0.. within the image) and one candidate
+    per image (slot R = the largest number of references). Rows: img, gram (id; n-grams are numbered
+    order by order), order (0..3), slot, sent (global sentence index: refs 0..n_refs-1, then the
+    candidate of image i at n_refs + i), count. Rows with the same (img, gram) form a group, refs
+    first and the candidate last, so one sort gives the per-sentence counts, CIDEr-D's document
+    frequencies, BLEU's max reference counts and the ref/candidate pairs of the clipped dot products.
     """
 
     def __init__(self, gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]]):
         keys = list(gts)
-        self.n_img = len(keys)
-        refs_per = np.fromiter((len(gts[k]) for k in keys), dtype=np.int64, count=self.n_img)
-        if self.n_img and refs_per.min() < 1:
+        self.n_img = I = len(keys)
+        refs_per = np.fromiter((len(gts[k]) for k in keys), dtype=np.int64, count=I)
+        if I and refs_per.min() < 1:
             raise ValueError("every id needs at least one reference")
         self.refs_per = refs_per
-        self.n_refs = int(refs_per.sum())
+        self.n_refs = n_refs = int(refs_per.sum())
+        self.ref_start = np.concatenate(([0], np.cumsum(refs_per)[:-1])).astype(np.int64)
+        R = int(refs_per.max()) if I else 0
         sentences = [r for k in keys for r in gts[k]] + [res[k][0] for k in keys]
         n_sent = len(sentences)
         vocab: defaultdict = defaultdict()
@@ -75,49 +87,52 @@ class _Table:
         tok = np.asarray(flat, dtype=np.int64)
         T = len(tok)
         self.length = lens
-        self.ref_image = np.repeat(np.arange(self.n_img, dtype=np.int64), refs_per)
+        self.ref_image = np.repeat(np.arange(I, dtype=np.int64), refs_per)
+        sent_img = np.concatenate((self.ref_image, np.arange(I, dtype=np.int64)))
+        sent_slot = np.concatenate((np.arange(n_refs, dtype=np.int64) - self.ref_start[self.ref_image], np.full(I, R, dtype=np.int64)))
         sid = np.repeat(np.arange(n_sent, dtype=np.int64), lens)
-        ends = np.cumsum(lens)
-        remaining = ends[sid] - np.arange(T, dtype=np.int64)  # words from this position to the sentence end
+        remaining = np.cumsum(lens)[sid] - np.arange(T, dtype=np.int64)  # words from a position to its sentence end
 
-        # n-gram ids: order k at position p = unique(id of the (k-1)-gram at p * V + token at p+k-1)
+        # n-gram ids: the k-gram at p gets a dense id from (id of the (k-1)-gram at p) * V + token at p+k-1
         sents, grams = [sid], [tok]
-        prev = tok
-        offset = V
-        first_id = [0]  # ids are numbered order by order: the first id of each order
+        prev, offset, first_id = tok, V, [0]
         for k in range(1, N):
             first_id.append(offset)
             pos = np.flatnonzero(remaining > k)
-            key = prev[pos] * V + tok[pos + k]
-            uniq, _ = _sorted_unique(key)
-            inv = np.searchsorted(uniq, key)
+            inv, n_new = _inverse(prev[pos] * V + tok[pos + k])
             cur = np.full(T, -1, dtype=np.int64)
             cur[pos] = inv
             sents.append(sid[pos])
             grams.append(inv + offset)
-            offset += len(uniq)
+            offset += n_new
             prev = cur
-        self.n_grams = G = offset
-        key = np.concatenate(sents) * G + np.concatenate(grams)
-        n_rows = len(key)
-        key, first = _sorted_unique(key)
-        count = np.diff(np.concatenate((first, [n_rows])))
-        self.sent = key // G
-        self.gram = key - self.sent * G
+        G, S = offset, R + 1
+        sid = np.concatenate(sents)
+        key = (sent_img[sid] * G + np.concatenate(grams)) * S + sent_slot[sid]
+        del sents, grams, sid, prev, cur
+        key.sort()
+        if len(key):
+            new = np.concatenate(([True], key[1:] != key[:-1]))
+            first = np.flatnonzero(new)
+            self.count = np.diff(np.append(first, len(key)))
+            key = key[first]
+        else:
+            self.count = np.zeros(0, dtype=np.int64)
+        ig, self.slot = np.divmod(key, S)
+        self.img, self.gram = np.divmod(ig, G)
         self.order = (np.searchsorted(np.array(first_id), self.gram, side="right") - 1).astype(np.int8)
-        self.count = count
-        n_ref_rows = int(np.searchsorted(self.sent, self.n_refs))  # rows are sorted by sentence
-        self.ref_rows = slice(0, n_ref_rows)
-        self.cand_rows = slice(n_ref_rows, len(key))
-        # For each ref row: the row of the same n-gram in its image's candidate (or -1).
-        rs, rg = self.sent[self.ref_rows], self.gram[self.ref_rows]
-        cs, cg = self.sent[self.cand_rows], self.gram[self.cand_rows]
-        ckey = (cs - self.n_refs) * G + cg  # sorted
-        rkey = self.ref_image[rs] * G + rg
-        idx = np.searchsorted(ckey, rkey)
-        idx[idx >= len(ckey)] = 0
-        hit = ckey[idx] == rkey if len(ckey) else np.zeros(len(rkey), dtype=bool)
-        self.match = np.where(hit, idx, -1)
+        self.is_cand = self.slot == R
+        self.sent = np.where(self.is_cand, n_refs + self.img, self.ref_start[self.img] + self.slot)
+        # groups of rows with the same (image, n-gram)
+        gstart = np.flatnonzero(np.concatenate(([True], ig[1:] != ig[:-1]))) if len(ig) else np.zeros(0, dtype=np.int64)
+        self.group = np.cumsum(np.concatenate(([False], ig[1:] != ig[:-1]))) if len(ig) else np.zeros(0, dtype=np.int64)
+        self.group_start = gstart
+        cand_rows = np.flatnonzero(self.is_cand)
+        self.group_cand = np.full(len(gstart), -1, dtype=np.int64)
+        self.group_cand[self.group[cand_rows]] = cand_rows
+        self.cand_rows = cand_rows
+        self.ref_rows = np.flatnonzero(~self.is_cand)
+        self.n_grams = G
 
 
 def bleu(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], table: _Table | None = None):
@@ -126,30 +141,25 @@ def bleu(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], tab
     I = t.n_img
     if I == 0:
         return [0.0] * N, [[] for _ in range(N)]
-    cand = t.cand_rows
-    n_cand_rows = cand.stop - cand.start
-    # max count of each candidate n-gram over its image's references
-    maxref = np.zeros(n_cand_rows, dtype=np.int64)
-    m = t.match
-    hit = m >= 0
-    np.maximum.at(maxref, m[hit], t.count[t.ref_rows][hit])
-    clipped = np.minimum(t.count[cand], maxref)
-    img = t.sent[cand] - t.n_refs
-    correct = np.bincount(img * N + t.order[cand], weights=clipped, minlength=I * N).reshape(I, N)
+    # max count of each (image, n-gram) over the image's references (the candidate row counts 0)
+    ref_count = np.where(t.is_cand, 0, t.count)
+    maxref = np.maximum.reduceat(ref_count, t.group_start) if len(ref_count) else ref_count
+    c = t.cand_rows
+    clipped = np.minimum(t.count[c], maxref[t.group[c]])
+    correct = np.bincount(t.img[c] * N + t.order[c], weights=clipped, minlength=I * N).reshape(I, N)
     testlen = t.length[t.n_refs:]
     guess = np.maximum(0, testlen[:, None] - np.arange(N)[None, :])
     # "closest" reference length, ties -> the shorter one
     reflens = t.length[: t.n_refs]
-    diff = np.abs(reflens - testlen[t.ref_image])
-    packed = diff * (1 << 31) + reflens
-    starts = np.concatenate(([0], np.cumsum(t.refs_per)[:-1]))
-    reflen = np.minimum.reduceat(packed, starts) & ((1 << 31) - 1)
+    packed = np.abs(reflens - testlen[t.ref_image]) * (1 << 31) + reflens
+    reflen = np.minimum.reduceat(packed, t.ref_start) & ((1 << 31) - 1)
 
     prec = (correct + _TINY) / (guess + _SMALL)
     cum = np.cumprod(prec, axis=1)
     ratio = (testlen + _TINY) / (reflen + _SMALL)
-    with np.errstate(divide="ignore"):
-        bp = np.where(ratio < 1, np.exp(1 - 1 / np.where(ratio < 1, ratio, 1.0)), 1.0)
+    short = ratio < 1
+    bp = np.ones(I)
+    bp[short] = np.exp(1 - 1 / ratio[short])
     per = [(cum[:, k] ** (1.0 / (k + 1)) * bp).tolist() for k in range(N)]
 
     tot_correct = [int(x) for x in correct.sum(axis=0).round()]
@@ -215,32 +225,31 @@ def cider_d(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], 
     I = t.n_img
     if I == 0:
         return float("nan"), []
-    G = t.n_grams
-    refs = t.ref_rows
-    # document frequency: in how many images' reference sets each n-gram occurs
-    per_image, _ = _sorted_unique(t.ref_image[t.sent[refs]] * G + t.gram[refs])
-    df = np.bincount(per_image % G, minlength=G).astype(np.float64)
+    # document frequency: in how many images' reference sets an n-gram occurs = groups whose first row is a ref
+    gs = t.group_start
+    has_ref = ~t.is_cand[gs]
+    df = np.bincount(t.gram[gs[has_ref]], minlength=t.n_grams).astype(np.float64)
     ref_len = np.log(float(I))
     w = t.count * (ref_len - np.log(np.maximum(1.0, df[t.gram])))
     n_sent = t.n_refs + I
     norm = np.sqrt(np.bincount(t.sent * N + t.order, weights=w * w, minlength=n_sent * N)).reshape(n_sent, N)
     bigrams = np.maximum(t.length - 1, 0)  # pycocoevalcap's "length": the number of bigrams
 
-    m = t.match
-    hit = np.flatnonzero(m >= 0)
-    wr = w[refs][hit]
-    wc = w[t.cand_rows][m[hit]]
-    r_sent = t.sent[refs][hit]
-    val = np.bincount(r_sent * N + t.order[refs][hit], weights=np.minimum(wc, wr) * wr,
+    r = t.ref_rows
+    m = t.group_cand[t.group[r]]  # the candidate row with the same (image, n-gram), or -1
+    hit = m >= 0
+    r, m = r[hit], m[hit]
+    wr, wc = w[r], w[m]
+    val = np.bincount(t.sent[r] * N + t.order[r], weights=np.minimum(wc, wr) * wr,
                       minlength=t.n_refs * N).reshape(t.n_refs, N)
     hn = norm[t.n_refs:][t.ref_image]
     rn = norm[: t.n_refs]
     nz = (hn != 0) & (rn != 0)
-    val = np.where(nz, val / np.where(nz, hn * rn, 1.0), val)
+    val[nz] /= (hn * rn)[nz]
     delta = (bigrams[t.n_refs:][t.ref_image] - bigrams[: t.n_refs]).astype(np.float64)
     pen = np.e ** (-(delta ** 2) / (2 * SIGMA ** 2))
-    val = val * pen[:, None]
-    total = np.add.reduceat(val, np.concatenate(([0], np.cumsum(t.refs_per)[:-1])), axis=0)  # refs are contiguous per image
+    val *= pen[:, None]
+    total = np.add.reduceat(val, t.ref_start, axis=0)  # refs are contiguous per image
     scores = total.mean(axis=1) / t.refs_per * 10.0
     return float(np.mean(scores)), scores.tolist()
 
