@@ -103,6 +103,9 @@ def test_cross_chunk_rules_match_java():
     for num in ("42", "3", "$42", "12345"):
         for gap in gaps:
             lines += [f"x {num}{gap}1/2 y", "zzz", f"x {num}{gap}3/4", "zzz"]
+    # spaces to Python's str.split() that the lexer drops instead of splitting on (and controls)
+    for c in "\x1c\x1d\x1e\x1f\u1680\u202f\u205f":
+        lines += [f"a dog{c}runs", f"a dog {c} runs", f"x 42{c}1/2 y", f"x A.{c}It", "zzz"]
     ours, theirs = ptb.tokenize_lines(lines), _java_lines(lines)
     bad = [(l, o, j) for l, o, j in zip(lines, ours, theirs) if o != j]
     assert not bad, f"{len(bad)} of {len(lines)} lines differ, e.g. {bad[:3]}"

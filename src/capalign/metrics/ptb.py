@@ -97,7 +97,7 @@ _RULES: list[tuple[str, str]] = [
     ("runs", r"\*+|_+|#+|@+"),
     ("amp", r"(?i)&amp;"),
     ("paren_dash", r"\(--\)"),
-    ("any", r"[^\s]"),
+    ("any", r"(?s:.)"),  # whitespace the lexer does not split on (U+202F ...) too
 ]
 _COMPILED = [(name, re.compile(rx)) for name, rx in _RULES]
 _FIRST_GROUP = {"cannot", "gonna", "nt_word", "redaux_word", "tis", "y_apos"}
@@ -109,7 +109,8 @@ _SINGLE = {"\u00a3": "#", "\u20ac": "$", "\u00a2": "cents", "\u00bd": "1/2", "\u
 
 def _drop(c: str) -> bool:
     # Java drops chars no rule matches: surrogates (astral chars), controls, format chars (ZWJ), marks.
-    return ord(c) > 0xFFFF or unicodedata.category(c) in ("Cc", "Cf", "Mn", "Me", "Co", "Cn")
+    # Zs here: the spaces the lexer does not split on (U+1680, U+202F, U+205F) are dropped too.
+    return ord(c) > 0xFFFF or unicodedata.category(c) in ("Cc", "Cf", "Mn", "Me", "Co", "Cn", "Zs")
 
 
 def _lex(chunk: str) -> list[str]:
@@ -170,7 +171,8 @@ def _starts_sentence(chunk: str) -> bool:
 
 
 # Per chunk: (tokens kept after PUNCTUATIONS, flags for the rules that look across chunks).
-_LAST_DIGITS, _LAST_INITIAL, _FRAC_START, _SENT_STARTER = 1, 2, 4, 8
+_LAST_DIGITS, _LAST_INITIAL, _FRAC_START, _SENT_STARTER = 1, 2, 4, 8  # FRAC_START >> 2 == LAST_DIGITS ...
+_ODD_SPACE = re.compile("[\x1c-\x1f\u1680\u202f\u205f]")
 _infos: dict[str, tuple[list[str], int]] = {}
 # Whole captions whose result does not depend on the next caption.
 _lines: dict[str, str] = {}
@@ -211,11 +213,16 @@ def tokenize(caption: str, next_caption: str = "") -> str:
         return got
     out: list[str] = []
     prev = 0
-    for chunk in _SPLIT.split(caption)[::2]:
-        if not chunk:
-            continue
-        kept, flags = _info(chunk)
-        if (prev & _LAST_DIGITS and flags & _FRAC_START) or (prev & _LAST_INITIAL and flags & _SENT_STARTER):
+    get = _infos.get
+    # str.split() splits on every char _SPLIT does, and on a few more that the lexer does not treat as space
+    for chunk in (_SPLIT.split(caption)[::2] if _ODD_SPACE.search(caption) else caption.split()):
+        info = get(chunk)
+        if info is None:
+            info = _info(chunk)
+        kept, flags = info
+        # (previous chunk ends with 1-4 digits and this one starts with a fraction) or
+        # (previous chunk ends with an initial and this one is a sentence starter)
+        if prev & (flags >> 2):
             return _tokenize_slow(caption, next_caption)
         out += kept
         prev = flags
