@@ -133,6 +133,17 @@ def test_scorers_match_pycocoevalcap_without_java():
     _assert_same(coco.coco_scores(gts_t, res_t, tokenize=False), _oracle_scores(gts_t, res_t))
 
 
+def test_scorers_match_pycocoevalcap_with_varying_reference_counts():
+    """1 to 6 references per image (the n-gram table has empty reference slots), tokens from ptb.py."""
+    import random
+
+    gts, res = synth.corpus(400, n_refs=6, seed=11)
+    rng = random.Random(3)
+    gts = {k: v[: rng.randint(1, 6)] for k, v in gts.items()}
+    gts_t, res_t = ptb.tokenize_corpus(gts), ptb.tokenize_corpus(res)
+    _assert_same(coco.coco_scores(gts_t, res_t, tokenize=False), _oracle_scores(gts_t, res_t))
+
+
 def test_hand_computed_values():
     gts = {"a": ["a red circle on the left"], "b": ["two blue squares"]}
     res = {"a": ["a red circle on the left"], "b": ["a green triangle"]}

@@ -52,14 +52,15 @@ def _inverse(key: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 class _Table:
-    """Distinct (image, n-gram, sentence) rows of a corpus, sorted by image, then n-gram, then sentence.
+    """Distinct (image, n-gram, slot) rows of a corpus, sorted by image, then n-gram, then slot.
 
-    Sentences are the references (image by image, "slot" 0.. within the image) and one candidate
-    per image (slot R = the largest number of references). Rows: img, gram (id; n-grams are numbered
-    order by order), order (0..3), slot, sent (global sentence index: refs 0..n_refs-1, then the
-    candidate of image i at n_refs + i), count. Rows with the same (img, gram) form a group, refs
-    first and the candidate last, so one sort gives the per-sentence counts, CIDEr-D's document
-    frequencies, BLEU's max reference counts and the ref/candidate pairs of the clipped dot products.
+    Sentence (i, j) is reference j of image i for j < refs_per[i] and the candidate for j = R (the
+    largest number of references); slots in between are empty. Per-sentence arrays have shape
+    (n_img, R + 1) and rows carry sent = i * (R + 1) + j. Rows: gram (dense id; n-grams are numbered
+    order by order), order (0..3), img, slot, sent, count. Rows with the same (img, gram) form a
+    group, refs first and the candidate last, so one sort of bit-packed (img, gram, slot) keys gives
+    the per-sentence counts, CIDEr-D's document frequencies, BLEU's max reference counts and the
+    ref/candidate pairs of CIDEr-D's clipped dot products.
     """
 
     def __init__(self, gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]]):
@@ -69,16 +70,15 @@ class _Table:
         if I and refs_per.min() < 1:
             raise ValueError("every id needs at least one reference")
         self.refs_per = refs_per
-        self.n_refs = n_refs = int(refs_per.sum())
-        self.ref_start = np.concatenate(([0], np.cumsum(refs_per)[:-1])).astype(np.int64)
-        R = int(refs_per.max()) if I else 0
+        self.R = R = int(refs_per.max()) if I else 0
+        self.S = S = R + 1
         sentences = [r for k in keys for r in gts[k]] + [res[k][0] for k in keys]
-        n_sent = len(sentences)
+        n_refs = len(sentences) - I
         vocab: defaultdict = defaultdict()
         vocab.default_factory = vocab.__len__  # token -> id, new tokens numbered in order
         lookup = vocab.__getitem__
         flat: list[int] = []
-        lens = np.empty(n_sent, dtype=np.int64)
+        lens = np.empty(len(sentences), dtype=np.int64)
         for i, s in enumerate(sentences):
             w = s.split()
             lens[i] = len(w)
@@ -86,12 +86,19 @@ class _Table:
         V = max(len(vocab), 1)
         tok = np.asarray(flat, dtype=np.int64)
         T = len(tok)
-        self.length = lens
-        self.ref_image = np.repeat(np.arange(I, dtype=np.int64), refs_per)
-        sent_img = np.concatenate((self.ref_image, np.arange(I, dtype=np.int64)))
-        sent_slot = np.concatenate((np.arange(n_refs, dtype=np.int64) - self.ref_start[self.ref_image], np.full(I, R, dtype=np.int64)))
-        sid = np.repeat(np.arange(n_sent, dtype=np.int64), lens)
-        remaining = np.cumsum(lens)[sid] - np.arange(T, dtype=np.int64)  # words from a position to its sentence end
+        # the (image, slot) place of each sentence
+        ref_image = np.repeat(np.arange(I, dtype=np.int64), refs_per)
+        ref_start = np.concatenate(([0], np.cumsum(refs_per)[:-1])).astype(np.int64)
+        place = np.concatenate((ref_image * S + np.arange(n_refs, dtype=np.int64) - ref_start[ref_image],
+                                np.arange(I, dtype=np.int64) * S + R))
+        self.length = np.zeros(I * S, dtype=np.int64)
+        self.length[place] = lens
+        self.length = self.length.reshape(I, S)
+        self.is_ref = np.zeros(I * S, dtype=bool)
+        self.is_ref[place[:n_refs]] = True
+        self.is_ref = self.is_ref.reshape(I, S)
+        sid = np.repeat(place, lens)  # place of each token's sentence
+        remaining = np.cumsum(lens)[np.repeat(np.arange(len(lens)), lens)] - np.arange(T, dtype=np.int64)
 
         # n-gram ids: the k-gram at p gets a dense id from (id of the (k-1)-gram at p) * V + token at p+k-1
         sents, grams = [sid], [tok]
@@ -106,39 +113,46 @@ class _Table:
             grams.append(inv + offset)
             offset += n_new
             prev = cur
-        G, S = offset, R + 1
+        self.n_grams = G = offset
+        # key bits: image | gram | slot, so decoding is shifts and masks
+        sbits, gbits = max(int(S - 1).bit_length(), 1), max(int(G - 1).bit_length(), 1)
+        if max(int(I - 1).bit_length(), 1) + gbits + sbits > 62:
+            raise ValueError("corpus too large for 64-bit n-gram keys")
         sid = np.concatenate(sents)
-        key = (sent_img[sid] * G + np.concatenate(grams)) * S + sent_slot[sid]
-        del sents, grams, sid, prev, cur
+        del sents, prev, cur, remaining
+        img, slot = np.divmod(sid, S)
+        key = (((img << gbits) | np.concatenate(grams)) << sbits) | slot
+        del grams, sid, img, slot
         key.sort()
         if len(key):
-            new = np.concatenate(([True], key[1:] != key[:-1]))
-            first = np.flatnonzero(new)
+            first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
             self.count = np.diff(np.append(first, len(key)))
             key = key[first]
         else:
             self.count = np.zeros(0, dtype=np.int64)
-        ig, self.slot = np.divmod(key, S)
-        self.img, self.gram = np.divmod(ig, G)
-        self.order = (np.searchsorted(np.array(first_id), self.gram, side="right") - 1).astype(np.int8)
+        ig = key >> sbits  # (image, gram)
+        self.slot = key & ((1 << sbits) - 1)
+        self.img = ig >> gbits
+        self.gram = ig & ((1 << gbits) - 1)
+        self.sent = self.img * S + self.slot
+        self.order = (self.gram >= first_id[1]).astype(np.int8)
+        for k in range(2, N):
+            self.order += self.gram >= first_id[k]
         self.is_cand = self.slot == R
-        self.sent = np.where(self.is_cand, n_refs + self.img, self.ref_start[self.img] + self.slot)
         # groups of rows with the same (image, n-gram)
-        gstart = np.flatnonzero(np.concatenate(([True], ig[1:] != ig[:-1]))) if len(ig) else np.zeros(0, dtype=np.int64)
-        self.group = np.cumsum(np.concatenate(([False], ig[1:] != ig[:-1]))) if len(ig) else np.zeros(0, dtype=np.int64)
-        self.group_start = gstart
-        cand_rows = np.flatnonzero(self.is_cand)
-        self.group_cand = np.full(len(gstart), -1, dtype=np.int64)
-        self.group_cand[self.group[cand_rows]] = cand_rows
-        self.cand_rows = cand_rows
+        new_group = np.concatenate(([True], ig[1:] != ig[:-1])) if len(ig) else np.zeros(0, dtype=bool)
+        self.group_start = np.flatnonzero(new_group)
+        self.group = np.cumsum(new_group) - 1
+        self.cand_rows = np.flatnonzero(self.is_cand)
+        self.group_cand = np.full(len(self.group_start), -1, dtype=np.int64)
+        self.group_cand[self.group[self.cand_rows]] = self.cand_rows
         self.ref_rows = np.flatnonzero(~self.is_cand)
-        self.n_grams = G
 
 
 def bleu(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], table: _Table | None = None):
     """(corpus [B1..B4], per-caption [[B1...], ..., [B4...]]) exactly as pycocoevalcap Bleu(4)."""
     t = table if table is not None else _Table(gts, res)
-    I = t.n_img
+    I, R = t.n_img, t.R
     if I == 0:
         return [0.0] * N, [[] for _ in range(N)]
     # max count of each (image, n-gram) over the image's references (the candidate row counts 0)
@@ -147,12 +161,12 @@ def bleu(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], tab
     c = t.cand_rows
     clipped = np.minimum(t.count[c], maxref[t.group[c]])
     correct = np.bincount(t.img[c] * N + t.order[c], weights=clipped, minlength=I * N).reshape(I, N)
-    testlen = t.length[t.n_refs:]
+    testlen = t.length[:, R]
     guess = np.maximum(0, testlen[:, None] - np.arange(N)[None, :])
-    # "closest" reference length, ties -> the shorter one
-    reflens = t.length[: t.n_refs]
-    packed = np.abs(reflens - testlen[t.ref_image]) * (1 << 31) + reflens
-    reflen = np.minimum.reduceat(packed, t.ref_start) & ((1 << 31) - 1)
+    # "closest" reference length, ties -> the shorter one (empty slots never win)
+    reflens = t.length[:, :R]
+    packed = np.where(t.is_ref[:, :R], np.abs(reflens - testlen[:, None]) * (1 << 31) + reflens, np.iinfo(np.int64).max)
+    reflen = packed.min(axis=1) & ((1 << 31) - 1)
 
     prec = (correct + _TINY) / (guess + _SMALL)
     cum = np.cumprod(prec, axis=1)
@@ -222,17 +236,15 @@ def rouge_l(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]]):
 def cider_d(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], table: _Table | None = None):
     """(corpus mean, per-caption CIDEr-D) exactly as pycocoevalcap Cider (n=4, sigma=6, df from these refs)."""
     t = table if table is not None else _Table(gts, res)
-    I = t.n_img
+    I, R, S = t.n_img, t.R, t.S
     if I == 0:
         return float("nan"), []
     # document frequency: in how many images' reference sets an n-gram occurs = groups whose first row is a ref
     gs = t.group_start
-    has_ref = ~t.is_cand[gs]
-    df = np.bincount(t.gram[gs[has_ref]], minlength=t.n_grams).astype(np.float64)
+    df = np.bincount(t.gram[gs[~t.is_cand[gs]]], minlength=t.n_grams).astype(np.float64)
     ref_len = np.log(float(I))
     w = t.count * (ref_len - np.log(np.maximum(1.0, df[t.gram])))
-    n_sent = t.n_refs + I
-    norm = np.sqrt(np.bincount(t.sent * N + t.order, weights=w * w, minlength=n_sent * N)).reshape(n_sent, N)
+    norm = np.sqrt(np.bincount(t.sent * N + t.order, weights=w * w, minlength=I * S * N)).reshape(I, S, N)
     bigrams = np.maximum(t.length - 1, 0)  # pycocoevalcap's "length": the number of bigrams
 
     r = t.ref_rows
@@ -240,16 +252,14 @@ def cider_d(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], 
     hit = m >= 0
     r, m = r[hit], m[hit]
     wr, wc = w[r], w[m]
-    val = np.bincount(t.sent[r] * N + t.order[r], weights=np.minimum(wc, wr) * wr,
-                      minlength=t.n_refs * N).reshape(t.n_refs, N)
-    hn = norm[t.n_refs:][t.ref_image]
-    rn = norm[: t.n_refs]
+    val = np.bincount(t.sent[r] * N + t.order[r], weights=np.minimum(wc, wr) * wr, minlength=I * S * N).reshape(I, S, N)[:, :R]
+    hn = norm[:, R:, :]
+    rn = norm[:, :R, :]
     nz = (hn != 0) & (rn != 0)
-    val[nz] /= (hn * rn)[nz]
-    delta = (bigrams[t.n_refs:][t.ref_image] - bigrams[: t.n_refs]).astype(np.float64)
+    val[nz] /= np.broadcast_to(hn, rn.shape)[nz] * rn[nz]
+    delta = (bigrams[:, R:] - bigrams[:, :R]).astype(np.float64)
     pen = np.e ** (-(delta ** 2) / (2 * SIGMA ** 2))
-    val *= pen[:, None]
-    total = np.add.reduceat(val, t.ref_start, axis=0)  # refs are contiguous per image
+    total = (val * pen[:, :, None]).sum(axis=1)  # empty slots have val 0
     scores = total.mean(axis=1) / t.refs_per * 10.0
     return float(np.mean(scores)), scores.tolist()
 
