@@ -6,15 +6,19 @@ at every position each rule is tried and the longest match wins (ties: the earli
 then the rule's normalisation is applied (brackets -> -lrb-, latex quotes, currency, fractions,
 n't / 's splitting, gonna -> gon na ...). The tokens are lower-cased after lexing, as Java does.
 
-Where we depart from the Java lexer (checked against it by tests/test_metrics_ptb.py):
+Where we depart from the Java lexer (checked against it by tests/test_metrics_coco.py):
 - Only the rules that matter for captions are emulated. Not emulated: SGML with spaces inside,
   smileys, most Twitter/URL/e-mail subtleties, soft hyphens, HTML entities other than &amp;,
   the full CoreNLP abbreviation list (we keep a documented subset, see _ABBREVS).
 - Characters outside the Basic Multilingual Plane (emoji ...), control characters, zero-width
   joiners and variation selectors are dropped, as the Java lexer drops them ("Untokenizable").
-- Input should be NFC: decomposed accents (e + U+0301) are not handled like the Java lexer.
+- Input should be NFC: decomposed accents (e + U+0301) are not handled like the Java lexer (Java
+  keeps combining marks, as letters; we drop them).
 Since tokens never span whitespace (except FRAC, which is harmless after split(' ')), a caption
 is tokenised whitespace-chunk by whitespace-chunk with a cache: captions repeat words a lot.
+The two rules that look across whitespace (FRAC "42 1/2", and a one-letter initial "A." losing its
+period before a sentence starter, also on the next line) only fire when nothing the lexer drops
+(emoji, zero-width or other non-splitting space ...) sits between the two chunks, as in Java.
 """
 
 from __future__ import annotations
