@@ -144,6 +144,18 @@ def test_scorers_match_pycocoevalcap_with_varying_reference_counts():
     _assert_same(coco.coco_scores(gts_t, res_t, tokenize=False), _oracle_scores(gts_t, res_t))
 
 
+@pytest.mark.parametrize("gts,res", [
+    ({"a": ["a dog runs"]}, {"a": ["a dog runs"]}),  # one image: CIDEr-D's idf is 0
+    ({"a": ["a dog runs", ""]}, {"a": [""]}),
+    ({"a": [""], "b": ["x"]}, {"a": [""], "b": [""]}),
+    ({"a": ["x y"], "b": ["z"]}, {"a": ["p q"], "b": ["r"]}),  # no n-gram in common at all
+    ({"a": ["a b c d e f g"], "b": ["a b"]}, {"a": ["a b c d e f g h i j"], "b": ["b a"]}),
+    ({"a": ["42\u00a01/2 cups", "two dogs"], "b": ["a a a a a"]}, {"a": ["42\u00a01/2"], "b": ["a a a a a a a"]}),
+])
+def test_scorers_edge_cases_match_pycocoevalcap(gts, res):
+    _assert_same(coco.coco_scores(gts, res, tokenize=False), _oracle_scores(gts, res))
+
+
 def test_hand_computed_values():
     gts = {"a": ["a red circle on the left"], "b": ["two blue squares"]}
     res = {"a": ["a red circle on the left"], "b": ["a green triangle"]}

@@ -252,7 +252,7 @@ def cider_d(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], 
     hit = m >= 0
     r, m = r[hit], m[hit]
     wr, wc = w[r], w[m]
-    val = np.bincount(t.sent[r] * N + t.order[r], weights=np.minimum(wc, wr) * wr, minlength=I * S * N).reshape(I, S, N)[:, :R]
+    val = np.bincount(t.sent[r] * N + t.order[r], weights=np.minimum(wc, wr) * wr, minlength=I * S * N).astype(np.float64).reshape(I, S, N)[:, :R]  # (int when empty)
     hn = norm[:, R:, :]
     rn = norm[:, :R, :]
     nz = (hn != 0) & (rn != 0)
