@@ -43,14 +43,15 @@ class NanoTrainConfig:
     seed: int = arg(0, "Seed for data, init and training.")
     image_size: int = arg(64, "Image side in pixels; also the vision encoder's tile size.")
     patch_size: int = arg(8, "Vision patch size.")
+    scale_factor: int = arg(2, "Pixel-shuffle factor of the connector (image tokens = (image_size/patch_size/scale_factor)^2).")
     vision_width: int = arg(96, "Vision encoder width.")
     vision_layers: int = arg(2, "Vision encoder layers.")
     text_width: int = arg(128, "Language model width.")
     text_layers: int = arg(2, "Language model layers.")
     vocab_size: int = arg(400, "BPE vocabulary size of the locally trained tokenizer.")
-    steps: int = arg(1500, "Optimizer steps (training also stops at max_minutes).")
+    steps: int = arg(2000, "Optimizer steps (training also stops at max_minutes).")
     max_minutes: float = arg(3.0, "Wall-clock budget for training (the val score is computed after).")
-    batch_size: int = arg(64, "Batch size.")
+    batch_size: int = arg(32, "Batch size (more, smaller steps beat fewer large ones here).")
     lr: float = arg(3e-3, "Peak learning rate (AdamW, linear warmup, cosine decay).")
     weight_decay: float = arg(0.01, "AdamW weight decay.")
     eval_batch_size: int = arg(100, "Batch size for the held-out generation.")
@@ -60,8 +61,8 @@ class NanoTrainConfig:
             raise ValueError(f"mode must be clean or web, got {self.mode!r}")
         if not 0 <= self.web_fraction <= 1:
             raise ValueError("web_fraction must be in [0, 1]")
-        if self.image_size % self.patch_size or (self.image_size // self.patch_size) % 2:
-            raise ValueError("image_size / patch_size must be an even integer (pixel shuffle x2)")
+        if self.image_size % self.patch_size or (self.image_size // self.patch_size) % self.scale_factor:
+            raise ValueError("image_size / patch_size must be an integer divisible by scale_factor")
         for k in ("n_train", "n_val", "steps", "batch_size"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
@@ -87,7 +88,7 @@ def build_nano(cfg: NanoTrainConfig, corpus: list[str], out: Path) -> Path:
     shape = dict(
         vision=dict(hidden_size=cfg.vision_width, intermediate_size=2 * cfg.vision_width, num_hidden_layers=cfg.vision_layers, num_attention_heads=4, image_size=cfg.image_size, patch_size=cfg.patch_size),
         text=dict(hidden_size=cfg.text_width, intermediate_size=2 * cfg.text_width, num_hidden_layers=cfg.text_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
-        scale_factor=2,
+        scale_factor=cfg.scale_factor,
     )
     tok = build_tokenizer(IDEFICS3_SPECIALS, corpus, vocab_size=cfg.vocab_size)
     # no splitting: a shapes image is one tile (plus nothing else), as small as the model can see it
@@ -144,9 +145,15 @@ def run(cfg: NanoTrainConfig) -> dict:
     # 2. train
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, cfg.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
-    model.train()
     t0, step, losses, order = time.time(), 0, [], []
+
+    def lr_factor(s: int) -> float:
+        # cosine over whichever budget ends first (steps or wall clock), so a slow machine still anneals
+        done = min(1.0, max(s / cfg.steps, (time.time() - t0) / (60 * cfg.max_minutes)))
+        return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * done))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    model.train()
     with progress() as bar:
         task = bar.add_task(f"nano {cfg.mode}", total=cfg.steps, rate="")
         while step < cfg.steps and time.time() - t0 < 60 * cfg.max_minutes:
