@@ -3,7 +3,10 @@
 `M = h(f(.))` with f the VLM's language model (pooled last hidden states over caption tokens, see
 VLM.caption_states) and h an MLP of depth 2 (Linear -> GELU -> Linear) of width w. The paper gives
 depth and widths (128-1024, best 256) but not the activation; GELU is our choice. Trained with
-`1 - cos(F_I, h(F_T))`. Saved with huggingface_hub's PyTorchModelHubMixin: safetensors + config.json,
+`1 - cos(F_I - c, h(F_T))`, where c (buffer `feature_mean`) is zero as in the paper, or, with
+centering on, the mean training feature: mean-pooled patch features of one model share a large
+common component (cosines between different images ~0.99), which leaves the paper's raw cosine
+almost no signal to fit (docs/vizer.md has the measurements). Saved with huggingface_hub's PyTorchModelHubMixin: safetensors + config.json,
 `Mapper.from_pretrained(path)`.
 """
 
@@ -27,6 +30,11 @@ class Mapper(nn.Module, PyTorchModelHubMixin, library_name="capalign", tags=["vi
             if i < depth - 1:
                 layers.append(nn.GELU())
         self.net = nn.Sequential(*layers)
+        self.register_buffer("feature_mean", torch.zeros(out_dim))  # c; zero = the paper's raw cosine
+
+    def target(self, features: torch.Tensor) -> torch.Tensor:
+        """What h's output is compared with: F_I - c. [B, D_v]"""
+        return features.float() - self.feature_mean
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:  # [B, D_t] -> [B, D_v]
         return self.net(states)

@@ -38,6 +38,7 @@ class MapperTrainConfig:
     lr: float = arg(1e-3, "AdamW learning rate.")
     weight_decay: float = arg(0.01, "AdamW weight decay.")
     val_fraction: float = arg(0.1, "Share of pairs held out for the reported cosine.")
+    center: bool = arg(False, "Compare with F_I minus the mean training feature (not in the paper; see docs/vizer.md).")
     pooling: str = arg("mean", "Vision feature pooling over patches: mean, global (SmolVLM global image only) or max.")
     prompt: str = arg(None, "Caption prompt override (default: the family's; '' for none).")
     max_new_tokens: int = arg(32, "Caption length for variant g.")
@@ -58,7 +59,8 @@ class MapperTrainConfig:
 
 
 def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int = 2, epochs: int = 1, batch_size: int = 64,
-               lr: float = 1e-3, weight_decay: float = 0.01, val_fraction: float = 0.1, seed: int = 0) -> tuple[Mapper, dict]:
+               lr: float = 1e-3, weight_decay: float = 0.01, val_fraction: float = 0.1, seed: int = 0,
+               center: bool = False) -> tuple[Mapper, dict]:
     """Train h on ([N, D_t] states, [N, D_v] features); returns the mapper and train/held-out cosines."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(states), generator=g)
@@ -66,6 +68,9 @@ def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int
     val, tr = perm[:n_val], perm[n_val:]
     torch.manual_seed(seed)
     mapper = Mapper(states.shape[1], feats.shape[1], width=width, depth=depth)
+    if center:
+        mapper.feature_mean.copy_(feats[tr].mean(0))
+    feats = mapper.target(feats)  # [N, D_v]: F_I - c
     opt = torch.optim.AdamW(mapper.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(epochs):
         order = tr[torch.randperm(len(tr), generator=g)]
@@ -95,11 +100,11 @@ def run(cfg: MapperTrainConfig) -> dict:
     data = collect_features(vlm, cfg.data, cfg.variant, cfg.samples, cache, model_id=str(cfg.model), batch_size=cfg.feature_batch_size,
                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     mapper, stats = fit_mapper(data["text_states"], data["image_features"], cfg.width, cfg.depth, cfg.epochs, cfg.batch_size,
-                               cfg.lr, cfg.weight_decay, cfg.val_fraction, cfg.seed)
+                               cfg.lr, cfg.weight_decay, cfg.val_fraction, cfg.seed, cfg.center)
     out = Path(cfg.out)
     mapper.save_pretrained(out)
     meta = {"variant": cfg.variant, "model": cfg.model, "pooling": vlm.pooling, "prompt": vlm.prompt, "samples": len(data["ids"]),
-            "width": cfg.width, "depth": cfg.depth, **stats}
+            "width": cfg.width, "depth": cfg.depth, "center": cfg.center, **stats}
     atomic_write_json(out / "mapper_meta.json", meta)
     save_config(cfg, out)
     print0(f"mapper ({cfg.variant}, w={cfg.width}, n={len(data['ids'])}): held-out cos {stats['val_cos']:.4f} "

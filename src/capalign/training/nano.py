@@ -55,6 +55,7 @@ class NanoTrainConfig:
     lr: float = arg(3e-3, "Peak learning rate (AdamW, linear warmup, cosine decay).")
     weight_decay: float = arg(0.01, "AdamW weight decay.")
     eval_batch_size: int = arg(100, "Batch size for the held-out generation.")
+    init_from: str = arg(None, "Continue from this nano folder (e.g. clean-mode weights, then --mode web) instead of a fresh model.")
 
     def __post_init__(self):
         if self.mode not in ("clean", "web"):
@@ -119,7 +120,12 @@ def run(cfg: NanoTrainConfig) -> dict:
     train = _examples(cfg.seed, cfg.n_train, "train", cfg.image_size)
     val = _examples(cfg.seed, cfg.n_val, "val", cfg.image_size)
     corpus = [c for r, _ in train[:2000] for k in ("captions", "captions_web", "captions_humorous", "captions_romantic") for c in r[k]]
-    build_nano(cfg, corpus, out)
+    if cfg.init_from:  # same architecture and tokenizer, new training run
+        src = load_vlm(cfg.init_from, device="cpu", dtype="float32")
+        src.model.save_pretrained(out)
+        src.processor.save_pretrained(out)
+    else:
+        build_nano(cfg, corpus, out)
     vlm = load_vlm(str(out), device="cpu", dtype="float32")
     model, tok = vlm.model, vlm.tokenizer
     n_params = sum(p.numel() for p in model.parameters())

@@ -14,9 +14,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import arg, save_config, show_config
+from ..config import arg, config_dict, save_config, show_config
 from ..io import atomic_write_json, read_jsonl
 from ..utils import print0
+
+
+# the study's table: reference metrics and grounding (name level; attr = colour must match too)
+COLUMNS = {"BLEU4": "BLEU4", "ROUGE-L": "ROUGE_L", "CIDEr": "CIDEr", "P_obj": "precision_name", "R_obj": "recall_name",
+           "R_attr": "recall_attr", "CHAIRi": "chair_i_name", "CHAIRi_attr": "chair_i_attr", "CHAIRs_attr": "chair_s_attr"}
+
+
+def print_table(summary: dict, title: str) -> None:
+    from rich.table import Table
+
+    from rich.console import Console
+
+    t = Table(title=title)
+    t.add_column("system")
+    for h in COLUMNS:
+        t.add_column(h, justify="right")
+    for name, row in summary.items():
+        t.add_row(name, *("-" if row[k] is None else f"{row[k]:.3f}" for k in COLUMNS.values()))
+    Console(stderr=True, width=130).print(t)  # wide enough for every column, also when logged to a file
 
 
 @dataclass
@@ -25,7 +44,9 @@ class StudyConfig:
 
     out: str = arg("runs/study", "Output folder for every stage (re-running resumes).")
     seed: int = arg(0, "Seed for data and training.")
-    nano_minutes: float = arg(3.0, "Training budget of the web-mode nano captioner.")
+    nano_minutes: float = arg(2.5, "Training budget of the nano captioner (clean pre-training, or web when web_minutes is 0).")
+    web_minutes: float = arg(1.0, "Web-mode fine-tuning of the clean nano model (0: train web mode from scratch).")
+    web_fraction: float = arg(0.9, "Share of web-style captions in the Base model's training.")
     n_mapper: int = arg(2000, "Images (with captions) for the mappers.")
     n_unlabeled: int = arg(800, "Unlabeled images for ViZer training.")
     n_test: int = arg(300, "Held-out test images.")
@@ -37,6 +58,10 @@ class StudyConfig:
     lora_r: int = arg(32, "LoRA rank.")
     max_new_tokens: int = arg(32, "Caption length.")
     variants: str = arg("gt,g", "Which ViZer variants to run (comma-separated subset of gt,g).")
+    center: bool = arg(False, "Centre the vision features for the mapper and ViZer (not in the paper; docs/vizer.md).")
+    vizer_do_sample: bool = arg(False, "Sample ViZer's training captions instead of greedy decoding.")
+    vizer_max_steps: int = arg(None, "Cap on ViZer steps.")
+    tag: str = arg("", "Suffix for the mapper/ViZer/caption outputs, so ablations share the Base model and data.")
 
 
 def run(cfg: StudyConfig) -> dict:
@@ -55,7 +80,14 @@ def run(cfg: StudyConfig) -> dict:
     save_config(cfg, out)
     base = out / "nano-web"
     if not (base / "nano_result.json").exists():
-        nano.run(nano.NanoTrainConfig(out=str(base), mode="web", seed=cfg.seed, max_minutes=cfg.nano_minutes))
+        # SmolVLM-Base-like: learns to see (clean captions), then imitates web alt-text (web captions).
+        # Trained on web captions from scratch, the nano model ignores the image (one caption for all).
+        clean = out / "nano-clean"
+        if cfg.web_minutes and not (clean / "nano_result.json").exists():
+            nano.run(nano.NanoTrainConfig(out=str(clean), mode="clean", seed=cfg.seed, max_minutes=cfg.nano_minutes))
+        nano.run(nano.NanoTrainConfig(out=str(base), mode="web", web_fraction=cfg.web_fraction, seed=cfg.seed + 1,
+                                      max_minutes=cfg.web_minutes or cfg.nano_minutes, init_from=str(clean) if cfg.web_minutes else None,
+                                      steps=2000 if not cfg.web_minutes else 700, lr=3e-3 if not cfg.web_minutes else 1e-3))
     data = {}
     for split, n in (("mapper", cfg.n_mapper), ("unlabeled", cfg.n_unlabeled), ("test", cfg.n_test)):
         data[split] = out / f"shapes-{split}"
@@ -64,33 +96,33 @@ def run(cfg: StudyConfig) -> dict:
 
     systems = {"Base": None}
     for v in [v.strip() for v in cfg.variants.split(",") if v.strip()]:
-        mdir, vdir = out / f"mapper-{v}", out / f"vizer-{v}"
+        mdir, vdir = out / f"mapper-{v}{cfg.tag}", out / f"vizer-{v}{cfg.tag}"
         if not (mdir / "mapper_meta.json").exists():
             mapper_mod.run(mapper_mod.MapperTrainConfig(model=str(base), data=str(data["mapper"]), out=str(mdir), variant=v,
                                                         width=cfg.mapper_width, samples=cfg.n_mapper, epochs=cfg.mapper_epochs,
-                                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, device="cpu",
+                                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, device="cpu", center=cfg.center,
                                                         cache_dir=str(out / "feature-cache")))
         if not (vdir / "adapter_model.safetensors").exists():
             vizer_mod.run(vizer_mod.VizerTrainConfig(model=str(base), mapper=str(mdir), images=str(data["unlabeled"]), out=str(vdir),
                                                      batch_size=cfg.vizer_batch_size, epochs=cfg.vizer_epochs, lr=cfg.vizer_lr,
                                                      lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, max_new_tokens=cfg.max_new_tokens,
-                                                     seed=cfg.seed, device="cpu", save_every=0))
+                                                     seed=cfg.seed, device="cpu", save_every=0, do_sample=cfg.vizer_do_sample,
+                                                     max_steps=cfg.vizer_max_steps))
         systems[f"ViZer_{v.upper()}"] = vdir
 
     refs = {r["id"]: r for r in read_jsonl(data["test"] / "manifest.jsonl")}
     results = {}
     for name, adapter in systems.items():
-        pred = out / f"captions-{name}.jsonl"
+        pred = out / f"captions-{name}{cfg.tag if adapter else ''}.jsonl"
         vlm = load_vlm(str(base), device="cpu", dtype="float32", adapter=str(adapter) if adapter else None)
         caption_source(vlm, open_images(str(data["test"])), pred, batch_size=50, max_new_tokens=cfg.max_new_tokens, show_progress=False)
         res = evaluate_system(list(read_jsonl(pred)), refs, ["bleu", "rouge", "cider", "grounding"])
         res["examples"] = [r["caption"] for r in list(read_jsonl(pred))[:5]]
         results[name] = {"file": str(pred), **res}
-    _table(results)
+    summary = {name: {k: r["corpus"].get(k) for k in COLUMNS.values()} for name, r in results.items()}
+    print_table(summary, f"ViZer study on the shapes world ({cfg.n_test} test images){' ' + cfg.tag if cfg.tag else ''}")
     for name, r in results.items():
         print0(f"{name}: " + " | ".join(r["examples"][:3]))
-    summary = {name: {k: r["corpus"].get(k) for k in ("BLEU4", "CIDEr", "recall_name", "recall_attr", "chair_i_name", "chair_i_attr", "chair_s_attr")}
-               for name, r in results.items()}
-    atomic_write_json(out / "study.json", {"summary": summary, "systems": results})
-    print0(f"wrote {out / 'study.json'}")
+    atomic_write_json(out / f"study{cfg.tag}.json", {"config": config_dict(cfg), "summary": summary, "systems": results})
+    print0(f"wrote {out / f'study{cfg.tag}.json'}")
     return summary

@@ -95,8 +95,9 @@ class VizerObjective(nn.Module):
     def forward(self, enc, caps):
         states = self._vlm.caption_states(enc, caps)  # [B, D_t]
         mapped = self.mapper(states.float())  # [B, D_v]
-        cos = nn.functional.cosine_similarity(mapped, enc.features.float(), dim=-1)
-        return cosine_loss(enc.features, mapped), cos.detach().mean()
+        target = self.mapper.target(enc.features)  # F_I - c (c = 0 unless the mapper was trained centred)
+        cos = nn.functional.cosine_similarity(mapped, target, dim=-1)
+        return cosine_loss(target, mapped), cos.detach().mean()
 
 
 def lora_config(vlm, cfg: VizerTrainConfig):
