@@ -58,7 +58,7 @@ class StudyConfig:
     lora_r: int = arg(32, "LoRA rank.")
     max_new_tokens: int = arg(32, "Caption length.")
     variants: str = arg("gt,g", "Which ViZer variants to run (comma-separated subset of gt,g).")
-    center: bool = arg(False, "Centre the vision features for the mapper and ViZer (not in the paper; docs/vizer.md).")
+    center: bool = arg(True, "Centre the vision features for the mapper and ViZer (our departure from the paper, see docs/vizer.md; --center false for the raw cosine).")
     vizer_do_sample: bool = arg(False, "Sample ViZer's training captions instead of greedy decoding.")
     vizer_max_steps: int = arg(None, "Cap on ViZer steps.")
     tag: str = arg("", "Suffix for the mapper/ViZer/caption outputs, so ablations share the Base model and data.")
