@@ -26,3 +26,14 @@ def tiny_qwen2_5_vl_path(tmp_path_factory):
 
     # seed 3: greedy captions differ between images (with seed 0 one token dominates every image)
     return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on 2 (often shared) cores: thread overhead dominates, one intra-op thread is many times faster."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -22,13 +22,7 @@ SIZES = [(40, 90), (200, 120), (57, 57), (300, 64)]  # (width, height): tall, wi
 NEW = 6  # max_new_tokens everywhere: enough to exercise the cache, fast on 2 cores
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: thread overhead dominates on 2 shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is faster
 LORA_TARGETS = r".*(text_model|language_model)\.layers\.\d+\.self_attn\.(q_proj|v_proj)"
 
 

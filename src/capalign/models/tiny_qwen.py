@@ -151,21 +151,21 @@ def _build(
     out_dir: str | os.PathLike,
     *,
     variant: str,
-    seed: int,
-    min_pixels: int,
-    max_pixels: int,
-    hidden_size: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    intermediate_size: int,
-    vision_depth: int,
-    vision_embed_dim: int,
-    vision_heads: int,
-    vocab_size: int,
-    patch_size: int,
-    merge_size: int,
-    temporal_patch_size: int,
+    seed: int = 0,
+    min_pixels: int = 28 * 28 * 4,
+    max_pixels: int = 28 * 28 * 64,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    vision_depth: int = 2,
+    vision_embed_dim: int = 32,
+    vision_heads: int = 2,
+    vocab_size: int = 1000,
+    patch_size: int = 14,
+    merge_size: int = 2,
+    temporal_patch_size: int = 2,
 ) -> Path:
     import torch
     import transformers
@@ -273,63 +273,16 @@ def _build(
     return out
 
 
-def build_tiny_qwen2_vl(
-    out_dir: str | os.PathLike,
-    *,
-    seed: int = 0,
-    min_pixels: int = 28 * 28 * 4,
-    max_pixels: int = 28 * 28 * 64,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 128,
-    vision_depth: int = 2,
-    vision_embed_dim: int = 32,
-    vision_heads: int = 2,
-    vocab_size: int = 1000,
-    patch_size: int = 14,
-    merge_size: int = 2,
-    temporal_patch_size: int = 2,
-) -> Path:
+def build_tiny_qwen2_vl(out_dir: str | os.PathLike, **kw: Any) -> Path:
     """Save a tiny random ``Qwen2VLForConditionalGeneration`` + ``Qwen2VLProcessor`` into ``out_dir``.
 
-    Offline and deterministic for a given ``seed``.  Returns ``Path(out_dir)``.
+    Offline and deterministic for a given ``seed``; sizes are the keyword defaults of ``_build``
+    (hidden 64, 2 layers, 14-px patches, min/max pixels 28*28*4 .. 28*28*64). Returns ``Path(out_dir)``.
     """
-    return _build(
-        out_dir, variant="qwen2_vl", seed=seed, min_pixels=min_pixels, max_pixels=max_pixels,
-        hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
-        intermediate_size=intermediate_size, vision_depth=vision_depth, vision_embed_dim=vision_embed_dim,
-        vision_heads=vision_heads, vocab_size=vocab_size, patch_size=patch_size, merge_size=merge_size,
-        temporal_patch_size=temporal_patch_size,
-    )
+    return _build(out_dir, variant="qwen2_vl", **kw)
 
 
-def build_tiny_qwen2_5_vl(
-    out_dir: str | os.PathLike,
-    *,
-    seed: int = 0,
-    min_pixels: int = 28 * 28 * 4,
-    max_pixels: int = 28 * 28 * 64,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 128,
-    vision_depth: int = 2,
-    vision_embed_dim: int = 32,
-    vision_heads: int = 2,
-    vocab_size: int = 1000,
-    patch_size: int = 14,
-    merge_size: int = 2,
-    temporal_patch_size: int = 2,
-) -> Path:
+def build_tiny_qwen2_5_vl(out_dir: str | os.PathLike, **kw: Any) -> Path:
     """Qwen2.5-VL counterpart of :func:`build_tiny_qwen2_vl` (``Qwen2_5_VLForConditionalGeneration`` +
     ``Qwen2_5_VLProcessor``; windowed vision attention with the last block full-attention)."""
-    return _build(
-        out_dir, variant="qwen2_5_vl", seed=seed, min_pixels=min_pixels, max_pixels=max_pixels,
-        hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
-        intermediate_size=intermediate_size, vision_depth=vision_depth, vision_embed_dim=vision_embed_dim,
-        vision_heads=vision_heads, vocab_size=vocab_size, patch_size=patch_size, merge_size=merge_size,
-        temporal_patch_size=temporal_patch_size,
-    )
+    return _build(out_dir, variant="qwen2_5_vl", **kw)
