@@ -68,7 +68,7 @@ def run(cfg: StudyConfig) -> dict:
     from ..caption import caption_source
     from ..data.shapes import write_dataset
     from ..data.sources import open_images
-    from ..metrics.evaluate import _table, evaluate_system
+    from ..metrics.evaluate import evaluate_system
     from ..models import load_vlm
     from . import mapper as mapper_mod
     from . import nano
