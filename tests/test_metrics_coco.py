@@ -1,6 +1,5 @@
 """BLEU / ROUGE-L / CIDEr-D / PTB tokeniser against pycocoevalcap itself (the oracle)."""
 
-import math
 import shutil
 
 import pytest

@@ -1,7 +1,6 @@
 """BERTScore against the bert-score package and CLIPScore against numpy, on local models only."""
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -208,7 +207,7 @@ def test_cli_bertscore_clipscore(tiny_clip, tmp_path, capsys):
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()
-    paths = _images(imgs, 3)  # imgs/0.png, 1.png, 2.png
+    _images(imgs, 3)  # imgs/0.png, 1.png, 2.png
     rows = [{"id": "0", "captions": REFS[0], "image": "imgs/0.png"}, {"id": "1", "captions": REFS[1], "image": "imgs/nope.png"},
             {"id": "2", "captions": REFS[3]}]
     refs = tmp_path / "refs.jsonl"

@@ -21,7 +21,6 @@ from safetensors.torch import load_file
 
 import capalign.models as cm
 import capalign.training.vizer as vz
-from capalign import CapalignError
 from capalign.cli import main
 from capalign.data.sources import Record, open_images
 from capalign.models import load_vlm

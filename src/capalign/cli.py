@@ -4,7 +4,6 @@ flags and `--config run.yaml` come from the dataclass (see config.py). Modules i
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 

@@ -222,7 +222,6 @@ def bert_score(cands: list[str], refs: list[list[str]], model: str = "roberta-la
 
     # greedy matching, batched over candidate/reference pairs
     pairs = [(index[c], index[r]) for c, group in zip(cands, refs) for r in group]
-    owner = [k for k, group in enumerate(refs) for _ in group]
     out = torch.zeros((len(pairs), 3), dtype=torch.float64)
     pb = max(batch_size, 256)
     for b in range(0, len(pairs), pb):

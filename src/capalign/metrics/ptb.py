@@ -34,7 +34,7 @@ PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB
 
 def _char_class(pred) -> str:
     """A regex class of BMP chars satisfying pred, as ranges (Java's Character.isLetter et al.)."""
-    ranges, start, prev = [], None, None
+    ranges, start = [], None
     for cp in range(0x10000):
         if 0xD800 <= cp <= 0xDFFF:
             ok = False

@@ -9,7 +9,7 @@ Idefics3 and Qwen2-VL accept in `forward` and `generate` alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -36,10 +36,6 @@ class Encoded:
     def mm_outputs(self) -> dict:
         # a fresh object each call: generate(num_return_sequences=n) expands it in place
         return {"image": BaseModelOutputWithPooling(pooler_output=list(self.mm.pooler_output))}
-
-    def detach(self) -> "Encoded":
-        mm = BaseModelOutputWithPooling(pooler_output=[p.detach() for p in self.mm.pooler_output])
-        return replace(self, mm=mm, features=self.features.detach())
 
 
 @dataclass

@@ -14,7 +14,6 @@ training step is one forward/backward of the model.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
