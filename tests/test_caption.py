@@ -65,6 +65,25 @@ def test_caption_one_line_per_image_and_config(model_dir, data_dir, tmp_path, ca
     assert "CaptionConfig" in err and "captioned 12 images" in err and "images/s" in err
 
 
+def test_vision_batch_size_gives_the_same_captions(model_dir, data_dir, tmp_path, monkeypatch):
+    from capalign.models.base import VLM
+
+    passes: list[int] = []
+    orig = VLM.run_vision
+    monkeypatch.setattr(VLM, "run_vision", lambda self, v, i: passes.append(len(v["pixel_values"])) or orig(self, v, i))
+    base = ["caption", "--model", model_dir, "--images", str(data_dir), "--batch_size", "5", "--max_new_tokens", "6"]
+    assert main(base + ["--out", str(tmp_path / "a.jsonl"), "--vision_batch_size", "5"]) == 0
+    assert passes == [5, 5, 2]
+    passes.clear()
+    assert main(base + ["--out", str(tmp_path / "b.jsonl"), "--vision_batch_size", "2"]) == 0
+    assert passes == [2, 2, 1, 2, 2, 1, 2]
+    passes.clear()
+    assert main(base + ["--out", str(tmp_path / "c.jsonl")]) == 0
+    assert passes == [1] * N  # CPU default: one image per vision pass
+    a = list(read_jsonl(tmp_path / "a.jsonl"))
+    assert a == list(read_jsonl(tmp_path / "b.jsonl")) == list(read_jsonl(tmp_path / "c.jsonl"))
+
+
 def test_resume_generates_only_remaining(model_dir, data_dir, tmp_path, capsys, counted):
     out = tmp_path / "caps.jsonl"
     base = ["caption", "--model", model_dir, "--images", str(data_dir), "--out", str(out), "--batch_size", "4", "--max_new_tokens", "5"]

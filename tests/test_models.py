@@ -175,6 +175,25 @@ def test_vision_features_alone_equal_batched_and_encode(vlm, enc):
     assert not torch.allclose(batch[0], batch[1], atol=1e-3)
 
 
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_vision_in_chunks_equals_one_pass(fresh, enc, chunk):
+    """encode() with vision_batch_size: same features, same LM image embeddings, same captions."""
+    v = fresh()
+    v.vision_batch_size = chunk
+    calls = []
+    hook = vision_module(v).register_forward_hook(lambda *a: calls.append(1))
+    try:
+        chunked = v.encode(IMAGES)
+    finally:
+        hook.remove()
+    assert len(calls) == -(-len(IMAGES) // chunk)  # one tower pass per chunk
+    assert torch.allclose(chunked.features, enc.features, atol=1e-5)
+    assert len(chunked.mm.pooler_output) == len(enc.mm.pooler_output)
+    for a, b in zip(chunked.mm.pooler_output, enc.mm.pooler_output):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    assert v.generate(chunked, max_new_tokens=5).texts == v.generate(enc, max_new_tokens=5).texts
+
+
 def _by_hand_idefics3(vlm, im, how):
     b = plain_inputs(vlm, [im])
     pv, pam = b["pixel_values"][0], b["pixel_attention_mask"][0]  # [N, 3, H, W], [N, H, W]

@@ -39,6 +39,7 @@ class CaptionConfig:
     out: str = arg(help="Output JSONL file ({'id', 'caption'} per line). Re-running resumes: ids already in it are skipped.")
     adapter: str = arg("", "Optional PEFT adapter folder (e.g. the output of `capalign vizer train`).")
     batch_size: int = arg(16, "Images per batch (one vision pass + one generate call per batch).")
+    vision_batch_size: int = arg(None, "Images per vision-tower pass inside a batch (default: 1 on CPU, where per-image passes are faster, else the whole batch).")
     max_new_tokens: int = arg(32, "Maximum caption length in tokens.")
     prompt: str = arg(None, "Text prompt after the image; default: the family's default (none for SmolVLM-Base). '' forces no prompt.")
     do_sample: bool = arg(False, "Sample instead of greedy decoding.")
@@ -55,6 +56,8 @@ class CaptionConfig:
                 raise ValueError(f"--{name} is required")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
+        if self.vision_batch_size is not None and self.vision_batch_size <= 0:
+            raise ValueError(f"vision_batch_size must be > 0, got {self.vision_batch_size}")
         if self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
         if self.temperature <= 0:
@@ -207,6 +210,7 @@ def run(cfg: CaptionConfig) -> CaptionStats:
         state.wait_for_everyone()
     seed_everything(cfg.seed + rank)
     vlm = load_vlm(cfg.model, device=device, dtype=cfg.dtype, adapter=cfg.adapter or None, prompt=cfg.prompt)
+    vlm.vision_batch_size = cfg.vision_batch_size
     stats = caption_source(vlm, source, out, cfg.batch_size, cfg.max_new_tokens, cfg.do_sample, cfg.temperature,
                            cfg.top_p, rank=rank, world_size=world)
     if state:

@@ -43,6 +43,12 @@ class Qwen2VLM(VLM):
     def run_vision(self, vision: dict, inputs: dict):
         return self.model.model.get_image_features(vision["pixel_values"], inputs["image_grid_thw"], return_dict=True)
 
+    def vision_slice(self, vision: dict, inputs: dict, start: int, stop: int):
+        # pixel_values holds the patches of all images, image after image: [sum_i t*h*w, C*patch^2]
+        grid = inputs["image_grid_thw"]
+        offsets = [0] + grid.prod(-1).cumsum(0).tolist()
+        return {"pixel_values": vision["pixel_values"][offsets[start] : offsets[stop]]}, {"image_grid_thw": grid[start:stop]}
+
     def pool(self, mm, inputs: dict, how: Pooling) -> torch.Tensor:
         h = mm.last_hidden_state  # [sum_i t*h*w, D_v] patch states of all images, image after image
         parts = h.split(inputs["image_grid_thw"].prod(-1).tolist())
