@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from capalign import CapalignError
-from capalign.data.shapes import write_dataset
+from capalign.data.shapes import IMAGE_SIZE, write_dataset
 from capalign.data.sources import Record, as_captions, batched, open_images
 
 CONTENT = {  # id -> (colour, captions)
@@ -96,7 +96,7 @@ def test_shapes_dataset_folder_and_tar(tmp_path):
     recs = list(src)
     assert [r.id for r in recs] == [r["id"] for r in rows] and src.ids() == [r["id"] for r in rows]
     assert [r.captions for r in recs] == [r["captions"] for r in rows]
-    assert recs[0].meta["objects"] == rows[0]["objects"] and recs[0].image.size == (64, 64)
+    assert recs[0].meta["objects"] == rows[0]["objects"] and recs[0].image.size == (IMAGE_SIZE, IMAGE_SIZE)
     web = open_images(str(d / "manifest.jsonl"), captions_field="captions_web")
     assert [r.captions for r in web] == [r["captions_web"] for r in rows]
     # the same dataset as a webdataset shard with .png + .json members

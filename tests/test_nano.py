@@ -17,18 +17,16 @@ def test_exact_match_normalises_only_case_and_spaces():
 
 
 @pytest.mark.slow
-def test_nano_clean_learns_within_its_3_minute_budget(tmp_path):
+def test_nano_clean_reaches_90_percent_exact_within_3_minutes(tmp_path):
     out = tmp_path / "nano"
     assert main(["nano", "train", "--out", str(out), "--mode", "clean"]) == 0
     result = json.loads((out / "nano_result.json").read_text())
     assert result["train_seconds"] <= 3 * 60 + 5
-    # the bar is 0.90 and is not met: four default runs gave 0.25, 0.32, 0.38, 0.385 (3 min, 2 cores;
-    # 0.775 with 3000 steps, docs/nano.md). This asserts learning, well above a broken run (~0).
-    assert result["val_exact"] >= 0.15, result["samples"][:5]
+    assert result["val_exact"] >= 0.90, result["samples"][:5]  # the bar, on 200 held-out images
     # the folder is a checkpoint load_vlm understands, and greedy captions reproduce the recorded ones
     vlm = load_vlm(str(out), device="cpu")
     from capalign.training.nano import _examples
 
-    val = _examples(0, 5, "val", 64)
+    val = _examples(0, 5, "val", result["image_size"])
     caps = vlm.generate_captions([im for _, im in val], max_new_tokens=40)
     assert caps == [s["caption"] for s in result["samples"][:5]]

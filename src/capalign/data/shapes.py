@@ -1,7 +1,7 @@
 """The shapes world: a seeded generator of simple images with exact scene descriptions.
 
 It is the project's embedded default data: no downloads, exact ground truth, and regular enough that
-a ~0.5M-parameter captioner learns the canonical caption in minutes on a CPU. A scene has 1-3 objects,
+a ~0.7M-parameter captioner learns the canonical caption in minutes on a CPU. A scene has 1-3 objects,
 each in its own horizontal third (left / middle / right), so objects never overlap and "left to
 right" order is unambiguous. Per image we keep several caption kinds:
 
@@ -30,7 +30,7 @@ from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..utils import print0
 
 SHAPES = ("circle", "square", "triangle", "diamond")
-# Saturated and far apart in RGB (and in hue), so even a 64-px image leaves no doubt.
+# Saturated and far apart in RGB (and in hue), so even a small image leaves no doubt.
 COLORS = {
     "red": (220, 30, 30),
     "green": (30, 170, 50),
@@ -39,11 +39,14 @@ COLORS = {
     "purple": (145, 40, 190),
     "orange": (250, 130, 10),
 }
-# Object side as a fraction of the cell width (a third of the image): ~11 vs ~19 px at 64 px.
+# Object side as a fraction of the cell width (a third of the image): 24 vs ~42 px at 144 px.
 SIZES = {"small": 0.5, "large": 0.88}
 POSITIONS = ("left", "middle", "right")
 WHERE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 STYLES = ("humorous", "romantic")
+# Default image side: three 48-px cells, so with 16-px patches and pixel shuffle x3 each image token of the
+# nano captioner covers exactly one left / middle / right cell column (docs/nano.md).
+IMAGE_SIZE = 144
 GENERATOR_VERSION = 1
 _SUPERSAMPLE = 4  # draw at 4x and downsample: antialiased edges without blur
 
@@ -100,7 +103,7 @@ def sample_scene(rng: random.Random) -> Scene:
     return Scene(tuple(objects), bg)
 
 
-def render(scene: Scene, image_size: int = 64) -> Image.Image:
+def render(scene: Scene, image_size: int = IMAGE_SIZE) -> Image.Image:
     big = image_size * _SUPERSAMPLE
     im = Image.new("RGB", (big, big), scene.background)
     draw = ImageDraw.Draw(im)
@@ -204,7 +207,7 @@ def styled_captions(scene: Scene, style: str, rng: random.Random, k: int = 3) ->
     return rng.sample(caps, min(k, len(caps)))
 
 
-def make_example(seed: int, index: int, image_size: int = 64, split: str | None = None) -> tuple[dict, bytes]:
+def make_example(seed: int, index: int, image_size: int = IMAGE_SIZE, split: str | None = None) -> tuple[dict, bytes]:
     """(manifest row, PNG bytes) of image `index`; independent of every other index."""
     rng = random.Random(f"capalign-shapes/{seed}/{split or ''}/{index}")  # str seeds hash with sha512: stable
     scene = sample_scene(rng)
@@ -218,7 +221,7 @@ def make_example(seed: int, index: int, image_size: int = 64, split: str | None 
     return row, buf.getvalue()
 
 
-def write_dataset(out_dir: str | Path, n: int, seed: int = 0, image_size: int = 64, split: str | None = None) -> Path:
+def write_dataset(out_dir: str | Path, n: int, seed: int = 0, image_size: int = IMAGE_SIZE, split: str | None = None) -> Path:
     """Write images/<id>.png, manifest.jsonl and dataset.json under out_dir (each file atomically)."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -245,7 +248,7 @@ class ShapesConfig:
     out: str = arg(help="Output folder (created; existing identical files are kept).")
     n: int = arg(1000, "Number of images.")
     seed: int = arg(0, "Seed; the dataset is reproducible byte-for-byte from (seed, split, n, image_size).")
-    image_size: int = arg(64, "Image side in pixels (square images).")
+    image_size: int = arg(IMAGE_SIZE, "Image side in pixels (square images).")
     split: str = arg("", "Optional split name (e.g. train, val): prefixes ids and gives an independent stream per split.")
 
     def __post_init__(self):

