@@ -27,7 +27,9 @@ computes it); norms, activations, softmax, rotary and embedding lookups are not 
 N tokens is 1 prefill forward (which yields token 1; generate computes logits for the last position
 only) + N-1 decode forwards with a KV cache (each attends over the prompt and the tokens so far and
 runs the LM head on one position). The model's FLOP rate is compared with torch.matmul's rate measured
-in the same run (fp32 1024x1024 @ 1024x4096, same dtype as the model, same thread count).
+in the same run (1024x1024 @ 1024x4096 in the model's dtype, same thread count). `--dtype bfloat16`
+runs both paths in bf16 (CPUs with AVX512-BF16/AMX run bf16 matmuls several times faster than fp32);
+its results go to caption_throughput_bfloat16.json.
 
 Results: a rich table on stdout and benchmarks/results/caption_throughput.json (written atomically).
 """
@@ -173,11 +175,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--images", type=int, default=None, help="number of 512-px images (default 16; 4 with --quick)")
     ap.add_argument("--new_tokens", type=int, default=None, help="new tokens per caption (default 20; 4 with --quick)")
     ap.add_argument("--batch_size", type=int, default=None, help="capalign batch size (default 16; 4 with --quick)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="model dtype for both paths (the matmul rate is measured in the same dtype)")
     ap.add_argument("--vision_batch_size", type=int, default=None, help="images per vision-tower pass (default: capalign's, 1 on CPU)")
     ap.add_argument("--model_dir", default=None, help="reuse a model built by an earlier run (default: build in a temp dir)")
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one batched encode+generate")
-    ap.add_argument("--out", default=str(RESULTS), help="JSON results path")
+    ap.add_argument("--out", default=None, help="JSON results path (default benchmarks/results/caption_throughput[_bfloat16].json)")
     args = ap.parse_args(argv)
+    args.out = args.out or str(RESULTS if args.dtype == "float32" else RESULTS.with_name(f"caption_throughput_{args.dtype}.json"))
     n_img = args.images or (4 if args.quick else 16)
     new_tokens = args.new_tokens or (4 if args.quick else 20)
     bs = args.batch_size or (4 if args.quick else 16)
@@ -194,7 +199,7 @@ def main(argv=None) -> dict:
         build_idefics3(model_dir, shape=SMOLVLM_256M, longest_edge=512)
     write_dataset(work / "data", n_img, image_size=512)
     folder = work / "data"
-    vlm = load_vlm(str(model_dir), device="cpu", dtype="float32")
+    vlm = load_vlm(str(model_dir), device="cpu", dtype=args.dtype)
     vlm.vision_batch_size = args.vision_batch_size
     dtype = vlm.model.dtype
     con.print(f"setup {time.perf_counter() - t0:.1f}s; threads={torch.get_num_threads()} dtype={dtype}")
