@@ -44,8 +44,10 @@ class StudyConfig:
 
     out: str = arg("runs/study", "Output folder for every stage (re-running resumes).")
     seed: int = arg(0, "Seed for data and training.")
-    nano_minutes: float = arg(2.5, "Training budget of the nano captioner (clean pre-training, or web when web_minutes is 0).")
-    web_minutes: float = arg(1.0, "Web-mode fine-tuning of the clean nano model (0: train web mode from scratch).")
+    nano_steps: int = arg(2000, "Steps of the nano captioner's clean pre-training (or of web mode when web_minutes is 0). Fixed steps, so the Base does not depend on the machine's speed.")
+    nano_minutes: float = arg(6.0, "Time cap for those steps (2000 steps take ~2 minutes on 2 idle cores).")
+    web_steps: int = arg(700, "Steps of the web-mode fine-tuning of the clean nano model.")
+    web_minutes: float = arg(3.0, "Time cap for the web fine-tuning (0: no clean pre-training; train web mode from scratch).")
     web_fraction: float = arg(0.9, "Share of web-style captions in the Base model's training.")
     n_mapper: int = arg(2000, "Images (with captions) for the mappers.")
     n_unlabeled: int = arg(800, "Unlabeled images for ViZer training.")
@@ -84,10 +86,10 @@ def run(cfg: StudyConfig) -> dict:
         # Trained on web captions from scratch, the nano model ignores the image (one caption for all).
         clean = out / "nano-clean"
         if cfg.web_minutes and not (clean / "nano_result.json").exists():
-            nano.run(nano.NanoTrainConfig(out=str(clean), mode="clean", seed=cfg.seed, max_minutes=cfg.nano_minutes))
+            nano.run(nano.NanoTrainConfig(out=str(clean), mode="clean", seed=cfg.seed, steps=cfg.nano_steps, max_minutes=cfg.nano_minutes))
         nano.run(nano.NanoTrainConfig(out=str(base), mode="web", web_fraction=cfg.web_fraction, seed=cfg.seed + 1,
                                       max_minutes=cfg.web_minutes or cfg.nano_minutes, init_from=str(clean) if cfg.web_minutes else None,
-                                      steps=2000 if not cfg.web_minutes else 700, lr=3e-3 if not cfg.web_minutes else 1e-3))
+                                      steps=cfg.web_steps if cfg.web_minutes else cfg.nano_steps, lr=1e-3 if cfg.web_minutes else 3e-3))
     data = {}
     for split, n in (("mapper", cfg.n_mapper), ("unlabeled", cfg.n_unlabeled), ("test", cfg.n_test)):
         data[split] = out / f"shapes-{split}"
