@@ -44,10 +44,9 @@ class StudyConfig:
 
     out: str = arg("runs/study", "Output folder for every stage (re-running resumes).")
     seed: int = arg(0, "Seed for data and training.")
-    nano_steps: int = arg(3000, "Steps of the nano captioner's clean pre-training (or of web mode when web_minutes is 0). Fixed steps, so the Base does not depend on the machine's speed.")
-    nano_minutes: float = arg(6.0, "Time cap for those steps (3000 steps take ~3 minutes on 2 idle cores; at 2000 steps one seed in three had not learnt to see yet, docs/nano.md).")
+    nano_steps: int = arg(3000, "Steps of the nano captioner's clean pre-training (or of web mode with --web_from_scratch). Fixed steps, never a clock, so the Base does not depend on the machine's speed (3000 steps take ~3 minutes on 2 idle cores; at 2000 steps one seed in three had not learnt to see yet, docs/nano.md).")
     web_steps: int = arg(700, "Steps of the web-mode fine-tuning of the clean nano model.")
-    web_minutes: float = arg(3.0, "Time cap for the web fine-tuning (0: no clean pre-training; train web mode from scratch).")
+    web_from_scratch: bool = arg(False, "No clean pre-training: train web mode from scratch for nano_steps (such a Base ignores the image, docs/vizer.md).")
     web_fraction: float = arg(0.9, "Share of web-style captions in the Base model's training.")
     n_mapper: int = arg(2000, "Images (with captions) for the mappers.")
     n_unlabeled: int = arg(800, "Unlabeled images for ViZer training.")
@@ -85,11 +84,12 @@ def run(cfg: StudyConfig) -> dict:
         # SmolVLM-Base-like: learns to see (clean captions), then imitates web alt-text (web captions).
         # Trained on web captions from scratch, the nano model ignores the image (one caption for all).
         clean = out / "nano-clean"
-        if cfg.web_minutes and not (clean / "nano_result.json").exists():
-            nano.run(nano.NanoTrainConfig(out=str(clean), mode="clean", seed=cfg.seed, steps=cfg.nano_steps, max_minutes=cfg.nano_minutes))
+        pretrain = not cfg.web_from_scratch
+        if pretrain and not (clean / "nano_result.json").exists():
+            nano.run(nano.NanoTrainConfig(out=str(clean), mode="clean", seed=cfg.seed, steps=cfg.nano_steps))
         nano.run(nano.NanoTrainConfig(out=str(base), mode="web", web_fraction=cfg.web_fraction, seed=cfg.seed + 1,
-                                      max_minutes=cfg.web_minutes or cfg.nano_minutes, init_from=str(clean) if cfg.web_minutes else None,
-                                      steps=cfg.web_steps if cfg.web_minutes else cfg.nano_steps, lr=1e-3 if cfg.web_minutes else 3e-3))
+                                      init_from=str(clean) if pretrain else None,
+                                      steps=cfg.web_steps if pretrain else cfg.nano_steps, lr=1e-3 if pretrain else 3e-3))
     data = {}
     for split, n in (("mapper", cfg.n_mapper), ("unlabeled", cfg.n_unlabeled), ("test", cfg.n_test)):
         data[split] = out / f"shapes-{split}"

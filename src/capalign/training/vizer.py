@@ -21,7 +21,6 @@ save_state) every `save_every` steps; re-running the same command resumes from t
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,10 +33,10 @@ from .. import CapalignError
 from ..config import arg, config_dict, save_config, show_config
 from ..data.sources import batched, open_images
 from ..io import atomic_write_json
+from ..models import lora as models_lora
+from ..models.lora import LM_LINEAR
 from ..models.mapper import Mapper, cosine_loss
 from ..utils import print0, progress
-
-LM_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -101,13 +100,7 @@ class VizerObjective(nn.Module):
 
 
 def lora_config(vlm, cfg: VizerTrainConfig):
-    from peft import LoraConfig
-
-    names = "|".join(re.escape(t.strip()) for t in cfg.lora_targets.split(",") if t.strip())
-    # the vision encoder has q_proj/k_proj/v_proj too: restrict to the language model's submodule
-    lm = vlm.language_model_prefix
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
-                      target_modules=rf"{re.escape(lm)}\..*\.({names})")
+    return models_lora.lora_config(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
 
 
 def _checkpoints(out: Path) -> list[Path]:
