@@ -18,6 +18,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("mapper", "train"): ("capalign.training.mapper", "MapperTrainConfig", "run", "Train the ViZer mapper (variant gt or g)."),
     ("vizer", "train"): ("capalign.training.vizer", "VizerTrainConfig", "run", "Zero-label LoRA training of the VLM with a frozen mapper."),
     ("vizer", "sweep"): ("capalign.training.sweep", "SweepConfig", "run", "Sweep mapper widths x data sizes; table and heatmap."),
+    ("vizer", "diagnose"): ("capalign.training.diagnose", "DiagnoseConfig", "run", "Does a mapper's reward prefer correct captions over corrupted ones? AUC per error kind, retrieval R@1."),
     ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
 }
 
