@@ -19,6 +19,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("vizer", "train"): ("capalign.training.vizer", "VizerTrainConfig", "run", "Zero-label LoRA training of the VLM with a frozen mapper."),
     ("vizer", "sweep"): ("capalign.training.sweep", "SweepConfig", "run", "Sweep mapper widths x data sizes; table and heatmap."),
     ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
+    ("report",): ("capalign.reports.report", "ReportConfig", "run", "Static HTML report of a run folder: gallery, metrics with intervals, figures."),
 }
 
 
