@@ -253,6 +253,19 @@ def test_report_is_replaced_whole_or_not_at_all(tmp_path, built, monkeypatch):
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temp folder left
 
 
+def test_pca_is_one_basis_for_all_systems():
+    from capalign.reports.figures import pca
+
+    rng = np.random.default_rng(0)
+    plane = rng.normal(size=(2, 16))  # every point lies in a 2-D plane of a 16-D space
+    feats = {k: (rng.normal(size=(6, 2)) @ plane).astype(np.float32) for k in ("image", "mapped/Base", "mapped/ViZer_GT")}
+    img, mapped, ratio = pca(feats, ["Base", "ViZer_GT", "absent"])
+    assert set(mapped) == {"Base", "ViZer_GT"} and ratio.sum() == pytest.approx(1.0)
+    # two components keep every distance, also between an image and a system's caption
+    a, b = feats["image"][1], feats["mapped/ViZer_GT"][4]
+    assert np.linalg.norm(img[1] - mapped["ViZer_GT"][4]) == pytest.approx(np.linalg.norm(a - b), rel=1e-5)
+
+
 # ---------------------------------------------------------------- the report as a person sees it
 
 CHROMIUM = "/usr/bin/chromium"

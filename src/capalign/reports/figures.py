@@ -78,12 +78,13 @@ def pca_section(run: Run, assets: Path) -> str:
             continue
         img, mapped, ratio = pca(f, systems)
         plt = _plt()
+        from matplotlib.collections import LineCollection
+
         fig, axes = plt.subplots(1, len(systems), figsize=(3.6 * len(systems), 3.6), sharex=True, sharey=True, squeeze=False)
         rows = []
         for ax, s in zip(axes[0], systems):
             m = mapped[s]
-            for a, b in zip(img, m):  # thin lines join each image to its caption
-                ax.plot([a[0], b[0]], [a[1], b[1]], color="0.85", lw=0.5, zorder=1)
+            ax.add_collection(LineCollection(np.stack([img, m], 1), colors="0.85", linewidths=0.5, zorder=1))  # image -> its caption
             ax.scatter(img[:, 0], img[:, 1], s=9, c="0.45", label="image features", zorder=2)
             ax.scatter(m[:, 0], m[:, 1], s=9, c="tab:orange" if s == run.baseline else "tab:blue", label="mapped caption features", zorder=3)
             cos = _cosine(f["image"], f[f"mapped/{s}"])

@@ -16,7 +16,7 @@ CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#1f2d3d;color:#fff;padding:14px 24px}header h1{margin:0 0 4px;font-size:22px}header p{margin:0;color:#cfd8e3}
 nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:6px 24px;z-index:2}nav a{margin-right:14px;color:#1f5fa8;text-decoration:none}
-main{padding:8px 24px 40px}section{margin:18px 0 30px}h2{border-bottom:2px solid #1f2d3d;padding-bottom:3px}
+main{padding:8px 24px 40px}section{margin:18px 0 30px;scroll-margin-top:40px}h2{border-bottom:2px solid #1f2d3d;padding-bottom:3px}
 .banner{background:#fff4d6;border:1px solid #e6c35c;padding:8px 14px;border-radius:4px}.banner ul{margin:4px 0}
 .absent{color:#777;font-style:italic}
 table.metrics{border-collapse:collapse;background:#fff;margin:6px 0}table.metrics th,table.metrics td{border:1px solid #ddd;padding:4px 8px}

@@ -59,9 +59,9 @@ def _num(v) -> str:
 def _cell(c: dict | None, best: bool) -> str:
     if not c or c.get("mean") is None:
         return '<td class="num">-</td>'
-    ci = f'<span class="ci">[{_num(c.get("lo"))}, {_num(c.get("hi"))}]</span>' if (c.get("n") or 0) > 1 else ""
+    ci = f'<br><span class="ci">[{_num(c.get("lo"))}, {_num(c.get("hi"))}]</span>' if (c.get("n") or 0) > 1 else ""
     attrs = "".join(f' data-{k}="{c[k]!r}"' for k in ("mean", "lo", "hi", "n") if c.get(k) is not None)
-    return f'<td class="num{" best" if best else ""}"{attrs}>{_num(c["mean"])} {ci}</td>'
+    return f'<td class="num{" best" if best else ""}"{attrs}>{_num(c["mean"])}{ci}</td>'
 
 
 def metrics_table(summary: dict, systems: list[str]) -> str:
@@ -71,7 +71,7 @@ def metrics_table(summary: dict, systems: list[str]) -> str:
     for m in metrics:
         vals = [(summary["systems"][s].get(m) or {}).get("mean") for s in rows]
         vals = [v for v in vals if v is not None]
-        best[m] = (min(vals) if lower_is_better(m) else max(vals)) if len(vals) > 1 else None
+        best[m] = (min(vals) if lower_is_better(m) else max(vals)) if len(vals) > 1 and min(vals) < max(vals) else None  # no bold for a tie of all
     head = "<th>system</th>" + "".join(f'<th title="{html.escape(m)}">{html.escape(LABELS.get(m, m))}{" ↓" if lower_is_better(m) else ""}</th>'
                                        for m in metrics) + "<th>seeds</th>"
     body = []
