@@ -54,7 +54,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def pca_section(run: Run, assets: Path) -> str:
-    feats = run.index.get("features") or {}
+    feats = run.index.get("features") if isinstance(run.index.get("features"), dict) else {}
     out = []
     for seed in run.seeds:
         rel = feats.get(seed)
@@ -104,7 +104,7 @@ def pca_section(run: Run, assets: Path) -> str:
 
 def sweep_section(run: Run, assets: Path) -> str:
     rel = run.artifact("vizer_sweep", "sweep/results.json")
-    res = run.json(rel, "mapper sweep", required=bool((run.index.get("artifacts") or {}).get("vizer_sweep")))
+    res = run.json(rel, "mapper sweep", required=bool(run.artifact("vizer_sweep")))
     if not isinstance(res, dict) or not res.get("cells"):
         return ""
     from ..training.sweep import heatmap_png  # the sweep's own figure, so the report and `vizer sweep` agree
@@ -124,8 +124,9 @@ def sweep_section(run: Run, assets: Path) -> str:
 
 
 def rl_section(run: Run, assets: Path) -> str:
-    listed = (run.index.get("artifacts") or {}).get("rl_history") or {}
-    paths = {f"{s} seed {seed}": rel for s, per in listed.items() for seed, rel in (per or {}).items()}
+    listed = run.artifact("rl_history", {})
+    listed = listed if isinstance(listed, dict) else {}
+    paths = {f"{s} seed {seed}": rel for s, per in listed.items() if isinstance(per, dict) for seed, rel in per.items()}
     if not listed:  # not in the index: take what the layout's folder holds
         paths = {p.parent.name: str(p.relative_to(run.root)) for p in sorted((run.root / "rl").glob("*/history.json"))}
     curves = {}

@@ -140,7 +140,7 @@ def build(run: Run, folder: Path, max_images: int, thumb: int) -> tuple[str, dic
             continue
         test = test[:max_images] if max_images > 0 else test
         caps = {s: run.jsonl(run.system_file(s, seed, "captions"), f"captions of {s}, seed {seed}") for s in systems}
-        caps = {s: {str(r.get("id")): r.get("caption") or "" for r in v} for s, v in caps.items() if v is not None}
+        caps = {s: {str(r.get("id")): r["caption"] if isinstance(r.get("caption"), str) else "" for r in v} for s, v in caps.items() if v is not None}
         scores = {s: per_caption_scores(run.json(run.system_file(s, seed, "eval"), f"scores of {s}, seed {seed}")) for s in systems}
         shapes = any(r.get("objects") is not None for r in test)
         vocab = vocabulary(r["objects"] for r in test if r.get("objects") is not None) if shapes else None

@@ -15,6 +15,11 @@ from .. import CapalignError
 from ..io import read_jsonl
 
 
+def _get(d, key):
+    """d[key] if d is a mapping that has it, else {} (index.json is read defensively: a hand-edited index must not crash the report)."""
+    return d.get(key) or {} if isinstance(d, dict) else {}
+
+
 @dataclass
 class Run:
     root: Path
@@ -50,22 +55,23 @@ class Run:
             self.note(f"{what}: {rel or 'not listed in index.json'} is missing")
             return None
         try:
-            return list(read_jsonl(p))
+            return [r for r in read_jsonl(p) if isinstance(r, dict)]
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             self.note(f"{what}: {rel} is unreadable ({e})")
             return None
 
     def system_file(self, system: str, seed: str, kind: str) -> str | None:
         """The relative path of a system's `captions` or `eval` file for a seed (index first, then the layout's default)."""
-        entry = (self.index.get("systems", {}).get(system) or {}).get(seed) or {}
+        entry = _get(_get(self.index.get("systems"), system), seed)
         default = f"seed-{seed}/captions/{system}.jsonl" if kind == "captions" else f"seed-{seed}/eval/{system}.json"
         return entry.get(kind) or default
 
     def test_manifest(self, seed: str) -> str:
-        return (self.index.get("test") or {}).get(seed) or f"seed-{seed}/data/test/manifest.jsonl"
+        return _get(self.index.get("test"), seed) or f"seed-{seed}/data/test/manifest.jsonl"
 
-    def artifact(self, key: str, default: str) -> str:
-        return (self.index.get("artifacts") or {}).get(key) or default
+    def artifact(self, key: str, default: str | None = None):
+        """index.json's artifacts[key] (a path, or a mapping for rl_history), else `default`."""
+        return _get(self.index.get("artifacts"), key) or default
 
 
 def load_run(path: str | Path) -> Run:

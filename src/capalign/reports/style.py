@@ -65,7 +65,7 @@ def saturation_table(items: list) -> str:
 
 def style_section(run: Run, assets: Path) -> str:
     rel = run.artifact("style_sweep", "style/sweep.json")
-    data = run.json(rel, "style sweep", required=bool((run.index.get("artifacts") or {}).get("style_sweep")))
+    data = run.json(rel, "style sweep", required=bool(run.artifact("style_sweep")))
     if data is None:
         return ""
     rows = _rows(data)
