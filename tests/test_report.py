@@ -253,6 +253,17 @@ def test_report_is_replaced_whole_or_not_at_all(tmp_path, built, monkeypatch):
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temp folder left
 
 
+def test_mention_spans_point_at_the_words():
+    from capalign.metrics.grounding import mention_spans, mentions, vocabulary
+
+    nouns, attrs = vocabulary([[{"name": "circle", "attributes": ["red", "small"]}]])
+    text = "Two small RED circles and a box."
+    ms = mention_spans(text, nouns, attrs)
+    assert [(text[slice(*m["noun"])], m["name"]) for m in ms] == [("circles", "circle"), ("box", "square")]
+    assert [text[s:e] for s, e, _ in ms[0]["attribute_spans"]] == ["small", "RED"]
+    assert mentions(text, nouns, attrs) == [("circle", frozenset({"small", "red"})), ("square", frozenset())]
+
+
 def test_pca_is_one_basis_for_all_systems():
     from capalign.reports.figures import pca
 
@@ -308,6 +319,9 @@ def test_report_in_a_real_browser(built, tmp_path):
             assert page.inner_text("#f-count") == f"showing {N - 3} of {N} images"
             page.select_option("#f-filter", "hal:ViZer_G")
             assert page.locator(visible).count() == 2  # images 1 (wrong colour) and 3 (star)
+            ev = {s: json.loads((run / f"seed-0/eval/{s}.json").read_text())["per_caption"]["CIDEr"] for s in ("Base", "ViZer_GT")}
+            page.select_option("#f-filter", "better:ViZer_GT")  # metric: CIDEr
+            assert page.locator(visible).count() == sum(g > b + 1e-9 for b, g in zip(ev["Base"], ev["ViZer_GT"])) > 0
             page.select_option("#f-filter", "all")
             page.select_option("#f-seed", "all")
             page.select_option("#f-sort", "high:ViZer_GT")
