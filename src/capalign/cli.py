@@ -22,6 +22,9 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("report",): ("capalign.reports.report", "ReportConfig", "run", "Static HTML report of a run folder: gallery, metrics with intervals, figures."),
 }
 
+# commands whose first argument may be given without its flag: `capalign report RUN`
+POSITIONAL = {("report",): "--run"}
+
 
 def _load(path: tuple[str, ...]):
     mod, cfg, fn, _ = COMMANDS[path]
@@ -49,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage(path))
         return 0 if argv else 2
     from .config import parse_config
+
+    if path in POSITIONAL and argv and not argv[0].startswith("-"):
+        argv = [POSITIONAL[path], *argv]
 
     try:
         cfg_cls, run = _load(path)

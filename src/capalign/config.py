@@ -41,10 +41,6 @@ def make_parser(cls: type, prog: str | None = None, parser=None):
 def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | None = None, parser=None) -> T:
     parser = make_parser(cls, prog, parser)
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `capalign report RUN` == `capalign report --run RUN`: a config class may name one field `positional`
-    pos = getattr(cls, "positional", None)
-    if pos and argv and not argv[0].startswith("-"):
-        argv = [f"--{pos}", *argv]
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         parser.set_defaults(**load_yaml(pre.config, cls))

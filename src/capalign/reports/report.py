@@ -28,7 +28,6 @@ from .rundir import Run, load_run
 class ReportConfig:
     """Write a static HTML report of a run folder: RUN/report/index.html and its images."""
 
-    positional = "run"  # `capalign report RUN` == `capalign report --run RUN` (config.parse_config)
     run: str = arg("", "Run folder written by `capalign study` (may be given as the first argument).")
     out: str = arg("", "Report folder (default RUN/report); an existing one is replaced as a whole.")
     max_images: int = arg(300, "Test images per seed in the gallery (0: all).")
