@@ -99,7 +99,8 @@ def make_run(root: Path) -> dict:
     rng = np.random.default_rng(0)
     img = rng.normal(size=(N, 16)).astype(np.float32)
     save_file({"image": img, "mapped/Base": rng.normal(size=(N, 16)).astype(np.float32),
-               "mapped/ViZer_GT": (img + 0.1 * rng.normal(size=(N, 16))).astype(np.float32)}, str(root / "seed-0/features.safetensors"))
+               "mapped/ViZer_GT": (img + 0.1 * rng.normal(size=(N, 16))).astype(np.float32),
+               "reference": (img + 0.05 * rng.normal(size=(N, 16))).astype(np.float32)}, str(root / "seed-0/features.safetensors"))
     atomic_write_json(root / "seed-0/features.json", {"ids": [f"test-{i:06d}" for i in range(N)], "mapper": "seed-0/mapper-gt", "center": True})
     atomic_write_json(root / "sweep/results.json", {"metric": "CIDEr", "variant": "gt", "cells": [
         {"width": w, "samples": n, "CIDEr": 0.1 * w / 8 + n / 100, "BLEU4": 0.2} for w in (8, 16) for n in (8, 16)]})
@@ -223,6 +224,31 @@ def test_half_finished_run_and_missing_images(tmp_path, built, capsys):
     assert "missing: stage rl (seed 0) is missing" in err and f"wrote {run / 'report/index.html'} (16 gallery images, 2 of their images missing)" in err
 
 
+def test_budget_arms_and_the_study_figures(tmp_path, built):
+    """A ViZer budget arm (several step counts of one run): the gallery keeps its largest, the metrics keep all,
+    one table per arm; the figures `capalign study` drew are copied in."""
+    root, _ = built
+    run = tmp_path / "run"
+    shutil.copytree(root, run, ignore=shutil.ignore_patterns("report"))
+    arm = {"steps": [50, 100], "systems": ["ViZer_G", "ViZer_GT"]}
+    summary = json.loads((run / "summary.json").read_text())
+    summary["budget"] = {"GT": arm}
+    atomic_write_json(run / "summary.json", summary)
+    index = json.loads((run / "index.json").read_text())
+    index["budget"], index["artifacts"]["summary_forest"] = {"GT": arm}, "summary_forest.png"
+    atomic_write_json(run / "index.json", index)
+    shutil.copy(root / "report/assets/rl-reward.png", run / "summary_forest.png")
+    assert main(["report", str(run)]) == 0
+    page = (run / "report/index.html").read_text()
+    gallery_head = page.split('<table id="gallery">')[1].split("</thead>")[0]
+    assert "ViZer_G<" not in gallery_head and "ViZer_GT<" in gallery_head
+    assert "Left out of the gallery: the intermediate points of ViZer budget arms (ViZer_G)" in page
+    assert '<tr data-system="ViZer_G">' in page  # the metrics table keeps every system
+    budget = page.split('<table id="budget-GT"')[1].split("</table>")[0]
+    assert "50 steps" in budget and "100 steps" in budget
+    assert (run / "report/assets/summary_forest.png").read_bytes() == (run / "summary_forest.png").read_bytes()
+
+
 def test_bad_run_folders_fail_with_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     bad = tmp_path / "bad"
@@ -270,7 +296,7 @@ def test_pca_is_one_basis_for_all_systems():
     rng = np.random.default_rng(0)
     plane = rng.normal(size=(2, 16))  # every point lies in a 2-D plane of a 16-D space
     feats = {k: (rng.normal(size=(6, 2)) @ plane).astype(np.float32) for k in ("image", "mapped/Base", "mapped/ViZer_GT")}
-    img, mapped, ratio = pca(feats, ["Base", "ViZer_GT", "absent"])
+    img, mapped, ratio = pca(feats, {"Base": "mapped/Base", "ViZer_GT": "mapped/ViZer_GT", "absent": "mapped/absent"})
     assert set(mapped) == {"Base", "ViZer_GT"} and ratio.sum() == pytest.approx(1.0)
     # two components keep every distance, also between an image and a system's caption
     a, b = feats["image"][1], feats["mapped/ViZer_GT"][4]

@@ -34,17 +34,18 @@ def _img(name: str, alt: str) -> str:
     return f'<figure><img src="assets/{html.escape(name)}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
-def pca(features: dict[str, np.ndarray], systems: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Project "image" [N, D] and every "mapped/<system>" [N, D] on the top 2 principal components of all of them
-    together (one basis, so the panels compare). Returns (image [N, 2], {system: [N, 2]}, explained variance ratio [2])."""
-    names = [s for s in systems if f"mapped/{s}" in features]
-    x = np.concatenate([features["image"]] + [features[f"mapped/{s}"] for s in names]).astype(np.float64)  # [(1+S)N, D]
+def pca(features: dict[str, np.ndarray], panels: dict[str, str]) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Project "image" [N, D] and each panel's tensor (label -> key, e.g. "ViZer_GT" -> "mapped/ViZer_GT") [N, D] on
+    the top 2 principal components of all of them together (one basis, so the panels compare).
+    Returns (image [N, 2], {label: [N, 2]}, explained variance ratio [2])."""
+    labels = [k for k, key in panels.items() if key in features]
+    x = np.concatenate([features["image"]] + [features[panels[k]] for k in labels]).astype(np.float64)  # [(1+P)N, D]
     x = x - x.mean(0)
     _, sv, vt = np.linalg.svd(x, full_matrices=False)
-    z = x @ vt[:2].T  # [(1+S)N, 2]
+    z = x @ vt[:2].T  # [(1+P)N, 2]
     n = len(features["image"])
     ratio = sv[:2] ** 2 / max(float((sv ** 2).sum()), 1e-12)
-    return z[:n], {s: z[n * (i + 1): n * (i + 2)] for i, s in enumerate(names)}, ratio
+    return z[:n], {k: z[n * (i + 1): n * (i + 2)] for i, k in enumerate(labels)}, ratio
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -72,26 +73,31 @@ def pca_section(run: Run, assets: Path) -> str:
         except (SafetensorError, OSError, ValueError) as e:
             run.note(f"features of seed {seed}: {rel} is unreadable ({e})")
             continue
-        systems = [s for s in run.systems if f"mapped/{s}" in f] + sorted(k[7:] for k in f if k.startswith("mapped/") and k[7:] not in run.systems)
-        if "image" not in f or not systems:
+        shown = run.headline()
+        panels = {x: f"mapped/{x}" for x in shown if f"mapped/{x}" in f}
+        panels.update({k[7:]: k for k in sorted(f) if k.startswith("mapped/") and k[7:] not in run.systems})  # systems the index lacks
+        if "reference" in f:
+            panels["reference caption"] = "reference"  # the mapped first human caption: where a perfect caption lands
+        if "image" not in f or not panels:
             run.note(f"features of seed {seed}: {rel} lacks 'image' or 'mapped/<System>' tensors")
             continue
-        img, mapped, ratio = pca(f, systems)
+        img, mapped, ratio = pca(f, panels)
         plt = _plt()
         from matplotlib.collections import LineCollection
 
-        fig, axes = plt.subplots(1, len(systems), figsize=(3.6 * len(systems), 3.6), sharex=True, sharey=True, squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), sharex=True, sharey=True, squeeze=False)
         rows = []
-        for ax, s in zip(axes[0], systems):
-            m = mapped[s]
+        for ax, (label, key) in zip(axes[0], panels.items()):
+            m = mapped[label]
+            colour = "tab:orange" if label == run.baseline else "tab:green" if key == "reference" else "tab:blue"
             ax.add_collection(LineCollection(np.stack([img, m], 1), colors="0.85", linewidths=0.5, zorder=1))  # image -> its caption
             ax.scatter(img[:, 0], img[:, 1], s=9, c="0.45", label="image features", zorder=2)
-            ax.scatter(m[:, 0], m[:, 1], s=9, c="tab:orange" if s == run.baseline else "tab:blue", label="mapped caption features", zorder=3)
-            cos = _cosine(f["image"], f[f"mapped/{s}"])
-            ax.set_title(f"{s}\nmean cos(image, caption) = {cos:.3f}", fontsize=9)
+            ax.scatter(m[:, 0], m[:, 1], s=9, c=colour, label="mapped caption features", zorder=3)
+            cos = _cosine(f["image"], f[key])
+            ax.set_title(f"{label}\nmean cos(image, caption) = {cos:.3f}", fontsize=9)
             ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}%)")
-            rows.append(f"<tr><th>{html.escape(s)}</th><td class='num'>{cos:.3f}</td>"
-                        f"<td class='num'>{float(np.linalg.norm(f['image'].mean(0) - f[f'mapped/{s}'].mean(0))):.3f}</td></tr>")
+            rows.append(f"<tr><th>{html.escape(label)}</th><td class='num'>{cos:.3f}</td>"
+                        f"<td class='num'>{float(np.linalg.norm(f['image'].mean(0) - f[key].mean(0))):.3f}</td></tr>")
         axes[0][0].set_ylabel(f"PC2 ({100 * ratio[1]:.0f}%)")
         axes[0][0].legend(fontsize=7, loc="best")
         name = f"pca-seed{seed}.png"
@@ -121,6 +127,23 @@ def sweep_section(run: Run, assets: Path) -> str:
                    for (w, n), c in sorted(cells.items()))
     return (_img(f"sweep-{metric}.png", f"Mapper width x mapper data size: {metric} of ViZer_{str(res.get('variant', '')).upper()} ({rel})")
             + f"<table class='metrics small'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def study_figures(run: Run, assets: Path) -> str:
+    """The summary's own figures that `capalign study` drew (index artifacts summary_forest / summary_budget), copied."""
+    out = []
+    for key, alt in (("summary_forest", "Paired differences with the baseline per metric (capalign study)"),
+                     ("summary_budget", "ViZer budget: difference with the baseline against training steps (capalign study)")):
+        rel = run.artifact(key)
+        p = run.file(rel) if isinstance(rel, str) else None
+        if p is None:
+            continue
+        if not p.is_file():
+            run.note(f"{key}: {rel} is missing")
+            continue
+        (assets / f"{key}.png").write_bytes(p.read_bytes())
+        out.append(_img(f"{key}.png", alt))
+    return "".join(out)
 
 
 def rl_section(run: Run, assets: Path) -> str:

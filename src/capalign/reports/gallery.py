@@ -132,7 +132,7 @@ def build(run: Run, folder: Path, max_images: int, thumb: int) -> tuple[str, dic
     img_dir.mkdir(parents=True, exist_ok=True)
     (folder / "assets" / "missing.svg").write_text(MISSING_SVG)
     rows_html, rows, missing = [], [], 0
-    systems = run.systems
+    systems = run.headline()
     for seed in run.seeds:
         manifest = run.test_manifest(seed)
         test = run.jsonl(manifest, f"test data of seed {seed}")
@@ -174,7 +174,7 @@ def build(run: Run, folder: Path, max_images: int, thumb: int) -> tuple[str, dic
         run.note(f"{missing} test image(s) no longer exist or cannot be read: shown as placeholders")
     present_metrics = {m for r in rows for s in r["s"].values() for m in s}
     metrics = [{"key": k, "label": lab, "higher": hi} for k, (lab, hi) in METRICS.items() if k in present_metrics]
-    data = {"systems": systems, "baseline": run.baseline, "seeds": run.seeds, "metrics": metrics, "rows": rows,
+    data = {"systems": systems, "left_out": [s for s in run.systems if s not in systems], "baseline": run.baseline, "seeds": run.seeds, "metrics": metrics, "rows": rows,
             "images": len(rows), "missing_images": missing}
     if not rows:
         return "", data

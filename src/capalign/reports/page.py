@@ -124,7 +124,9 @@ def gallery_controls(data: dict) -> str:
             f'<label>show <select id="f-filter">{_options(filters)}</select></label><span id="f-count"></span></div>'
             '<p class="key">Marks: <span class="add">added relative to Base</span><span class="hal">hallucinated object</span>'
             '<span class="attr">wrong attribute</span><span class="obj">object in the image</span> (objects: shapes world only; '
-            'hover a mark for details)</p>')
+            'hover a mark for details)</p>'
+            + (f'<p class="legend">Left out of the gallery: the intermediate points of ViZer budget arms ({html.escape(", ".join(data["left_out"]))}); '
+               'the metrics section has them.</p>' if data.get("left_out") else ""))
 
 
 def page(title: str, subtitle: str, sections: list[tuple[str, str, str]], gallery_data: dict | None, footer: str) -> str:

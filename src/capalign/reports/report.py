@@ -78,8 +78,9 @@ def write_report(run: Run, folder: Path, cfg: ReportConfig) -> dict:
     assets = folder / "assets"
     assets.mkdir(parents=True)
     summary, source = tables.load_summary(run)
-    metrics = (tables.metrics_table(summary, run.systems) + tables.paired_table(summary)
-               + f'<p class="legend">Source: {html.escape(source)}.</p>') if summary else _absent("no evaluation yet (eval files or summary.json)")
+    headline = run.headline((summary or {}).get("budget"))
+    metrics = (tables.metrics_table(summary, run.systems) + tables.paired_table(summary, headline)
+               + f'<p class="legend">Source: {html.escape(source)}.</p>' + figures.study_figures(run, assets)) if summary else _absent("no evaluation yet (eval files or summary.json)")
     table, gdata = gallery.build(run, folder, cfg.max_images, cfg.thumb_size)
     gal = page.gallery_controls(gdata) + table if table else _absent("no test captions yet")
     sections = [("metrics", "Metrics", metrics), ("gallery-section", "Gallery", gal),

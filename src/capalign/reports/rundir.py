@@ -69,6 +69,14 @@ class Run:
     def test_manifest(self, seed: str) -> str:
         return _get(self.index.get("test"), seed) or f"seed-{seed}/data/test/manifest.jsonl"
 
+    def headline(self, budget: dict | None = None) -> list[str]:
+        """The systems the gallery shows: all but the intermediate points of a ViZer budget arm (index.json's
+        or summary.json's "budget": {arm: {"steps": [...], "systems": [...]}}), whose largest budget stays.
+        The same rule as the study's table (capalign.study.summary.headline_systems)."""
+        arms = [b for b in (budget if budget is not None else self.index.get("budget") or {}).values() if isinstance(b, dict) and b.get("systems")]
+        hidden = {n for b in arms for n in b["systems"][:-1]}
+        return [s for s in self.systems if s not in hidden]
+
     def artifact(self, key: str, default: str | None = None):
         """index.json's artifacts[key] (a path, or a mapping for rl_history), else `default`."""
         return _get(self.index.get("artifacts"), key) or default

@@ -86,27 +86,36 @@ def metrics_table(summary: dict, systems: list[str]) -> str:
             'bold: the best mean of the column; ↓: lower is better.</p>')
 
 
-def paired_table(summary: dict) -> str:
+def _diff_cell(p: dict | None, m: str) -> str:
+    if not p or p.get("mean_diff") is None:
+        return '<td class="num">-</td>'
+    good = (p["mean_diff"] < 0) == lower_is_better(m)
+    cls = (" up" if good else " down") if p.get("excludes_zero") else ""
+    moves = f' <span class="ci">↑{p.get("n_up", 0)} ↓{p.get("n_down", 0)}</span>' if "n_up" in p else ""
+    return (f'<td class="num{cls}" data-mean_diff="{p["mean_diff"]!r}">{p["mean_diff"]:+.3f}{moves}<br>'
+            f'<span class="ci">[{_num(p.get("lo"))}, {_num(p.get("hi"))}]</span></td>')
+
+
+def _diff_table(table_id: str, corner: str, rows: list[tuple[str, dict]], metrics: list[str]) -> str:
+    head = f"<th>{html.escape(corner)}</th>" + "".join(f"<th>{html.escape(LABELS.get(m, m))}</th>" for m in metrics)
+    body = "".join(f"<tr><th>{html.escape(label)}</th>{''.join(_diff_cell(per.get(m), m) for m in metrics)}</tr>" for label, per in rows)
+    return f'<div class="scroll"><table id="{table_id}" class="metrics"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def paired_table(summary: dict, headline: list[str]) -> str:
+    """system - baseline for the headline systems, then one table per ViZer budget arm (a row per step count)."""
     paired = summary.get("paired") or {}
     if not paired:
         return ""
     metrics = [m for m in summary.get("metrics") or [] if any(m in p for p in paired.values())] or sorted({m for p in paired.values() for m in p})
-    head = "<th>system − " + html.escape(summary.get("baseline", "Base")) + "</th>" + "".join(f"<th>{html.escape(LABELS.get(m, m))}</th>" for m in metrics)
-    body = []
-    for s, per in paired.items():
-        cells = []
-        for m in metrics:
-            p = per.get(m)
-            if not p or p.get("mean_diff") is None:
-                cells.append('<td class="num">-</td>')
-                continue
-            good = (p["mean_diff"] < 0) == lower_is_better(m)
-            cls = (" up" if good else " down") if p.get("excludes_zero") else ""
-            moves = f' <span class="ci">↑{p.get("n_up", 0)} ↓{p.get("n_down", 0)}</span>' if "n_up" in p else ""
-            cells.append(f'<td class="num{cls}" data-mean_diff="{p["mean_diff"]!r}">{p["mean_diff"]:+.3f} '
-                         f'<span class="ci">[{_num(p.get("lo"))}, {_num(p.get("hi"))}]</span>{moves}</td>')
-        body.append(f"<tr><th>{html.escape(s)}</th>{''.join(cells)}</tr>")
-    return (f'<div class="scroll"><table id="paired" class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
-            '<p class="legend">Paired difference with the baseline on the same test images (capalign.stats.paired_bootstrap: '
-            'two-stage bootstrap over seeds and images); ↑/↓: seeds where the system is above/below the baseline; '
-            'coloured: the interval excludes 0 (green better, red worse).</p>')
+    base = summary.get("baseline", "Base")
+    rows = [(s, paired[s]) for s in headline if s in paired] + [(s, p) for s, p in paired.items() if s not in headline and s not in
+                                                                 {n for b in (summary.get("budget") or {}).values() for n in b.get("systems", [])}]
+    out = _diff_table("paired", f"system − {base}", rows, metrics)
+    for arm, b in (summary.get("budget") or {}).items():
+        steps = [(f"{k} steps", paired.get(n) or {}) for k, n in zip(b.get("steps") or [], b.get("systems") or [])]
+        if steps:
+            out += f"<h3>ViZer budget: {html.escape(arm)} − {html.escape(base)}</h3>" + _diff_table(f"budget-{html.escape(arm)}", "training", steps, metrics)
+    return out + ('<p class="legend">Paired difference with the baseline on the same test images (capalign.stats.paired_bootstrap: '
+                  'two-stage bootstrap over seeds and images); ↑/↓: seeds where the system is above/below the baseline; '
+                  'coloured: the interval excludes 0 (green better, red worse).</p>')
