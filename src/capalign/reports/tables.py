@@ -113,7 +113,7 @@ def paired_table(summary: dict, headline: list[str]) -> str:
                                                                  {n for b in (summary.get("budget") or {}).values() for n in b.get("systems", [])}]
     out = _diff_table("paired", f"system − {base}", rows, metrics)
     for arm, b in (summary.get("budget") or {}).items():
-        steps = [(f"{k} steps", paired.get(n) or {}) for k, n in zip(b.get("steps") or [], b.get("systems") or [])]
+        steps = [(f"{k} step{'' if k == 1 else 's'}", paired.get(n) or {}) for k, n in zip(b.get("steps") or [], b.get("systems") or [])]
         if steps:
             out += f"<h3>ViZer budget: {html.escape(arm)} − {html.escape(base)}</h3>" + _diff_table(f"budget-{html.escape(arm)}", "training", steps, metrics)
     return out + ('<p class="legend">Paired difference with the baseline on the same test images (capalign.stats.paired_bootstrap: '
