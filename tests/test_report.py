@@ -220,6 +220,9 @@ def test_half_finished_run_and_missing_images(tmp_path, built, capsys):
     assert page.count('src="assets/missing.svg"') == 2
     assert page.count('class="cap none" data-system="ViZer_G"') == N  # seed 1 has no ViZer_G captions
     assert "Not in this run: sweep/results.json" in page
+    assert main(["report", str(run), "--max_images", "3"]) == 0
+    page = (run / "report/index.html").read_text()
+    assert page.count("<tr id=") == 6 and "the first 3 test images of each seed (of 8 in seed 0, 8 in seed 1;" in page
     err = capsys.readouterr().err
     assert "missing: stage rl (seed 0) is missing" in err and f"wrote {run / 'report/index.html'} (16 gallery images, 2 of their images missing)" in err
 

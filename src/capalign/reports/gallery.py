@@ -131,14 +131,16 @@ def build(run: Run, folder: Path, max_images: int, thumb: int) -> tuple[str, dic
     img_dir = folder / "assets" / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
     (folder / "assets" / "missing.svg").write_text(MISSING_SVG)
-    rows_html, rows, missing = [], [], 0
+    rows_html, rows, missing, cut = [], [], 0, {}
     systems = run.headline()
     for seed in run.seeds:
         manifest = run.test_manifest(seed)
         test = run.jsonl(manifest, f"test data of seed {seed}")
         if not test:
             continue
-        test = test[:max_images] if max_images > 0 else test
+        if 0 < max_images < len(test):
+            cut[seed] = len(test)
+            test = test[:max_images]
         caps = {s: run.jsonl(run.system_file(s, seed, "captions"), f"captions of {s}, seed {seed}") for s in systems}
         caps = {s: {str(r.get("id")): r["caption"] if isinstance(r.get("caption"), str) else "" for r in v} for s, v in caps.items() if v is not None}
         scores = {s: per_caption_scores(run.json(run.system_file(s, seed, "eval"), f"scores of {s}, seed {seed}")) for s in systems}
@@ -174,7 +176,7 @@ def build(run: Run, folder: Path, max_images: int, thumb: int) -> tuple[str, dic
         run.note(f"{missing} test image(s) no longer exist or cannot be read: shown as placeholders")
     present_metrics = {m for r in rows for s in r["s"].values() for m in s}
     metrics = [{"key": k, "label": lab, "higher": hi} for k, (lab, hi) in METRICS.items() if k in present_metrics]
-    data = {"systems": systems, "left_out": [s for s in run.systems if s not in systems], "baseline": run.baseline, "seeds": run.seeds, "metrics": metrics, "rows": rows,
+    data = {"systems": systems, "left_out": [s for s in run.systems if s not in systems], "cut": cut, "max_images": max_images, "baseline": run.baseline, "seeds": run.seeds, "metrics": metrics, "rows": rows,
             "images": len(rows), "missing_images": missing}
     if not rows:
         return "", data

@@ -126,7 +126,9 @@ def gallery_controls(data: dict) -> str:
             '<span class="attr">wrong attribute</span><span class="obj">object in the image</span> (objects: shapes world only; '
             'hover a mark for details)</p>'
             + (f'<p class="legend">Left out of the gallery: the intermediate points of ViZer budget arms ({html.escape(", ".join(data["left_out"]))}); '
-               'the metrics section has them.</p>' if data.get("left_out") else ""))
+               'the metrics section has them.</p>' if data.get("left_out") else "")
+            + (f'<p class="legend">The gallery shows the first {data["max_images"]} test images of each seed (of '
+               + html.escape(", ".join(f"{n} in seed {s}" for s, n in data["cut"].items())) + '; `--max_images 0` shows all).</p>' if data.get("cut") else ""))
 
 
 def page(title: str, subtitle: str, sections: list[tuple[str, str, str]], gallery_data: dict | None, footer: str) -> str:

@@ -53,7 +53,7 @@ def _stage_cells(s: dict) -> list[str]:
 
 
 def _recipe_section(run: Run) -> str:
-    versions = run.index.get("versions") or {}
+    versions = run.index.get("versions") if isinstance(run.index.get("versions"), dict) else {}
     if not versions:
         run.note("index.json records no versions")
     vt = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in versions.items())
@@ -93,7 +93,7 @@ def write_report(run: Run, folder: Path, cfg: ReportConfig) -> dict:
         items = "".join(f"<li>{html.escape(n)}</li>" for n in run.notes)
         sections.insert(0, ("missing", "What is missing", f'<div class="banner"><ul>{items}</ul></div>'))
     name = run.index.get("name") or run.root.resolve().name
-    v = run.index.get("versions") or {}
+    v = run.index.get("versions") if isinstance(run.index.get("versions"), dict) else {}
     subtitle = (f"{len(run.seeds)} seed(s): {', '.join(run.seeds) or '-'} · systems: {', '.join(run.systems) or '-'}"
                 + (f" · created {run.index['created']}" if run.index.get("created") else "")
                 + "".join(f" · {k} {v[k]}" for k in ("capalign", "torch", "transformers") if k in v))
