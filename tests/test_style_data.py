@@ -285,3 +285,16 @@ def test_cli_flickrstyle_evil_pickle(tmp_path, capsys):
     err = capsys.readouterr().err
     lines = [l for l in err.splitlines() if l.startswith("error")]
     assert len(lines) == 1 and "refusing to unpickle" in lines[0] and "Traceback" not in err and not evil.target.exists()
+
+
+def test_cli_pairs_round_trip(tmp_path):
+    """`capalign style pairs` writes the split; the files read back (test_share 0) give the same pairs."""
+    assert main(["style", "pairs", "--data", "shapes:10", "--out", str(tmp_path / "p"), "--style", "romantic"]) == 0
+    prefs = open_preferences("shapes:10", "romantic")
+    for split, pairs in (("train", prefs.train), ("test", prefs.test)):
+        back = open_preferences(str(tmp_path / "p" / f"{split}.jsonl"), test_share=0).train
+        assert [(p.id, p.chosen, p.rejected, p.style, p.references, p.objects) for p in back] == \
+               [(p.id, p.chosen, p.rejected, p.style, p.references, p.objects) for p in pairs]
+        assert back[0].load_image().tobytes() == pairs[0].load_image().tobytes()
+    refs = [json.loads(l) for l in (tmp_path / "p" / "test_refs.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in refs] == [p.group for p in prefs.test] and refs[0]["objects"] == prefs.test[0].objects

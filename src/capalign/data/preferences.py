@@ -50,6 +50,9 @@ class Pair:
     objects: list[dict] | None = None  # annotated objects (shapes world), for the grounding metric
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.group = self.group or self.id  # no image key given: the pair is its own group
+
     def load_image(self, max_side: int = 2048):
         """The RGB image; raises BadImage (one line) if it is missing or corrupt."""
         return load_image(self.image() if callable(self.image) else self.image, max_side)
