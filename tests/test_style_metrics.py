@@ -184,3 +184,29 @@ def test_cli_classifier_evaluate_and_wrlogp(tmp_path, capsys, tiny_idefics3_path
 
     direct = wr_logp(load_vlm(str(tiny_idefics3_path), device="cpu"), open_preferences(str(root), "romantic").test)
     assert r["n"] == 6 and r["wr_logp"] == direct["wr_logp"] and r["wr_logp_sum"] == direct["wr_logp_sum"]
+
+
+def test_cli_wrlogp_with_adapter_measures_base_beside_it(tmp_path, tiny_qwen2_vl_path):
+    from peft import get_peft_model
+
+    from capalign.models import load_vlm
+    from capalign.models.lora import lora_config
+
+    tuned = load_vlm(str(tiny_qwen2_vl_path), device="cpu")
+    peft_model = get_peft_model(tuned.model, lora_config(tuned, r=4, alpha=8))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    out = tmp_path / "wr.json"
+    assert main(["style", "wrlogp", "--model", str(tiny_qwen2_vl_path), "--adapter", str(tmp_path / "adapter"), "--data", "shapes:10",
+                 "--style", "romantic", "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]
+    test = open_preferences("shapes:10", "romantic").test
+    base = wr_logp(load_vlm(str(tiny_qwen2_vl_path), device="cpu"), test)
+    assert [r["chosen_sum"] for r in res["base"]["per_pair"]] == pytest.approx([r["chosen_sum"] for r in base["per_pair"]], abs=1e-5)
+    lora = wr_logp(tuned, test)  # the in-memory adapted model
+    assert [r["chosen_sum"] for r in res["adapter"]["per_pair"]] == pytest.approx([r["chosen_sum"] for r in lora["per_pair"]], abs=1e-4)
+    assert [r["chosen_sum"] for r in lora["per_pair"]] != pytest.approx([r["chosen_sum"] for r in base["per_pair"]], abs=1e-2)
