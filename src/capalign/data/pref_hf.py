@@ -39,7 +39,7 @@ def _load(spec: str, path: Path | None, split: str):
     img = next((c for c in ds.column_names if isinstance(feats[c], datasets.Image)), None)
     if img is not None:
         ds = ds.cast_column(img, datasets.Image(decode=False))  # bytes; decoded (or counted as bad) when used
-    return ds
+    return ds, img
 
 
 def _group(ref) -> str:
@@ -51,9 +51,9 @@ def _group(ref) -> str:
 def hf_pairs(spec: str, path: Path | None, split: str, style: str | None, columns: dict) -> list:
     from .preferences import Pair
 
-    ds = _load(spec, path, split)
+    ds, image_feature = _load(spec, path, split)
     cols = ds.column_names
-    imk = columns.get("image") or next((c for c in IMAGE_COLUMNS if c in cols), None)
+    imk = columns.get("image") or next((c for c in IMAGE_COLUMNS if c in cols), image_feature)
     if imk is None or imk not in cols:
         raise CapalignError(f"no image column in {spec}; columns: {', '.join(cols)}; pass image_column=")
     if "caption_choices" in cols and "image_description" in cols and not columns.get("chosen"):

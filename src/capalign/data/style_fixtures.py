@@ -100,8 +100,14 @@ def write_newyorker(out: str | Path, config: str = "explanation") -> Path:
             rows.append({**base, "caption_choices": choices, "label": "ABCDE"[j]})
     feats = {"image": datasets.Image(), "contest_number": datasets.Value("int32"), "entities": datasets.Sequence(datasets.Value("string")),
              "questions": datasets.Sequence(datasets.Value("string")), "n_tokens_label": datasets.Value("int32")}
-    ds = datasets.Dataset.from_list(rows)
-    ds = ds.cast(datasets.Features({c: feats.get(c, ds.features[c]) for c in ds.column_names}))
-    dd = datasets.DatasetDict({"train": ds.select(range(20)), "validation": ds.select(range(20, 25)), "test": ds.select(range(25, 30))})
-    dd.save_to_disk(str(out))
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # 30 rows: the bars would only be noise
+    try:
+        ds = datasets.Dataset.from_list(rows)
+        ds = ds.cast(datasets.Features({c: feats.get(c, ds.features[c]) for c in ds.column_names}))
+        dd = datasets.DatasetDict({"train": ds.select(range(20)), "validation": ds.select(range(20, 25)), "test": ds.select(range(25, 30))})
+        dd.save_to_disk(str(out))
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
     return Path(out)
