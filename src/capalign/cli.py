@@ -18,8 +18,13 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("mapper", "train"): ("capalign.training.mapper", "MapperTrainConfig", "run", "Train the ViZer mapper (variant gt or g)."),
     ("vizer", "train"): ("capalign.training.vizer", "VizerTrainConfig", "run", "Zero-label LoRA training of the VLM with a frozen mapper."),
     ("vizer", "sweep"): ("capalign.training.sweep", "SweepConfig", "run", "Sweep mapper widths x data sizes; table and heatmap."),
-    ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
+    ("vizer", "study"): ("capalign.study.vizer_study", "VizerStudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world (a ViZer-only study recipe), over seeds."),
+    ("study",): ("capalign.study.run", "StudyConfig", "run", "Run a study recipe (RECIPE.yaml): every stage into one run folder, resumable, multi-seed summary."),
+    ("estimate",): ("capalign.study.estimate", "EstimateConfig", "run", "Estimate GPU memory and time per stage of a recipe (from parameter, activation and FLOP counts)."),
 }
+
+# commands whose first argument may be given without its flag: `capalign study RECIPE.yaml`
+POSITIONAL = {("study",): "--recipe", ("estimate",): "--recipe"}
 
 
 def _load(path: tuple[str, ...]):
@@ -48,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage(path))
         return 0 if argv else 2
     from .config import parse_config
+
+    if path in POSITIONAL and argv and not argv[0].startswith("-"):
+        argv = [POSITIONAL[path], *argv]
 
     try:
         cfg_cls, run = _load(path)
