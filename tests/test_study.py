@@ -306,3 +306,25 @@ def test_vizer_study_base_trains_for_fixed_steps(tmp_path, monkeypatch):
         main(["vizer", "study", "--out", str(tmp_path / "t"), "--web_from_scratch", "true", "--nano_steps", "77", "--n_mapper", "4",
               "--n_unlabeled", "4", "--n_test", "4"])
     assert [(c.mode, c.steps, c.init_from) for c in seen] == [("web", 77, None)]
+
+
+def test_a_test_source_is_copied_into_the_run_folder(tmp_path, capsys):
+    """data.test as an image source: its images (original bytes) and references land in RUN/data/test;
+    unreadable images are skipped and counted."""
+    from capalign.data.shapes import write_dataset
+    from capalign.study.recipe import from_dict
+    from capalign.study.run import plan
+
+    src = write_dataset(tmp_path / "src", 5, seed=3, split="test")
+    (src / "images" / "test-000002.png").write_bytes(b"not a png")
+    recipe = from_dict({"seeds": [0, 1], "data": {"test": str(src), "test_limit": 4}}, "r")
+    steps, seeds = plan(recipe, tmp_path / "run")
+    assert seeds[0].test_manifest == seeds[1].test_manifest == tmp_path / "run/data/test/manifest.jsonl"  # shared by the seeds
+    steps[0][0].run(steps[0][1])
+    rows = [json.loads(l) for l in (tmp_path / "run/data/test/manifest.jsonl").read_text().splitlines()]
+    orig = {json.loads(l)["id"]: json.loads(l) for l in (src / "manifest.jsonl").read_text().splitlines()}
+    assert [r["id"] for r in rows] == ["test-000000", "test-000001", "test-000003"]
+    for r in rows:
+        assert r["captions"] == orig[r["id"]]["captions"] and r["objects"] == orig[r["id"]]["objects"]
+        assert (tmp_path / "run/data/test" / r["image"]).read_bytes() == (src / orig[r["id"]]["image"]).read_bytes()
+    assert "(1 skipped: unreadable" in " ".join(capsys.readouterr().err.split())
