@@ -10,8 +10,8 @@ the model, the data, the seed), plus the stage's study options (e.g. `variants`)
         owned = ("model", "images", "out", "seed")  # filled in by the study
         options = RLOptions                         # extra study fields (a dataclass), or None
         needs = ("base", "data")
-        def publish(self, ctx): ctx.systems["RL_judge"] = ctx.seed_dir / "rl" / "judge"   # what later stages see
-        def outputs(self, ctx): return [ctx.seed_dir / "rl" / "judge" / "adapter_model.safetensors"]
+        def publish(self, ctx): ctx.systems["RL_judge"] = ctx.root / "rl" / f"RL_judge-seed{ctx.seed}"  # seen by later stages
+        def outputs(self, ctx): return [ctx.systems["RL_judge"] / "adapter_model.safetensors"]
         def run(self, ctx): rl.run(self.command_config(ctx, model=ctx.model, ...))
 
 and list it in stages/__init__.py (the order there is the order stages run in).
