@@ -53,7 +53,16 @@ def run_a(work) -> Path:
 
 @pytest.fixture(scope="module")
 def run_b(work, run_a) -> Path:
-    assert study(work, "b") == 0
+    """The same study in a fresh process (its own hash seed, imports and RNG state), on one thread like run_a."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env.pop("PYTHONHASHSEED", None)
+    r = subprocess.run([sys.executable, "-m", "capalign", "study", str(work / "tiny.yaml"), "--out", str(work / "b")],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
     return work / "b"
 
 

@@ -116,14 +116,15 @@ class VizerStage(Stage):
         out = []
         for arm, _, _ in self.arms(ctx):
             d = ctx.seed_dir / "vizer" / arm
-            out += [d / "adapter_model.safetensors"] + ([d / f"step-{k}" / "adapter_model.safetensors" for k in steps] if len(steps) > 1 else [])
+            # vizer_result.json is written (atomically) after the adapter: it marks a finished run
+            out += [d / "vizer_result.json"] + ([d / f"step-{k}" / "adapter_model.safetensors" for k in steps] if len(steps) > 1 else [])
         return out
 
     def run(self, ctx: Context) -> None:
         steps = self.opts(self.section(ctx)).steps
         for arm, v, sampled in self.arms(ctx):
             d = ctx.seed_dir / "vizer" / arm
-            if (d / "adapter_model.safetensors").exists():
+            if (d / "vizer_result.json").exists():
                 continue
             cfg = self.command_config(ctx, model=ctx.model, mapper=str(ctx.mappers[v]), images=ctx.data["unlabeled"], out=str(d),
                                       seed=ctx.seed, export_steps=",".join(map(str, steps or [])) if steps and len(steps) > 1 else "")
