@@ -29,7 +29,7 @@ def forest_png(summary: dict) -> bytes:
     paired difference with its interval; the dashed line is no difference."""
     plt = _plt()
     heads, metrics = headline_systems(summary), summary["metrics"]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(7, 0.55 * len(metrics) * max(2, len(heads)) + 1), squeeze=False)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(7, len(metrics) * (0.25 * len(heads) + 0.45) + 1), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, m in zip(axes[:, 0], metrics):
         for j, h in enumerate(heads):
@@ -37,7 +37,7 @@ def forest_png(summary: dict) -> bytes:
             if p.get("mean_diff") is None:
                 continue
             lo, hi = p.get("lo", p["mean_diff"]), p.get("hi", p["mean_diff"])
-            ax.errorbar([p["mean_diff"]], [j], xerr=[[p["mean_diff"] - lo], [hi - p["mean_diff"]]], fmt="o", color=colours[j % len(colours)],
+            ax.errorbar([p["mean_diff"]], [len(heads) - 1 - j], xerr=[[p["mean_diff"] - lo], [hi - p["mean_diff"]]], fmt="o", color=colours[j % len(colours)],
                         capsize=3, label=h)
         ax.axvline(0, color="grey", ls="--", lw=1)
         ax.set_yticks([])
@@ -68,6 +68,9 @@ def budget_png(summary: dict) -> bytes:
                             color=line.get_color(), alpha=0.2)
         ax.axhline(0, color="grey", ls="--", lw=1)
         ax.set_xscale("log", base=2)
+        steps = sorted({k for b in summary["budget"].values() for k in b["steps"]})
+        ax.set_xticks(steps, [str(k) for k in steps])
+        ax.minorticks_off()
         ax.set_title(SHORT.get(m, m))
         ax.set_xlabel("ViZer steps")
     for ax in list(axes.flat)[len(metrics):]:

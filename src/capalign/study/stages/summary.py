@@ -9,11 +9,11 @@ from pathlib import Path
 
 from ... import CapalignError
 from ...config import arg
-from ...io import atomic_write_bytes, atomic_write_json
+from ...io import atomic_write_bytes, atomic_write_json, read_jsonl
 from ...metrics.evaluate import read_refs
 from ...utils import print0
 from ..stage import Context, Stage
-from ..summary import METRICS, clean, print_summary, summarize
+from ..summary import METRICS, clean, headline_systems, print_summary, summarize
 
 
 @dataclass
@@ -58,6 +58,10 @@ class SummaryStage(Stage):
         if budgets:
             atomic_write_bytes(ctx.root / "summary_budget.png", budget_png(summary))
         print_summary(summary)
+        s0, c0 = next(iter(done.items()))  # a look at what the systems say (first test images of the first seed)
+        for name in [o.baseline, *headline_systems(summary)]:
+            caps = [r["caption"] for _, r in zip(range(3), read_jsonl(c0.captions[name]))]
+            print0(f"{name} (seed {s0}): " + " | ".join(caps))
         missing = sorted(set(ctx.seeds) - set(done))
         print0(f"summary over seeds {', '.join(map(str, sorted(done)))}" + (f" (seeds {missing} not finished)" if missing else "")
                + f" -> {ctx.root / 'summary.json'}, {ctx.root / 'summary_forest.png'}" + (f", {ctx.root / 'summary_budget.png'}" if budgets else ""))
