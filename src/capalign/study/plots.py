@@ -29,7 +29,8 @@ def forest_png(summary: dict) -> bytes:
     paired difference with its interval; the dashed line is no difference."""
     plt = _plt()
     heads, metrics = headline_systems(summary), summary["metrics"]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(7, len(metrics) * (0.25 * len(heads) + 0.45) + 1), squeeze=False)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(7, len(metrics) * (0.25 * len(heads) + 0.7) + 1), squeeze=False,
+                             gridspec_kw={"hspace": 0.9})  # room for each row's own x tick labels
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, m in zip(axes[:, 0], metrics):
         for j, h in enumerate(heads):
