@@ -19,15 +19,17 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("vizer", "train"): ("capalign.training.vizer", "VizerTrainConfig", "run", "Zero-label LoRA training of the VLM with a frozen mapper."),
     ("vizer", "sweep"): ("capalign.training.sweep", "SweepConfig", "run", "Sweep mapper widths x data sizes; table and heatmap."),
     ("vizer", "diagnose"): ("capalign.training.diagnose", "DiagnoseConfig", "run", "Does a mapper's reward prefer correct captions over corrupted ones? AUC per error kind, retrieval R@1."),
-    ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
+    ("vizer", "study"): ("capalign.study.vizer_study", "VizerStudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world (a ViZer-only study recipe), over seeds."),
+    ("study",): ("capalign.study.run", "StudyConfig", "run", "Run a study recipe (RECIPE.yaml): every stage into one run folder, resumable, multi-seed summary."),
+    ("estimate",): ("capalign.study.estimate", "EstimateConfig", "run", "Estimate GPU memory and time per stage of a recipe (from parameter, activation and FLOP counts)."),
     ("report",): ("capalign.reports.report", "ReportConfig", "run", "Static HTML report of a run folder: gallery, metrics with intervals, figures."),
     ("style", "classifier"): ("capalign.metrics.style_cli", "StyleClassifierConfig", "run_classifier", "Train (or measure) a style classifier on preference data; held-out accuracy and confusion matrix."),
     ("style", "pairs"): ("capalign.metrics.style_cli", "StylePairsConfig", "run_pairs", "Write the train/test pairs of preference data as JSONL manifests (+ test-image refs for caption/evaluate)."),
     ("style", "wrlogp"): ("capalign.metrics.style_cli", "WrLogpConfig", "run_wrlogp", "WR-LogP of a model (and its base, with --adapter) on the test split of preference data."),
 }
 
-# commands whose first argument may be given without its flag: `capalign report RUN`
-POSITIONAL = {("report",): "--run"}
+# commands whose first argument may be given without its flag: `capalign study RECIPE.yaml`, `capalign report RUN`
+POSITIONAL = {("study",): "--recipe", ("estimate",): "--recipe", ("report",): "--run"}
 
 
 def _load(path: tuple[str, ...]):

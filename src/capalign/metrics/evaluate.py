@@ -68,6 +68,17 @@ def _model_available(name: str) -> bool:
         return False
 
 
+def read_refs(path: str) -> dict[str, dict]:
+    """References JSONL -> id -> {"captions", "objects", "image"} (a shapes-world manifest.jsonl works)."""
+    refs: dict[str, dict] = {}
+    for r in _read(path, "references"):
+        if "id" not in r:
+            raise CapalignError(f"a line of {path} has no 'id'")
+        caps = r.get("captions") or []
+        refs[str(r["id"])] = {"captions": [c for c in caps if isinstance(c, str)], "objects": r.get("objects"), "image": r.get("image")}
+    return refs
+
+
 def _check_models(cfg: EvaluateConfig, names: list[str]) -> None:
     for metric, model, flag in (("bertscore", cfg.bertscore_model, "--bertscore_model"), ("clipscore", cfg.clip_model, "--clip_model")):
         if metric in names:
@@ -193,12 +204,7 @@ def run(cfg: EvaluateConfig) -> dict:
     show_config(cfg)
     names = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
     _check_models(cfg, names)
-    refs: dict[str, dict] = {}
-    for r in _read(cfg.refs, "references"):
-        if "id" not in r:
-            raise CapalignError(f"a line of {cfg.refs} has no 'id'")
-        caps = r.get("captions") or []
-        refs[str(r["id"])] = {"captions": [c for c in caps if isinstance(c, str)], "objects": r.get("objects"), "image": r.get("image")}
+    refs = read_refs(cfg.refs)
     images, images_from = _image_map(cfg, refs) if "clipscore" in names else ({}, "")
     from ..utils import print0
 

@@ -110,7 +110,8 @@ def grounding(predictions: Sequence[str], objects: Sequence[Iterable]) -> dict:
             t["hall_captions"] += int(not all(ok))
             t["recalled"] += len(names & said)
             t["annotated"] += len(names)
-            row[lvl] = {"mentions": len(ms), "hallucinated": len(ms) - sum(ok),
+            # the counts behind the ratios, so corpus (pooled) scores can be recomputed and bootstrapped per caption
+            row[lvl] = {"mentions": len(ms), "hallucinated": len(ms) - sum(ok), "recalled": len(names & said), "annotated": len(names),
                         "precision": sum(ok) / len(ms) if ms else None,
                         "recall": len(names & said) / len(names) if names else None}
         result["per_caption"].append(row)

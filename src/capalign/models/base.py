@@ -73,6 +73,9 @@ class VLM:
         eos = (list(gen_eos) if isinstance(gen_eos, (list, tuple)) else [gen_eos]) + [self.tokenizer.eos_token_id]
         self.eos_ids = [i for i in dict.fromkeys(eos) if i is not None]
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        # image/video placeholder tokens: a caption must never contain one (the next forward would count it as
+        # an image slot and fail), which sampling from an untrained model can otherwise produce
+        self.media_token_ids = [v for k in ("image_token_id", "video_token_id") if isinstance(v := getattr(model.config, k, None), int)]
 
     # ---- family hooks -------------------------------------------------------------------------
     def prompt_texts(self, n: int, prompt: str | None) -> list[str]:
@@ -173,6 +176,7 @@ class VLM:
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             use_cache=use_cache,
+            suppress_tokens=self.media_token_ids or None,
             **sample_kw,
         )
         new = out[:, enc.inputs["input_ids"].shape[1] :]  # [N, L]
