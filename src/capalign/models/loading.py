@@ -32,6 +32,15 @@ def _config(name_or_path: str):
         raise CapalignError(f"cannot load model {name_or_path!r}: {first}") from None
 
 
+def check_adapter(adapter: str) -> None:
+    """A PEFT adapter folder has adapter_config.json (cheap check before any weights are loaded)."""
+    hint = "expected a PEFT adapter folder, e.g. the output folder of `capalign vizer train`"
+    if not Path(adapter).is_dir():
+        raise CapalignError(f"adapter folder not found: {adapter} ({hint})")
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise CapalignError(f"{adapter} is not a PEFT adapter (no adapter_config.json); {hint}")
+
+
 def load_processor(path: str, family: str):
     from transformers import AutoProcessor
 
@@ -76,10 +85,13 @@ def load_vlm(
         raise CapalignError(f"cannot load model {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None
     model.to(dev).eval()
     if adapter:
-        if not Path(adapter).is_dir():
-            raise CapalignError(f"adapter folder not found: {adapter} (expected the output folder of `capalign vizer train`)")
+        check_adapter(adapter)
         from peft import PeftModel
 
-        PeftModel.from_pretrained(model, adapter, is_trainable=False)  # injects LoRA layers into `model` in place
+        try:
+            PeftModel.from_pretrained(model, adapter, is_trainable=False)  # injects LoRA layers into `model` in place
+        except (ValueError, RuntimeError, KeyError) as e:  # target modules missing, weight shapes that differ
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CapalignError(f"adapter {adapter} does not fit model {name_or_path} (trained on another model?): {first}") from None
     cls = getattr(importlib.import_module(f".{mod}", __package__), cls_name)
     return cls(model, processor, prompt=prompt, pooling=pooling)
