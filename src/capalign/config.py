@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -52,6 +53,7 @@ class _RaiseErrors:
     """argparse prints usage and exits on a bad flag; we raise, and the CLI prints one `error:` line."""
 
     def error(self, message: str):
+        message = re.sub(r"(--\w+)/--[\w-]+", r"\1", message)  # "argument --batch_size/--batch-size:" -> "--batch_size"
         raise CapalignError(f"{message} (see `{self.prog} --help`)")
 
 

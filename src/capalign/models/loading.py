@@ -24,7 +24,8 @@ def _config(name_or_path: str):
 
     looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists() or name_or_path.count("/") > 1
     if looks_local and not Path(name_or_path).expanduser().is_dir():
-        raise CapalignError(f"model path not found: {name_or_path} (expected a local model folder or a hub id like HuggingFaceTB/SmolVLM-256M-Base)")
+        what = "is a file, not a model folder" if Path(name_or_path).expanduser().exists() else "not found"
+        raise CapalignError(f"model path {what}: {name_or_path} (expected a local model folder or a hub id like HuggingFaceTB/SmolVLM-256M-Base)")
     try:
         return AutoConfig.from_pretrained(str(Path(name_or_path).expanduser()) if looks_local else name_or_path)
     except (OSError, ValueError) as e:
@@ -90,8 +91,8 @@ def load_vlm(
 
         try:
             PeftModel.from_pretrained(model, adapter, is_trainable=False)  # injects LoRA layers into `model` in place
-        except (ValueError, RuntimeError, KeyError) as e:  # target modules missing, weight shapes that differ
+        except (RuntimeError, ValueError, KeyError) as e:  # size mismatch / no target module: another base model
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CapalignError(f"adapter {adapter} does not fit model {name_or_path} (trained on another model?): {first}") from None
+            raise CapalignError(f"adapter {adapter} does not fit model {name_or_path}: {first[:200]}") from None
     cls = getattr(importlib.import_module(f".{mod}", __package__), cls_name)
     return cls(model, processor, prompt=prompt, pooling=pooling)
