@@ -30,7 +30,11 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("vizer", "sweep"): ("capalign.training.sweep", "SweepConfig", "run", "Sweep mapper widths x data sizes; table and heatmap."),
     ("vizer", "diagnose"): ("capalign.training.diagnose", "DiagnoseConfig", "run", "Does a mapper's reward prefer correct captions over corrupted ones? AUC per error kind, retrieval R@1."),
     ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
+    ("report",): ("capalign.reports.report", "ReportConfig", "run", "Static HTML report of a run folder: gallery, metrics with intervals, figures."),
 }
+
+# commands whose first argument may be given without its flag: `capalign report RUN`
+POSITIONAL = {("report",): "--run"}
 
 
 def _load(path: tuple[str, ...]):
@@ -59,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage(path))
         return 0 if argv else 2
     from .config import parse_config
+
+    if path in POSITIONAL and argv and not argv[0].startswith("-"):
+        argv = [POSITIONAL[path], *argv]
 
     try:
         cfg_cls, run = _load(path)
