@@ -163,6 +163,7 @@ ROWS = [
     (SHAPES + " --config {tmp}/run.yaml", "yaml_not_utf8", "is not UTF-8 text"),
     # ------------------------------------------------------------------ nano train
     (_with(NANO, out="{tmp}/afile/nano"), "none", "{tmp}/afile is a file, not a folder"),
+    (_with(NANO, out="{tmp}/afile"), "none", "{tmp}/afile: File exists"),
     (_with(NANO, mode="fancy"), "none", "mode must be clean or web, got 'fancy'"),
     (_with(NANO, steps="0"), "none", "steps must be >= 1"),
     (_with(NANO, text_model="gpt"), "none", "text_model must be nano or smollm2"),
@@ -265,3 +266,32 @@ def test_bad_input(row, env, tmp_path, cli):
     after = _snapshot(tmp_path, env["root"])
     changed = sorted(str(p) for p, b in before.items() if after.get(p) != b)
     assert not changed, f"existing files changed or removed: {changed}"
+
+
+# ---------------------------------------------------------------------------------- bugs stay bugs
+
+@pytest.mark.parametrize("exc", [KeyError("id"), ValueError("bad math"), TypeError("no"), FileNotFoundError(2, "No such file", "x")])
+def test_bugs_keep_their_traceback(exc, monkeypatch, tmp_path, cli):
+    """Only CapalignError and environment OSErrors become one line; anything else is a bug and propagates."""
+    import capalign.data.shapes as shapes
+
+    def run(cfg):
+        raise exc
+
+    monkeypatch.setattr(shapes, "run", run)
+    with pytest.raises(type(exc)):
+        cli("shapes", "--out", tmp_path / "ds")
+
+
+@pytest.mark.parametrize("errno_name,strerror", [("EACCES", "Permission denied"), ("ENOSPC", "No space left on device"), ("EROFS", "Read-only file system")])
+def test_environment_oserrors_are_one_line(errno_name, strerror, monkeypatch, tmp_path, cli):
+    import errno
+
+    import capalign.data.shapes as shapes
+
+    def run(cfg):
+        raise OSError(getattr(errno, errno_name), strerror, str(tmp_path / "ds" / "x.png"))
+
+    monkeypatch.setattr(shapes, "run", run)
+    r = cli("shapes", "--out", tmp_path / "ds")
+    assert r.code == 2 and r.error_lines == [f"error: {tmp_path / 'ds' / 'x.png'}: {strerror}"] and "Traceback" not in r.err
