@@ -92,6 +92,8 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | No
             if action.dest in values:
                 action.required = False
     ns = parser.parse_args(argv)
+    if ns.config != config:  # an abbreviation (--conf) that the pre-parser did not expand
+        raise CapalignError(f"write the config file flag in full: --config {ns.config}")
     values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if f.init}
     try:
         cfg = cls(**values)
@@ -178,7 +180,7 @@ def _yaml_scalar(action: argparse.Action, v: Any, where: str) -> Any:
         if not isinstance(v, str):
             raise bad
     elif isinstance(v, bool):  # YAML reads yes/no/on/off as booleans: never a number or a string here
-        raise CapalignError(f"{where}: expected {_kind(action)}, got {v!r} (quote it if you meant the text)")
+        raise CapalignError(f"{where}: expected {_kind(action)}, got {v!r}" + (" (quote it if you meant the text)" if t is str else ""))
     elif t is int and isinstance(v, float):
         raise bad
     try:
