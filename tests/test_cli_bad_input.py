@@ -77,6 +77,7 @@ SETUPS = {
     "refs_caption_str": lambda t: _w(t / "r.jsonl", _rows([{"id": "000000", "captions": "a dog"}])),
     "refs_dup": lambda t: _w(t / "r.jsonl", GOOD_REFS + _rows([{"id": "000001", "captions": ["again"]}])),
     "refs_objects_str": lambda t: _w(t / "r.jsonl", _rows([{"id": "000000", "captions": ["a"], "objects": "red circle"}])),
+    "run_broken_index": lambda t: _w(t / "run" / "index.json", "{broken\n"),
     "test_refs_bad": lambda t: (shutil.copytree(DATA_DIR[0], t / "test"),
                                 _w(t / "test" / "manifest.jsonl", _rows([{"id": "000000", "image": "images/000000.png", "captions": "a dog"}]))),
 }
@@ -207,6 +208,13 @@ ROWS = [
     (_with(DIAGNOSE, mappers="{tmp}/nope"), "none", "not a mapper folder (no mapper_meta.json): {tmp}/nope"),
     (_with(DIAGNOSE, mappers="{mapper_other}"), "none", "it was trained on another model"),
     (_with(DIAGNOSE, out="{tmp}/afile/diag.json"), "none", "{tmp}/afile is a file, not a folder"),
+    # ------------------------------------------------------------------ report
+    ("report {tmp}/nope", "none", "{tmp}/nope is not a folder"),
+    ("report {tmp}/afile", "none", "{tmp}/afile is not a folder"),
+    ("report {tmp}/empty", "empty_dir", "{tmp}/empty is not a capalign run folder (it has no index.json"),
+    ("report {tmp}/run", "run_broken_index", "{tmp}/run/index.json is not valid JSON"),
+    ("report {tmp}/empty --max_images -1", "empty_dir", "max_images must be >= 0, got -1"),
+    ("report {tmp}/empty --out {tmp}/afile/report", "empty_dir", "{tmp}/afile is a file, not a folder"),
     # ------------------------------------------------------------------ no command
     ("vizer fly", "none", "unknown command 'vizer fly'"),
 ]

@@ -82,6 +82,11 @@ def test_missing_required_fields_are_named(tmp_path, cli):
     assert r.code == 2 and "config file not found" in r.error_lines[0]
 
 
+def test_abbreviated_config_flag_is_not_ignored(tmp_path, cli):
+    r = cli("shapes", "--conf", _file(tmp_path, "n: 3\n"), "--out", str(tmp_path / "ds"))
+    assert r.code == 2 and "write the config file flag in full: --config" in r.error_lines[0]
+
+
 @pytest.mark.parametrize("argv,fragment", [
     (["--n", "abc"], "argument --n: invalid int value: 'abc'"),
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
