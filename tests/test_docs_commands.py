@@ -30,6 +30,7 @@ Substitutions, by flag (the same for YAML keys), when the documented value does 
 SHRINK: flags set per command so heavy commands run small (steps, sizes, caption length), and local
 models for metrics whose default is a hub id; PATCH: what a command has no flag for (named, with why).
 New docs: usually nothing to add; a new command that is heavy adds a SHRINK row.
+To see what each documented command ran as: CAPALIGN_DOCS_LOG=/tmp/docs.log pytest tests/test_docs_commands.py
 """
 
 from __future__ import annotations
