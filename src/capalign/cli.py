@@ -31,6 +31,9 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("vizer", "diagnose"): ("capalign.training.diagnose", "DiagnoseConfig", "run", "Does a mapper's reward prefer correct captions over corrupted ones? AUC per error kind, retrieval R@1."),
     ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
     ("report",): ("capalign.reports.report", "ReportConfig", "run", "Static HTML report of a run folder: gallery, metrics with intervals, figures."),
+    ("style", "classifier"): ("capalign.metrics.style_cli", "StyleClassifierConfig", "run_classifier", "Train (or measure) a style classifier on preference data; held-out accuracy and confusion matrix."),
+    ("style", "pairs"): ("capalign.metrics.style_cli", "StylePairsConfig", "run_pairs", "Write the train/test pairs of preference data as JSONL manifests (+ test-image refs for caption/evaluate)."),
+    ("style", "wrlogp"): ("capalign.metrics.style_cli", "WrLogpConfig", "run_wrlogp", "WR-LogP of a model (and its base, with --adapter) on the test split of preference data."),
 }
 
 # commands whose first argument may be given without its flag: `capalign report RUN`
