@@ -15,7 +15,7 @@ How they run: the commands of one Markdown file run in document order, in one fr
 following the page would), in-process through `capalign.cli.main`, and each must exit 0.
 `python -m capalign`, `.venv/bin/capalign`, `accelerate launch ... -m capalign` and `torchrun ... -m
 capalign` run their capalign arguments in one process (the multi-process paths are tested in
-test_vizer.py and test_caption.py). `make demo` / `make test` are exempt (EXEMPT). A command whose
+test_vizer.py and test_caption.py); `python -c "CODE"` (e.g. a setup step) runs CODE in-process. `make demo` / `make test` are exempt (EXEMPT). A command whose
 subcommand is not registered fails the test with its file and line, unless it is in PENDING (a command
 another branch is adding; reported as a warning, and PENDING entries that exist must be removed). A
 command that cannot run here goes in ALLOW_LIST with its reason (keep it short).
@@ -28,7 +28,8 @@ Substitutions, by flag (the same for YAML keys), when the documented value does 
   --pred             -> a caption file written there from the dataset's captions
   --run              -> a study run folder built to the contract (tests/test_report.py's make_run)
 SHRINK: flags set per command so heavy commands run small (steps, sizes, caption length), and local
-models for metrics whose default is a hub id; PATCH: what a command has no flag for (named, with why).
+models for metrics whose default is a hub id; a function value rewrites the documented value instead
+(e.g. `shapes:1000` -> `shapes:40`); PATCH: what a command has no flag for (named, with why).
 New docs: usually nothing to add; a new command that is heavy adds a SHRINK row.
 To see what each documented command ran as: CAPALIGN_DOCS_LOG=/tmp/docs.log pytest tests/test_docs_commands.py
 """
@@ -41,6 +42,7 @@ import json
 import os
 import re
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,7 @@ ALLOW_LIST: dict[str, str] = {  # text in the command -> why it cannot run here
 }
 PENDING: dict[str, str] = {  # command words -> where it comes from; warned about until registered
     "study": "`capalign study RECIPE` lands with the study branch (docs/report.md names it)",
+    "style train": "lands with the style-training branch (docs/style.md names it)",
 }
 SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("caption",): {"--max_new_tokens": "4", "--limit": "4"},
@@ -73,7 +76,16 @@ SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("vizer", "study"): {"--nano_steps": "2", "--web_steps": "2", "--n_mapper": "8", "--n_unlabeled": "8", "--n_test": "4",
                          "--mapper_epochs": "1", "--vizer_batch_size": "4", "--vizer_max_steps": "1", "--max_new_tokens": "4"},
     ("report",): {"--max_images": "4"},
+    ("style", "classifier"): {"--data": lambda v: _fewer_shapes(v, 40)},  # shapes:1000: ~2 minutes of MiniLM here
+    ("style", "pairs"): {"--data": lambda v: _fewer_shapes(v, 40)},
+    ("style", "wrlogp"): {"--data": lambda v: _fewer_shapes(v, 20)},
 }
+
+
+def _fewer_shapes(spec: str, n: int) -> str:
+    """shapes:N[:SEED] -> shapes:min(N, n)[:SEED] (other data specs unchanged)."""
+    m = re.fullmatch(r"shapes:(\d+)(:\d+)?", spec)
+    return f"shapes:{min(int(m[1]), n)}{m[2] or ''}" if m else spec
 
 
 def _small_nano(monkeypatch):
@@ -150,6 +162,12 @@ def _block_commands(body: list[str], first: int) -> list[Item]:
     return out
 
 
+def python_code(text: str) -> str | None:
+    """CODE of a documented `python -c "CODE"` line."""
+    words = shlex.split(text)
+    return words[2] if words[:2] == ["python", "-c"] and len(words) == 3 else None
+
+
 def capalign_args(text: str) -> list[str] | None:
     """The capalign arguments of a documented command line (None: not a capalign command)."""
     text = re.sub(r"\[[^\]]*\.\.\.[^\]]*\]", "", text).replace("[", "").replace("]", "")
@@ -197,8 +215,8 @@ class Env:
             return value
         if flag == "--model":
             return self.model(value)
-        if flag in ("--images", "--data", "--mapper_data", "--test"):
-            return str(self.data)
+        if flag in ("--images", "--data", "--mapper_data", "--test") and (value.startswith("hf:") or ":" not in value):
+            return str(self.data)  # (other NAME:ARGS specs, e.g. shapes:100, are generated, not read)
         if flag == "--refs":
             return str(self.data / "manifest.jsonl")
         if flag == "--pred":
@@ -218,11 +236,14 @@ class Env:
             if rest[k].startswith("--") and not rest[k + 1].startswith("--"):
                 rest[k + 1] = self.value(rest[k], rest[k + 1])
         for flag, v in SHRINK.get(path, {}).items():
-            v = v.format(clip=self.clip)
-            if flag in rest:
-                rest[rest.index(flag) + 1] = v
+            if callable(v):
+                for k in range(len(rest) - 1):
+                    if rest[k] == flag:
+                        rest[k + 1] = v(rest[k + 1])
+            elif flag in rest:
+                rest[rest.index(flag) + 1] = v.format(clip=self.clip)
             else:
-                rest += [flag, v]
+                rest += [flag, v.format(clip=self.clip)]
         return [*path, *rest]
 
     def yaml_file(self, item: Item) -> None:
@@ -284,7 +305,7 @@ def test_every_documented_command_exists():
         where = f"{md.relative_to(ROOT)}:{item.line}: {item.text}"
         args = item.text.split()[1:] if item.kind == "name" else capalign_args(item.text) if item.kind == "command" else []
         if item.kind == "command" and args is None:
-            if not item.text.startswith(EXEMPT) and not any(a in item.text for a in ALLOW_LIST):
+            if python_code(item.text) is None and not item.text.startswith(EXEMPT) and not any(a in item.text for a in ALLOW_LIST):
                 bad.append(where + "  (not a capalign command: add it to ALLOW_LIST with a reason, or to EXEMPT)")
         elif item.kind == "name" and not any(p[: len(args)] == tuple(args) for p in COMMANDS) or item.kind == "command" and command_path(args) is None:
             (pending if _pending(args) else bad).append(where)
@@ -310,6 +331,10 @@ def test_documented_commands_run(md, env, tmp_path, monkeypatch, capsys):
         if item.kind != "command" or item.text.startswith(EXEMPT) or any(a in item.text for a in ALLOW_LIST):
             continue
         where = f"{md.relative_to(ROOT)}:{item.line}: {item.text}"
+        code = python_code(item.text)
+        if code is not None:
+            exec(compile(code, where, "exec"), {"__name__": "__docs__"})
+            continue
         args = capalign_args(item.text)
         assert args is not None, f"{where}\nnot a capalign command: add it to ALLOW_LIST (with a reason) or EXEMPT"
         path = command_path(args)
@@ -324,11 +349,12 @@ def test_documented_commands_run(md, env, tmp_path, monkeypatch, capsys):
                 PATCH[path](mp)
             argv = env.argv(args, path)
             capsys.readouterr()
+            t0 = time.perf_counter()
             code = main(argv)
         err = capsys.readouterr().err
         if os.environ.get("CAPALIGN_DOCS_LOG"):
             with open(os.environ["CAPALIGN_DOCS_LOG"], "a") as f:
-                f.write(f"{where}\n  -> capalign {' '.join(argv)} : {code}\n")
+                f.write(f"{where}\n  -> capalign {' '.join(argv)} : exit {code}, {time.perf_counter() - t0:.1f} s\n")
         assert code == 0, f"{where}\nran: capalign {' '.join(argv)}\nexit code {code}\n{err[-3000:]}"
         ran += 1
     if md.name == "README.md":
