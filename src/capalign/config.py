@@ -72,7 +72,7 @@ def make_parser(cls: type, prog: str | None = None):
                     kw["help"] = (kw.get("help", "") + " (repeat the flag or give several values)").strip()
             return super().add_argument(*args, **kw)
 
-    parser = Parser([], prog=prog, description=(cls.__doc__ or "").strip())
+    parser = Parser([], prog=prog or "capalign", description=(cls.__doc__ or "").strip())
     parser.add_argument("--config", type=str, default=None, help="YAML file with values for any of the flags below "
                         "(required ones too); flags given on the command line override it.")
     parser._add_dataclass_arguments(cls)
