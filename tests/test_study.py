@@ -192,12 +192,13 @@ def write_run(root: Path, seeds: dict[int, dict[str, list[str]]]) -> dict:
     """A hand-made run folder: per seed, a 4-image shapes-world test split and given captions per system."""
     from capalign.data.shapes import write_dataset
     from capalign.io import atomic_write_json
-    from capalign.metrics.evaluate import evaluate_system, read_refs
+    from capalign.io import read_references
+    from capalign.metrics.evaluate import evaluate_system
 
     out = {}
     for s, systems in seeds.items():
         d = write_dataset(root / f"seed-{s}/data/test", 4, seed=s, split="test")
-        refs = read_refs(str(d / "manifest.jsonl"))
+        refs = read_references(str(d / "manifest.jsonl"))
         out[s] = {}
         for name, caps in systems.items():
             preds = [{"id": i, "caption": c} for i, c in zip(refs, caps)]
@@ -210,13 +211,13 @@ def write_run(root: Path, seeds: dict[int, dict[str, list[str]]]) -> dict:
 
 def test_multi_seed_summary_pools_counts_over_captions(tmp_path):
     """Two seeds of hand-made captions: pooled ratios use the count columns, the interval covers seeds and images."""
-    from capalign.metrics.evaluate import read_refs
+    from capalign.io import read_references
     from capalign.study.summary import summarize
 
     base = ["a red circle", "a shape", "two squares", "a blue star and a green star"]
     better = ["a large red circle and a small blue square", "a yellow triangle", "a green square on the left", "a blue star"]
     f = write_run(tmp_path, {0: {"Base": base, "ViZer": better}, 1: {"Base": base[::-1], "ViZer": better[::-1]}})
-    refs = {s: read_refs(str(tmp_path / f"seed-{s}/data/test/manifest.jsonl")) for s in (0, 1)}
+    refs = {s: read_references(str(tmp_path / f"seed-{s}/data/test/manifest.jsonl")) for s in (0, 1)}
     s = summarize(f, refs, n_boot=500)
     ev = {k: {n: json.loads(Path(p["eval"]).read_text()) for n, p in v.items()} for k, v in f.items()}
     for m, (lvl, num, den) in {"chair_i_name": ("name", "hallucinated", "mentions"), "recall_attr": ("attr", "recalled", "annotated")}.items():

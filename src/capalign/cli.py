@@ -1,9 +1,19 @@
 """`capalign` command line. Each command is a (config dataclass, run function) pair in its module;
 flags and `--config run.yaml` come from the dataclass (see config.py). Modules import lazily so
-`capalign --help` is fast."""
+`capalign --help` is fast.
+
+`main` is the one place where user-facing errors become one `error: ...` line and exit code 2:
+- `CapalignError`, raised where the input is read and validated (bad flags and YAML, missing or
+  malformed files, wrong types, unwritable outputs, models/adapters/mappers that do not fit);
+- OSErrors that name a file and can only come from the user's environment, never from a bug:
+  permission denied, read-only file system, disk full, a file where a folder should be (or the
+  reverse), e.g. from a library's save_pretrained into `--out`.
+Every other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -67,12 +77,24 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(cfg_cls, argv, prog="capalign " + " ".join(path))
         run(cfg)
     except CapalignError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRNOS or not e.filename:
+            raise
+        return _error(f"{e.filename}: {e.strerror}")
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+# errno values of OSErrors that only the user's file system can cause (see the module docstring)
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+
+
+def _error(message: str) -> int:
+    print("error: " + " ".join(message.split()), file=sys.stderr)  # always one line
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,19 +1,19 @@
 """`capalign evaluate`: score one or more caption files against references.
 
 Nothing is dropped silently: predictions without references are counted and excluded, references
-without predictions are counted, empty predictions are scored as "" and counted.
+without predictions are counted, empty predictions are scored as "" and counted. Rows of the wrong
+shape or type and repeated ids are refused with an error naming file, line and field (io.py).
 BERTScore / CLIPScore are opt-in (they need model weights); the default metrics need no downloads.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from .. import CapalignError
 from ..config import arg, save_config, show_config
-from ..io import atomic_write_json, read_jsonl
+from ..io import atomic_write_json, check_prediction, check_reference, read_predictions, read_references
 
 ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style")
 
@@ -45,16 +45,8 @@ class EvaluateConfig:
             raise ValueError("give at least one --pred file")
         if not self.refs:
             raise ValueError("--refs is required")
-
-
-def _read(path: str, what: str) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise CapalignError(f"{what} file not found: {p}")
-    try:
-        return list(read_jsonl(p))
-    except json.JSONDecodeError as e:
-        raise CapalignError(f"{what} file {p} is not valid JSONL: {e}") from None
+        if self.out and Path(self.out).is_dir():
+            raise ValueError(f"out must be a file path (e.g. results.json), got the folder {self.out}")
 
 
 def _model_available(name: str) -> bool:
@@ -66,17 +58,6 @@ def _model_available(name: str) -> bool:
         return isinstance(try_to_load_from_cache(name, "config.json"), str)
     except Exception:
         return False
-
-
-def read_refs(path: str) -> dict[str, dict]:
-    """References JSONL -> id -> {"captions", "objects", "image"} (a shapes-world manifest.jsonl works)."""
-    refs: dict[str, dict] = {}
-    for r in _read(path, "references"):
-        if "id" not in r:
-            raise CapalignError(f"a line of {path} has no 'id'")
-        caps = r.get("captions") or []
-        refs[str(r["id"])] = {"captions": [c for c in caps if isinstance(c, str)], "objects": r.get("objects"), "image": r.get("image")}
-    return refs
 
 
 def _check_models(cfg: EvaluateConfig, names: list[str]) -> None:
@@ -97,20 +78,22 @@ def _image_map(cfg: EvaluateConfig, refs: dict[str, dict]) -> tuple[dict, str]:
     return {i: str(base / r["image"]) for i, r in refs.items() if isinstance(r.get("image"), str) and r["image"]}, str(base)
 
 
-def evaluate_system(preds: list[dict], refs: dict[str, dict], names: list[str], cfg: EvaluateConfig | None = None,
+def evaluate_system(preds: list[dict] | dict[str, str], refs: dict[str, dict], names: list[str], cfg: EvaluateConfig | None = None,
                     images: dict | None = None, images_from: str = "") -> dict:
+    """Score one system. preds: {"id", "caption"} rows or {id: caption} (io.read_predictions); refs:
+    {id: reference row} (io.read_references, or manifest rows). Rows are validated as in io.py."""
+    if isinstance(preds, dict):
+        preds = [{"id": i, "caption": c} for i, c in preds.items()]
     by_id: dict[str, str] = {}
-    counts = {"predictions": len(preds), "empty_predictions": 0, "no_reference": 0, "duplicate_ids": 0}
-    for p in preds:
-        pid, cap = str(p.get("id")), p.get("caption")
+    for k, p in enumerate(preds):
+        pid, cap = check_prediction(p, f"prediction {k + 1}")
         if pid in by_id:
-            counts["duplicate_ids"] += 1  # the last one wins, and it is counted
-        if not isinstance(cap, str) or not cap.strip():
-            counts["empty_predictions"] += 1
-            cap = cap if isinstance(cap, str) else ""
+            raise CapalignError(f"duplicate prediction id {pid!r}; every id must appear once")
         by_id[pid] = cap
-    ids = [i for i in by_id if i in refs and refs[i]["captions"]]
-    counts["no_reference"] = sum(1 for i in by_id if i not in refs or not refs[i]["captions"])
+    refs = {str(i): check_reference(r, f"reference {i!r}") for i, r in refs.items()}
+    counts = {"predictions": len(preds), "empty_predictions": sum(not c.strip() for c in by_id.values())}
+    ids = [i for i in by_id if i in refs]
+    counts["no_reference"] = len(by_id) - len(ids)
     counts["refs_without_prediction"] = sum(1 for i in refs if i not in by_id)
     counts["scored"] = len(ids)
     if not ids:
@@ -204,13 +187,14 @@ def run(cfg: EvaluateConfig) -> dict:
     show_config(cfg)
     names = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
     _check_models(cfg, names)
-    refs = read_refs(cfg.refs)
+    refs = read_references(cfg.refs)
+    systems = {path: read_predictions(path) for path in dict.fromkeys(cfg.pred)}  # every file is checked before any scoring
     images, images_from = _image_map(cfg, refs) if "clipscore" in names else ({}, "")
     from ..utils import print0
 
     results: dict[str, dict] = {}
     for path in cfg.pred:
-        preds = _read(path, "prediction")
+        preds = systems[path]
         name = Path(path).stem
         while name in results:
             name += "'"
@@ -218,7 +202,6 @@ def run(cfg: EvaluateConfig) -> dict:
         c = res["counts"]
         print0(f"{name}: {c['scored']} scored, {c['empty_predictions']} empty predictions (scored as \"\"), "
                f"{c['no_reference']} predictions without references (excluded), {c['refs_without_prediction']} references without prediction"
-               + (f", {c['duplicate_ids']} duplicate ids (last kept)" if c["duplicate_ids"] else "")
                + (f"; CLIPScore: {c['clipscore_scored']} scored, {c['clipscore_no_image']} without image, "
                   f"{c['clipscore_bad_image']} unreadable images (excluded)" if "clipscore_scored" in c else "")
                + (f"; {sum(c['clipscore_truncated'].values())} CLIPScore texts truncated" if sum(c.get("clipscore_truncated", {}).values()) else "")

@@ -24,12 +24,22 @@ def _config(name_or_path: str):
 
     looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists() or name_or_path.count("/") > 1
     if looks_local and not Path(name_or_path).expanduser().is_dir():
-        raise CapalignError(f"model path not found: {name_or_path} (expected a local model folder or a hub id like HuggingFaceTB/SmolVLM-256M-Base)")
+        what = "is a file, not a model folder" if Path(name_or_path).expanduser().exists() else "not found"
+        raise CapalignError(f"model path {what}: {name_or_path} (expected a local model folder or a hub id like HuggingFaceTB/SmolVLM-256M-Base)")
     try:
         return AutoConfig.from_pretrained(str(Path(name_or_path).expanduser()) if looks_local else name_or_path)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CapalignError(f"cannot load model {name_or_path!r}: {first}") from None
+
+
+def check_adapter(adapter: str) -> None:
+    """A PEFT adapter folder has adapter_config.json (cheap check before any weights are loaded)."""
+    hint = "expected a PEFT adapter folder, e.g. the output folder of `capalign vizer train`"
+    if not Path(adapter).is_dir():
+        raise CapalignError(f"adapter folder not found: {adapter} ({hint})")
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise CapalignError(f"{adapter} is not a PEFT adapter (no adapter_config.json); {hint}")
 
 
 def load_processor(path: str, family: str):
@@ -76,10 +86,13 @@ def load_vlm(
         raise CapalignError(f"cannot load model {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None
     model.to(dev).eval()
     if adapter:
-        if not Path(adapter).is_dir():
-            raise CapalignError(f"adapter folder not found: {adapter} (expected the output folder of `capalign vizer train`)")
+        check_adapter(adapter)
         from peft import PeftModel
 
-        PeftModel.from_pretrained(model, adapter, is_trainable=False)  # injects LoRA layers into `model` in place
+        try:
+            PeftModel.from_pretrained(model, adapter, is_trainable=False)  # injects LoRA layers into `model` in place
+        except (RuntimeError, ValueError, KeyError) as e:  # size mismatch / no target module: another base model
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CapalignError(f"adapter {adapter} does not fit model {name_or_path}: {first[:200]}") from None
     cls = getattr(importlib.import_module(f".{mod}", __package__), cls_name)
     return cls(model, processor, prompt=prompt, pooling=pooling)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ... import CapalignError
 from ...caption import CaptionConfig, caption_source
-from ...io import atomic_write_json, read_jsonl
+from ...io import atomic_write_json, read_jsonl, read_references
 from ...metrics import evaluate as ev
 from ...utils import print0
 from ..stage import Context, Stage
@@ -69,7 +69,7 @@ class EvaluateStage(Stage):
         cfg = self.command_config(ctx, pred=["x"], refs=str(ctx.test_manifest), out="x")
         names = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
         ev._check_models(cfg, names)
-        refs = ev.read_refs(str(ctx.test_manifest))
+        refs = read_references(str(ctx.test_manifest))
         images, images_from = ev._image_map(cfg, refs) if "clipscore" in names else ({}, "")
         for name, path in ctx.evals.items():
             if path.exists():

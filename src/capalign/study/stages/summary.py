@@ -10,7 +10,7 @@ from pathlib import Path
 from ... import CapalignError
 from ...config import arg
 from ...io import atomic_write_bytes, atomic_write_json, read_jsonl
-from ...metrics.evaluate import read_refs
+from ...io import read_references
 from ...utils import print0
 from ..stage import Context, Stage
 from ..summary import METRICS, clean, headline_systems, print_summary, summarize
@@ -48,7 +48,7 @@ class SummaryStage(Stage):
         if not done:
             raise CapalignError("no seed has finished its evaluation; nothing to summarise")
         files = {s: {n: {"eval": c.evals[n], "captions": c.captions[n]} for n in c.evals} for s, c in done.items()}
-        refs = {s: read_refs(str(c.test_manifest)) for s, c in done.items()}
+        refs = {s: read_references(str(c.test_manifest)) for s, c in done.items()}
         budgets = next(iter(done.values())).budgets
         if o.baseline not in next(iter(files.values())):
             raise CapalignError(f"summary.baseline {o.baseline!r} is not a system of this study ({', '.join(next(iter(files.values())))})")
