@@ -20,6 +20,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("vizer", "sweep"): ("capalign.training.sweep", "SweepConfig", "run", "Sweep mapper widths x data sizes; table and heatmap."),
     ("vizer", "diagnose"): ("capalign.training.diagnose", "DiagnoseConfig", "run", "Does a mapper's reward prefer correct captions over corrupted ones? AUC per error kind, retrieval R@1."),
     ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
+    ("judge",): ("capalign.judge", "JudgeConfig", "run", "Grade caption files A-E with a VLM judge (expected grade from the letter probabilities)."),
+    ("judge", "train"): ("capalign.training.judge", "JudgeTrainConfig", "run", "Train a nano VLM judge (SmolVLM architecture) on the shapes world; held-out accuracy."),
 }
 
 
@@ -38,10 +40,8 @@ def _usage(prefix: tuple[str, ...]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     path: tuple[str, ...] = ()
-    while argv and any(p[: len(path) + 1] == (*path, argv[0]) for p in COMMANDS):
+    while argv and any(p[: len(path) + 1] == (*path, argv[0]) for p in COMMANDS):  # longest match: `judge` and `judge train`
         path = (*path, argv.pop(0))
-        if path in COMMANDS:
-            break
     if path not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command {' '.join((*path, argv[0]))!r}\n\n{_usage(path)}", file=sys.stderr)

@@ -14,8 +14,9 @@ from pathlib import Path
 from .. import CapalignError
 from ..config import arg, save_config, show_config
 from ..io import atomic_write_json, read_jsonl
+from ..judge import JUDGE_FIELDS
 
-ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding")
+ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "judge")
 
 
 @dataclasses.dataclass
@@ -31,6 +32,11 @@ class EvaluateConfig:
     bertscore_layer: int = arg(17, "BERTScore hidden layer")
     clip_model: str = arg("openai/clip-vit-base-patch32", "CLIP or SigLIP model for CLIPScore: hub id or local folder")
     device: str = arg("auto", "auto, cpu, cuda, mps")
+    judge: str = arg("", "Judge VLM for --metrics judge: hub id or local folder (see `capalign judge`).")
+    judge_prompt: str = arg(*JUDGE_FIELDS["judge_prompt"])
+    judge_batch_size: int = arg(*JUDGE_FIELDS["judge_batch_size"])
+    judge_dtype: str = arg(*JUDGE_FIELDS["judge_dtype"])
+    judge_load_in_8bit: bool = arg(*JUDGE_FIELDS["judge_load_in_8bit"])
 
     def __post_init__(self):
         if isinstance(self.pred, str):
@@ -43,6 +49,8 @@ class EvaluateConfig:
             raise ValueError("give at least one --pred file")
         if not self.refs:
             raise ValueError("--refs is required")
+        if "judge" in names and not self.judge:
+            raise ValueError("--metrics judge needs --judge MODEL")
 
 
 def _read(path: str, what: str) -> list[dict]:
@@ -154,6 +162,11 @@ def evaluate_system(preds: list[dict], refs: dict[str, dict], names: list[str], 
             per[name] = [vals.get(i) for i in ids]
         if c["image_errors"]:
             counts["clipscore_image_errors"] = {have[j]: e for j, e in c["image_errors"].items()}  # first 20
+    if "judge" in names:
+        from ..judge import evaluate_judge
+
+        j = evaluate_judge(cfg, [by_id[i] for i in ids], [refs[i]["captions"] for i in ids], [(images or {}).get(i) for i in ids])
+        corpus.update(j["corpus"]), per.update(j["per_caption"]), counts.update(j["counts"])
     return {"counts": counts, "corpus": corpus, "per_caption": {"id": ids, **per}}
 
 
@@ -165,7 +178,8 @@ def _table(results: dict[str, dict]) -> None:
     cols = [("BLEU1", "BLEU1"), ("BLEU2", "BLEU2"), ("BLEU3", "BLEU3"), ("BLEU4", "BLEU4"), ("BERTS", "BERTScore_F1"),
             ("ROUGE-L", "ROUGE_L"), ("CIDEr", "CIDEr"), ("CLIPS", "CLIPScore"),
             ("P_obj", "precision_name"), ("R_obj", "recall_name"), ("F1_obj", "f1_name"), ("CHAIRi", "chair_i_name"),
-            ("CHAIRs", "chair_s_name"), ("CHAIRi_attr", "chair_i_attr"), ("CHAIRs_attr", "chair_s_attr")]
+            ("CHAIRs", "chair_s_name"), ("CHAIRi_attr", "chair_i_attr"), ("CHAIRs_attr", "chair_s_attr"),
+            ("Judge", "judge"), ("off-letter", "judge_off_letter_mass")]
     cols = [(h, k) for h, k in cols if any(k in r["corpus"] for r in results.values())]
     t = Table(title="caption scores (BLEU/ROUGE/CIDEr as pycocoevalcap; BERTS = BERTScore F1; CLIPS = raw image-caption cosine; x100 except CIDEr, CLIPS)")
     t.add_column("system", no_wrap=True)
@@ -176,7 +190,7 @@ def _table(results: dict[str, dict]) -> None:
         row = [name]
         for _, k in cols:
             v = r["corpus"].get(k)
-            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr", "CLIPScore") else f"{100 * v:.2f}")
+            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr", "CLIPScore", "judge", "judge_off_letter_mass") else f"{100 * v:.2f}")
         row.append(str(r["counts"]["scored"]))
         t.add_row(*row)
     console.print(t)
@@ -192,7 +206,7 @@ def run(cfg: EvaluateConfig) -> dict:
             raise CapalignError(f"a line of {cfg.refs} has no 'id'")
         caps = r.get("captions") or []
         refs[str(r["id"])] = {"captions": [c for c in caps if isinstance(c, str)], "objects": r.get("objects"), "image": r.get("image")}
-    images, images_from = _image_map(cfg, refs) if "clipscore" in names else ({}, "")
+    images, images_from = _image_map(cfg, refs) if {"clipscore", "judge"} & set(names) else ({}, "")
     from ..utils import print0
 
     results: dict[str, dict] = {}
@@ -224,6 +238,10 @@ def run(cfg: EvaluateConfig) -> dict:
 
         d = definitions()
         out["definitions"].update({"CLIPScore": d["cos"] + f"; model {cfg.clip_model}", "CLIP_S": d["clip_s"], "RefCLIP_S": d["refclip_s"]})
+    if "judge" in names:
+        from ..judge import definition
+
+        out["definitions"]["judge"] = definition(cfg)
     if cfg.out:
         atomic_write_json(cfg.out, out)
         save_config(cfg, cfg.out + ".config.json")  # beside the results, never over them

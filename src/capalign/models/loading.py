@@ -76,7 +76,7 @@ def load_vlm(
     quant = getattr(cfg, "quantization_config", None)
     method = (quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)) if quant else None
     if (load_in_8bit or method) and not dev.startswith("cuda"):
-        what = f"{name_or_path!r} is a {method}-quantised checkpoint" if method else "8-bit loading (bitsandbytes)"
+        what = f"{name_or_path!r} is a {method}-quantised checkpoint, which" if method else "8-bit loading (bitsandbytes)"
         raise CapalignError(f"{what} needs a CUDA device here (device is {dev}); use an unquantised checkpoint on {dev}")
     kw = {}
     if load_in_8bit:
