@@ -14,7 +14,7 @@ from capalign.data import shapes
 from capalign.data.shapes import CORRUPTIONS, Scene, ShapeObject, corrupt, factual_captions, scene_from_objects
 from capalign.judge import LETTERS, Judge, fill
 from capalign.training.judge import (NANO_PROMPT, SOURCES, JudgeTrainConfig, candidate, errors, examples, grade_of, image_expansion,
-                                     run, training_inputs)
+                                     judge_loss, run, training_inputs)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BOX = (0.0, 0.0, 0.0, 0.0)
@@ -119,6 +119,15 @@ def test_trained_judge_scores_like_a_hub_judge(tiny_judge, tmp_path):
     enc = judge.vlm.encode_samples([im], [fill(NANO_PROMPT, row["captions"][0], c) for c in caps], [0, 0])
     assert torch.equal(kw["input_ids"][:, :-1], enc.inputs["input_ids"]) and kw["labels"][:, -1].tolist() == [7, 8]
     assert (kw["labels"][:, :-1] == -100).all()
+    # the training loss: the letter's cross-entropy + the text tokens' next-token loss, each as transformers computes it
+    text = kw["text_labels"]
+    assert (text[kw["input_ids"] == judge.vlm.tokenizer.convert_tokens_to_ids("<image>")] == -100).all() and (text[:, -5:] != -100).all()
+    batch = {**kw, "pixel_values": judge.vlm.processor.image_processor([[im], [im]], return_tensors="pt")["pixel_values"]}
+    plain = {k: v for k, v in batch.items() if k not in ("labels", "text_labels")}
+    with torch.no_grad():
+        letter, lm = judge.vlm.model(**plain, labels=kw["labels"]).loss, judge.vlm.model(**plain, labels=text).loss
+        assert judge_loss(judge.vlm.model, batch, 0.0) == pytest.approx(letter.item(), rel=1e-5)
+        assert judge_loss(judge.vlm.model, batch, 0.5) == pytest.approx(letter.item() + 0.5 * lm.item(), rel=1e-5)
     # and the CLI scores a shapes manifest with it
     shapes.write_dataset(tmp_path / "d", 3, seed=0, image_size=48, split="val")
     pred = tmp_path / "p.jsonl"

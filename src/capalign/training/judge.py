@@ -132,6 +132,7 @@ class JudgeTrainConfig:
     text_layers: int = arg(4, "Language model layers.")
     vocab_size: int = arg(400, "BPE vocabulary size of the locally trained tokenizer.")
     prompt: str = arg(NANO_PROMPT, "Judge prompt with {reference} and {caption}; recorded in judge.json.")
+    lm_weight: float = arg(1.0, "Weight of the auxiliary next-token loss on the prompt's text (reference and candidate); 0: the letter only.")
     eval_batch_size: int = arg(64, "Held-out candidates per judge forward.")
 
     def __post_init__(self):
@@ -153,7 +154,8 @@ def image_expansion(vlm, image) -> str:
 
 def training_inputs(judge: Judge, expansion: str, references: list[str], captions: list[str], answers: list[int]) -> dict:
     """Forward kwargs (without pixels) for prompts + answer letter, tokenized as `Judge.score` tokenizes the
-    prompts (VLM.encode_samples), with the loss on the letter only."""
+    prompts (VLM.encode_samples). `labels`: the letter only; `text_labels`: every text token (not padding,
+    not image or other special tokens), for the auxiliary language-model loss."""
     vlm = judge.vlm
     texts = [vlm.prompt_texts(1, fill(judge.prompt, r, c))[0] + judge.answer_prefix for r, c in zip(references, captions)]
     inputs = vlm.prompt_inputs(texts, [expansion] * len(texts))  # left padded [B, T]
@@ -161,7 +163,24 @@ def training_inputs(judge: Judge, expansion: str, references: list[str], caption
     kw = vlm.extend_inputs(inputs, answer, torch.ones_like(answer))  # + position ids as at scoring time
     labels = torch.full_like(kw["input_ids"], -100)
     labels[:, -1] = answer[:, 0]
-    return {**kw, "labels": labels}
+    text = (kw["attention_mask"] == 1) & ~torch.isin(kw["input_ids"], torch.tensor(vlm.tokenizer.all_special_ids))
+    return {**kw, "labels": labels, "text_labels": kw["input_ids"].masked_fill(~text, -100)}
+
+
+def judge_loss(model, batch: dict, lm_weight: float) -> torch.Tensor:
+    """Cross-entropy of the letter + lm_weight x next-token cross-entropy over the prompt's text tokens.
+    The auxiliary term is why the nano judge learns in minutes: the letter alone is one label per sequence,
+    while predicting the candidate from the image and the reference teaches the model, token by token, to
+    expect what the reference says, which is what an error violates."""
+    import torch.nn.functional as F
+
+    labels, text = batch["labels"], batch["text_labels"]
+    kw = {k: v for k, v in batch.items() if k not in ("labels", "text_labels")}
+    logits = model(**kw).logits[:, :-1].float()  # [B, T-1, V] predicting tokens 1..T-1
+    letter = F.cross_entropy(logits[:, -1], labels[:, -1])
+    if not lm_weight:
+        return letter
+    return letter + lm_weight * F.cross_entropy(logits.flatten(0, 1), text[:, 1:].flatten(), ignore_index=-100)
 
 
 def measure(judge: Judge, images: list, rows: list[dict]) -> dict:
@@ -227,7 +246,8 @@ def run(cfg: JudgeTrainConfig) -> dict:
 
     # 2. train
     n_params = sum(p.numel() for p in vlm.model.parameters())
-    losses, train_s = fit(vlm.model, vlm.model.parameters(), next_batch, cfg.steps, cfg.lr, cfg.weight_decay, "nano judge")
+    losses, train_s = fit(vlm.model, vlm.model.parameters(), next_batch, cfg.steps, cfg.lr, cfg.weight_decay, "nano judge",
+                          loss_fn=lambda model, batch: judge_loss(model, batch, cfg.lm_weight))
     vlm.model.save_pretrained(out)
     vlm.processor.save_pretrained(out)
     atomic_write_json(out / JUDGE_FILE, {"prompt": cfg.prompt, "answer_prefix": judge.answer_prefix, "letters": list(LETTERS),
@@ -239,7 +259,8 @@ def run(cfg: JudgeTrainConfig) -> dict:
     m = measure(Judge.load(str(out), device="cpu", dtype="float32", batch_size=cfg.eval_batch_size),
                 [im for _, im in val], examples(val_rows, random.Random(f"judge-val/{cfg.seed}")))
     result = {"steps": cfg.steps, "train_seconds": round(train_s, 1), "threads": torch.get_num_threads(), "params": n_params,
-              "final_loss": sum(losses[-50:]) / len(losses[-50:]), "val_images": cfg.n_val, "val": m}
+              "final_loss": sum(losses[-50:]) / len(losses[-50:]), "val_images": cfg.n_val, "val": m,
+              "loss_curve": [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 4) for i in range(0, len(losses), 100)]}
     atomic_write_json(out / "judge_result.json", result)
     save_config(cfg, out / "judge_config.json")
     print0(f"nano judge: {cfg.steps} steps in {train_s:.0f}s, {n_params / 1e6:.2f}M params; held-out ({m['n']} candidates of {cfg.n_val} images): "

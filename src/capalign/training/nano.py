@@ -104,11 +104,12 @@ def build_nano(cfg: NanoTrainConfig, corpus: list[str], out: Path) -> Path:
 
 
 def fit(model, params, next_batch: Callable[[], dict], steps: int, lr: float, weight_decay: float, desc: str,
-        callback: Callable[[int, float], None] | None = None) -> tuple[list[float], float]:
+        callback: Callable[[int, float], None] | None = None, loss_fn: Callable | None = None) -> tuple[list[float], float]:
     """The nano training loop (captioner and judge): AdamW, linear warmup over the first 5% of the steps,
     cosine decay to zero at the last step, gradients clipped at norm 1. `next_batch()` -> forward kwargs
-    with labels. `callback(step, train_seconds)` runs after each step; its time is not training time.
-    Returns (per-step losses, training seconds); the model is left in eval mode."""
+    with labels; `loss_fn(model, batch)` replaces the model's own loss. `callback(step, train_seconds)` runs
+    after each step; its time is not training time. Returns (per-step losses, training seconds); the model
+    is left in eval mode."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warm = max(1, steps // 20)
 
@@ -121,7 +122,8 @@ def fit(model, params, next_batch: Callable[[], dict], steps: int, lr: float, we
     with progress() as bar:
         task = bar.add_task(desc, total=steps, rate="")
         for step in range(1, steps + 1):
-            loss = model(**next_batch()).loss
+            batch = next_batch()
+            loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
