@@ -36,6 +36,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("style", "classifier"): ("capalign.metrics.style_cli", "StyleClassifierConfig", "run_classifier", "Train (or measure) a style classifier on preference data; held-out accuracy and confusion matrix."),
     ("style", "pairs"): ("capalign.metrics.style_cli", "StylePairsConfig", "run_pairs", "Write the train/test pairs of preference data as JSONL manifests (+ test-image refs for caption/evaluate)."),
     ("style", "wrlogp"): ("capalign.metrics.style_cli", "WrLogpConfig", "run_wrlogp", "WR-LogP of a model (and its base, with --adapter) on the test split of preference data."),
+    ("judge",): ("capalign.judge", "JudgeConfig", "run", "Grade caption files A-E with a VLM judge (expected grade from the letter probabilities)."),
+    ("judge", "train"): ("capalign.training.judge", "JudgeTrainConfig", "run", "Train a nano VLM judge (SmolVLM architecture) on the shapes world; held-out accuracy."),
 }
 
 # commands whose first argument may be given without its flag: `capalign study RECIPE.yaml`, `capalign report RUN`
@@ -57,10 +59,8 @@ def _usage(prefix: tuple[str, ...]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     path: tuple[str, ...] = ()
-    while argv and any(p[: len(path) + 1] == (*path, argv[0]) for p in COMMANDS):
+    while argv and any(p[: len(path) + 1] == (*path, argv[0]) for p in COMMANDS):  # longest match: `judge` and `judge train`
         path = (*path, argv.pop(0))
-        if path in COMMANDS:
-            break
     if path not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command {' '.join((*path, argv[0]))!r}\n\n{_usage(path)}", file=sys.stderr)

@@ -14,8 +14,9 @@ from pathlib import Path
 from .. import CapalignError
 from ..config import arg, save_config, show_config
 from ..io import atomic_write_json, check_prediction, check_reference, read_predictions, read_references
+from ..judge import JUDGE_FIELDS
 
-ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style")
+ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style", "judge")
 
 
 @dataclasses.dataclass
@@ -33,6 +34,11 @@ class EvaluateConfig:
     device: str = arg("auto", "auto, cpu, cuda, mps")
     style: str = arg("", "style metric: the target style (e.g. humorous)")
     style_classifier: str = arg("", "style metric: classifier folder (`capalign style classifier --out`, or any HF sequence-classification model)")
+    judge: str = arg("", "Judge VLM for --metrics judge: hub id or local folder (see `capalign judge`).")
+    judge_prompt: str = arg(*JUDGE_FIELDS["judge_prompt"])
+    judge_batch_size: int = arg(*JUDGE_FIELDS["judge_batch_size"])
+    judge_dtype: str = arg(*JUDGE_FIELDS["judge_dtype"])
+    judge_load_in_8bit: bool = arg(*JUDGE_FIELDS["judge_load_in_8bit"])
 
     def __post_init__(self):
         if isinstance(self.pred, str):
@@ -47,6 +53,8 @@ class EvaluateConfig:
             raise ValueError("--refs is required")
         if self.out and Path(self.out).is_dir():
             raise ValueError(f"out must be a file path (e.g. results.json), got the folder {self.out}")
+        if "judge" in names and not self.judge:
+            raise ValueError("--metrics judge needs --judge MODEL")
 
 
 def _model_available(name: str) -> bool:
@@ -155,6 +163,11 @@ def evaluate_system(preds: list[dict] | dict[str, str], refs: dict[str, dict], n
 
         s = style_for_evaluate([by_id[i] for i in ids], cfg)
         corpus["style_accuracy"], per["style"], counts["style"] = s["style_accuracy"], s["per_caption"], s["counts"]
+    if "judge" in names:
+        from ..judge import evaluate_judge
+
+        j = evaluate_judge(cfg, [by_id[i] for i in ids], [refs[i]["captions"] for i in ids], [(images or {}).get(i) for i in ids])
+        corpus.update(j["corpus"]), per.update(j["per_caption"]), counts.update(j["counts"])
     return {"counts": counts, "corpus": corpus, "per_caption": {"id": ids, **per}}
 
 
@@ -166,7 +179,8 @@ def _table(results: dict[str, dict]) -> None:
     cols = [("BLEU1", "BLEU1"), ("BLEU2", "BLEU2"), ("BLEU3", "BLEU3"), ("BLEU4", "BLEU4"), ("BERTS", "BERTScore_F1"),
             ("ROUGE-L", "ROUGE_L"), ("CIDEr", "CIDEr"), ("CLIPS", "CLIPScore"), ("STYLE", "style_accuracy"),
             ("P_obj", "precision_name"), ("R_obj", "recall_name"), ("F1_obj", "f1_name"), ("CHAIRi", "chair_i_name"),
-            ("CHAIRs", "chair_s_name"), ("CHAIRi_attr", "chair_i_attr"), ("CHAIRs_attr", "chair_s_attr")]
+            ("CHAIRs", "chair_s_name"), ("CHAIRi_attr", "chair_i_attr"), ("CHAIRs_attr", "chair_s_attr"),
+            ("Judge", "judge"), ("off-letter", "judge_off_letter_mass")]
     cols = [(h, k) for h, k in cols if any(k in r["corpus"] for r in results.values())]
     t = Table(title="caption scores (BLEU/ROUGE/CIDEr as pycocoevalcap; BERTS = BERTScore F1; CLIPS = raw image-caption cosine; x100 except CIDEr, CLIPS)")
     t.add_column("system", no_wrap=True)
@@ -177,7 +191,7 @@ def _table(results: dict[str, dict]) -> None:
         row = [name]
         for _, k in cols:
             v = r["corpus"].get(k)
-            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr", "CLIPScore") else f"{100 * v:.2f}")
+            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr", "CLIPScore", "judge", "judge_off_letter_mass") else f"{100 * v:.2f}")
         row.append(str(r["counts"]["scored"]))
         t.add_row(*row)
     console.print(t)
@@ -189,7 +203,7 @@ def run(cfg: EvaluateConfig) -> dict:
     _check_models(cfg, names)
     refs = read_references(cfg.refs)
     systems = {path: read_predictions(path) for path in dict.fromkeys(cfg.pred)}  # every file is checked before any scoring
-    images, images_from = _image_map(cfg, refs) if "clipscore" in names else ({}, "")
+    images, images_from = _image_map(cfg, refs) if {"clipscore", "judge"} & set(names) else ({}, "")
     from ..utils import print0
 
     results: dict[str, dict] = {}
@@ -224,6 +238,10 @@ def run(cfg: EvaluateConfig) -> dict:
         from .style import style_definition
 
         out["definitions"]["style_accuracy"] = style_definition(cfg)
+    if "judge" in names:
+        from ..judge import definition
+
+        out["definitions"]["judge"] = definition(cfg)
     if cfg.out:
         atomic_write_json(cfg.out, out)
         save_config(cfg, cfg.out + ".config.json")  # beside the results, never over them

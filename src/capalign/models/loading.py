@@ -60,12 +60,16 @@ def load_vlm(
     prompt: str | None = None,
     pooling: Pooling = "mean",
     attn_implementation: str | None = "sdpa",
+    load_in_8bit: bool = False,
 ) -> VLM:
     """Load a VLM and wrap it in its family adapter.
 
     `adapter`: a PEFT adapter folder (e.g. the output of `capalign vizer train`), merged for inference
     speed only when asked by the caller; here it is loaded unmerged so it can keep training.
     `prompt`: overrides the family default ("" forces no prompt).
+    `load_in_8bit`: bitsandbytes LLM.int8 weights (CUDA only). Checkpoints saved quantised (AWQ, GPTQ,
+    bitsandbytes: a `quantization_config` in config.json) load through transformers' own integration,
+    on CUDA only here; on other devices both are a clear error instead of a failure deep in a kernel.
     """
     import importlib
 
@@ -79,12 +83,26 @@ def load_vlm(
     torch_dtype = resolve_dtype(dtype, dev)
     mod, cls_name, model_cls = FAMILIES[family]
     path = str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().is_dir() else name_or_path
+    quant = getattr(cfg, "quantization_config", None)
+    method = (quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)) if quant else None
+    if (load_in_8bit or method) and not dev.startswith("cuda"):
+        what = f"{name_or_path!r} is a {method}-quantised checkpoint, which" if method else "8-bit loading (bitsandbytes)"
+        raise CapalignError(f"{what} needs a CUDA device here (device is {dev}); use an unquantised checkpoint on {dev}")
+    kw = {}
+    if load_in_8bit:
+        from transformers import BitsAndBytesConfig
+
+        kw = dict(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": dev})
+    elif method:
+        kw = dict(device_map={"": dev})  # quantised weights are placed at load time; .to() is not allowed for them
     try:
-        model = getattr(transformers, model_cls).from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+        model = getattr(transformers, model_cls).from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation, **kw)
         processor = load_processor(path, family)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:  # ImportError: a quantisation backend is missing
         raise CapalignError(f"cannot load model {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None
-    model.to(dev).eval()
+    if not kw:
+        model.to(dev)
+    model.eval()
     if adapter:
         check_adapter(adapter)
         from peft import PeftModel
