@@ -27,6 +27,7 @@ Substitutions, by flag (the same for YAML keys), when the documented value does 
   --refs             -> that dataset's manifest.jsonl
   --pred             -> a caption file written there from the dataset's captions
   --run              -> a study run folder built to the contract (tests/test_report.py's make_run)
+  --recipe           recipes/NAME.yaml -> the project's file
 SHRINK: flags set per command so heavy commands run small (steps, sizes, caption length), and local
 models for metrics whose default is a hub id; a function value rewrites the documented value instead
 (e.g. `shapes:1000` -> `shapes:40`); PATCH: what a command has no flag for (named, with why).
@@ -62,8 +63,9 @@ ALLOW_LIST: dict[str, str] = {  # text in the command -> why it cannot run here
                             "tests/test_nano_smollm2.py builds, loads and trains it",
 }
 PENDING: dict[str, str] = {  # command words -> where it comes from; warned about until registered
-    "study": "`capalign study RECIPE` lands with the study branch (docs/report.md names it)",
     "style train": "lands with the style-training branch (docs/style.md names it)",
+    "style sweep": "lands with the style-training branch (docs/style.md names it)",
+    "rl train": "lands with the RL-training branch (docs/rl.md names it)",
 }
 SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("caption",): {"--max_new_tokens": "4", "--limit": "4"},
@@ -76,6 +78,7 @@ SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("vizer", "study"): {"--nano_steps": "2", "--web_steps": "2", "--n_mapper": "8", "--n_unlabeled": "8", "--n_test": "4",
                          "--mapper_epochs": "1", "--vizer_batch_size": "4", "--vizer_max_steps": "1", "--max_new_tokens": "4"},
     ("report",): {"--max_images": "4"},
+    ("judge", "train"): {"--steps": "2", "--n_train": "8", "--n_val": "2", "--batch_size": "4", "--eval_batch_size": "4"},
     ("style", "classifier"): {"--data": lambda v: _fewer_shapes(v, 40)},  # shapes:1000: ~2 minutes of MiniLM here
     ("style", "pairs"): {"--data": lambda v: _fewer_shapes(v, 40)},
     ("style", "wrlogp"): {"--data": lambda v: _fewer_shapes(v, 20)},
@@ -96,7 +99,26 @@ def _small_nano(monkeypatch):
     monkeypatch.setattr(nano, "run", lambda cfg: run(dataclasses.replace(cfg, n_train=8, n_val=2, eval_batch_size=2)))
 
 
-PATCH = {("vizer", "study"): _small_nano}
+def _tiny_study(monkeypatch):
+    """`capalign study RECIPE` runs a recipe file's sizes (recipes/demo.yaml: minutes); the documented
+    recipes run with test_study.py's tiny sections and at most two seeds."""
+    from capalign.study import run as study_run
+
+    tiny = importlib.import_module("test_study").TINY
+    real = study_run.run_study
+
+    def small(recipe, root, dry_run=False):
+        for name, sec in recipe.sections.items():
+            if name in tiny:
+                sec.clear()
+                sec.update(tiny[name])
+        recipe.seeds = recipe.seeds[:2]
+        return real(recipe, root, dry_run)
+
+    monkeypatch.setattr(study_run, "run_study", small)
+
+
+PATCH = {("vizer", "study"): _small_nano, ("study",): _tiny_study}
 
 
 # ------------------------------------------------------------------------------------ extraction
@@ -213,6 +235,8 @@ class Env:
     def value(self, flag: str, value: str) -> str:
         if Path(value).exists():
             return value
+        if flag == "--recipe" and (ROOT / value).exists():
+            return str(ROOT / value)  # the project's recipes/ (the commands run in a fresh folder)
         if flag == "--model":
             return self.model(value)
         if flag in ("--images", "--data", "--mapper_data", "--test") and (value.startswith("hf:") or ":" not in value):

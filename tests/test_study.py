@@ -109,6 +109,16 @@ def test_run_folder_follows_the_contract(run_a):
     assert not np.allclose(t["mapped/Base"].numpy(), t["reference"].numpy())
 
 
+def test_the_report_reads_a_real_run_folder(run_a, tmp_path):
+    """The real writer (capalign study) and the real reader (capalign report) together: nothing missing."""
+    import shutil
+
+    run = shutil.copytree(run_a, tmp_path / "run")  # run_a's bytes are compared by other tests
+    assert main(["report", str(run)]) == 0
+    html = (run / "report/index.html").read_text()
+    assert "What is missing" not in html and all(name in html for name in SYSTEMS)
+
+
 def test_summary_is_stats_of_the_eval_files(run_a):
     """summary.json's numbers, recomputed by hand from the per-caption eval files with capalign.stats."""
     from capalign.metrics.coco import bleu_counts, corpus_bleu

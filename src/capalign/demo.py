@@ -1,7 +1,7 @@
 """`make demo`: the embedded default study (shapes world + nano captioner): recipes/demo.yaml into runs/demo.
 
-Prints the results table (scores, and ViZer minus Base paired on the same test images) and the run
-folder; the HTML report of that folder is `capalign report runs/demo` (runs/demo/report/index.html).
+Prints the results table (scores, and ViZer minus Base paired on the same test images), writes the HTML
+report of the run folder (`capalign report runs/demo`) and prints where both are.
 Run it again and finished stages are reused; `rm -r runs/demo` starts over. Extra arguments are passed
 on to `capalign study` (e.g. `--seeds 0,1`).
 """
@@ -20,8 +20,10 @@ def demo(argv: list[str]) -> int:
     else:  # an installed package without the recipes folder: the same recipe, from `capalign vizer study`'s defaults
         rc = main(["vizer", "study", "--out", "runs/demo", *argv])
     if rc == 0:
+        rc = main(["report", "runs/demo"])
+    if rc == 0:
         print("\nrun folder: runs/demo (index.json, summary.json, summary_forest.png, seed-*/)\n"
-              "report: runs/demo/report/index.html (written by `capalign report runs/demo`)")
+              f"report: {Path('runs/demo/report/index.html').resolve()} (open it in a browser; `capalign report runs/demo` rewrites it)")
     return rc
 
 
