@@ -138,3 +138,15 @@ def test_evaluate_scores_every_repeated_pred(tmp_path, cli):
     systems = json.loads(out.read_text())["systems"]
     assert list(systems) == ["a", "b", "c"]
     assert systems["a"]["corpus"]["BLEU1"] == pytest.approx(1.0, abs=1e-6) and systems["b"]["corpus"]["BLEU1"] < 0.9
+
+
+def test_recipe_values_are_coerced_after_a_command_parsed_its_flags():
+    """HfArgumentParser resolves a dataclass's field types in place; the study's coercion must not depend on it."""
+    from capalign.study.recipe import coerce
+    from capalign.training.vizer import VizerTrainConfig
+
+    before = coerce(VizerTrainConfig, {"lr": "1e-2", "max_steps": "3", "do_sample": "true"})
+    with pytest.raises(SystemExit):
+        parse_config(VizerTrainConfig, ["--help"])
+    after = coerce(VizerTrainConfig, {"lr": "1e-2", "max_steps": "3", "do_sample": "true"})
+    assert before == after == {"lr": 0.01, "max_steps": 3, "do_sample": True}

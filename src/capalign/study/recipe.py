@@ -120,9 +120,12 @@ def load_recipe(path: str | Path, overrides=()) -> Recipe:
 
 def coerce(cls: type, values: dict) -> dict:
     """Convert YAML strings to a dataclass field's simple type (int, float, bool), as argparse does for flags."""
-    import dataclasses
+    import typing
 
-    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    # resolved hints, not dataclasses.fields(cls)[i].type: that is a string or a class depending on whether
+    # something (HfArgumentParser does) already resolved it in place
+    types = {k: str(v).replace("<class '", "").replace("'>", "").replace("typing.Optional[", "").rstrip("]")
+             for k, v in typing.get_type_hints(cls).items()}
     out = {}
     for k, v in values.items():
         t = types.get(k, "")
