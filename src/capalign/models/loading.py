@@ -80,6 +80,15 @@ def load_vlm(
             raise CapalignError(f"adapter folder not found: {adapter} (expected the output folder of `capalign vizer train`)")
         from peft import PeftModel
 
-        PeftModel.from_pretrained(model, adapter, is_trainable=False)  # injects LoRA layers into `model` in place
+        try:
+            PeftModel.from_pretrained(model, adapter, is_trainable=False)  # injects LoRA layers into `model` in place
+        except (RuntimeError, ValueError, KeyError) as e:  # size mismatch / no target module: another base model
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CapalignError(f"adapter {adapter} does not fit model {name_or_path}: {first[:200]}") from None
     cls = getattr(importlib.import_module(f".{mod}", __package__), cls_name)
-    return cls(model, processor, prompt=prompt, pooling=pooling)
+    vlm = cls(model, processor, prompt=prompt, pooling=pooling)
+    if adapter:
+        from .lora import check_adapter_base
+
+        check_adapter_base(adapter, vlm, name_or_path)
+    return vlm
