@@ -208,12 +208,31 @@ def _trl_trainer(cfg: StyleTrainConfig, vlm, args_kw: dict, pairs: list, peft_cf
     return SFTTrainer(model=vlm.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=vlm.processor, peft_config=peft_cfg)
 
 
-def run(cfg: StyleTrainConfig) -> dict:
+def build(cfg: StyleTrainConfig, subset: list | None = None):
+    """(trainer, vlm, pairs) for a training method: the base model, LoRA on its language model, the budget's pairs."""
     from peft import get_peft_model
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments, set_seed
 
     from ..models import load_vlm
-    from ..models.lora import lora_config, write_adapter_meta
+    from ..models.lora import lora_config
+
+    subset = subset if subset is not None else load_pairs(cfg)[0]
+    steps = cfg.max_steps or max(math.ceil(cfg.epochs * len(subset) / cfg.batch_size), cfg.min_steps)
+    args_kw, mp = training_args(cfg, steps)
+    device = str(TrainingArguments(**args_kw).device)
+    vlm = load_vlm(cfg.model, device=device, dtype="bfloat16" if mp == "bf16" else "float32", prompt=cfg.style_prompt)
+    vlm.model.requires_grad_(False)
+    peft_cfg = lora_config(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if cfg.backend == "trl":
+        return _trl_trainer(cfg, vlm, args_kw, subset, peft_cfg), vlm, subset
+    set_seed(cfg.seed)  # the LoRA init
+    trainer = StyleTrainer(model=get_peft_model(vlm.model, peft_cfg), args=TrainingArguments(**args_kw), train_dataset=subset,
+                           data_collator=collate, vlm=vlm, method=cfg.method, beta=cfg.beta, gamma=cfg.gamma, prompt=cfg.style_prompt)
+    return trainer, vlm, subset
+
+
+def run(cfg: StyleTrainConfig) -> dict:
+    from ..models.lora import write_adapter_meta
 
     show_config(cfg)
     out = Path(cfg.out)
@@ -224,22 +243,9 @@ def run(cfg: StyleTrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
         atomic_write_json(out / "style_result.json", {**result, "adapter": None, "steps": 0})
-        print0(f"zero-shot: nothing to train; caption with: capalign caption --model {cfg.model} --prompt {cfg.style_prompt!r}")
+        print0(f"zero-shot: nothing to train; caption with: capalign caption --model {cfg.model} --prompt {json.dumps(cfg.style_prompt)}")
         return result
-    steps = cfg.max_steps or max(math.ceil(cfg.epochs * len(subset) / cfg.batch_size), cfg.min_steps)
-    args_kw, mp = training_args(cfg, steps)
-    device = str(TrainingArguments(**args_kw).device)
-    vlm = load_vlm(cfg.model, device=device, dtype="bfloat16" if mp == "bf16" else "float32", prompt=cfg.style_prompt)
-    vlm.model.requires_grad_(False)
-    peft_cfg = lora_config(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-    if cfg.backend == "trl":
-        trainer = _trl_trainer(cfg, vlm, args_kw, subset, peft_cfg)
-    else:
-        from transformers import set_seed
-
-        set_seed(cfg.seed)  # the LoRA init
-        trainer = StyleTrainer(model=get_peft_model(vlm.model, peft_cfg), args=TrainingArguments(**args_kw), train_dataset=subset,
-                               data_collator=collate, vlm=vlm, method=cfg.method, beta=cfg.beta, gamma=cfg.gamma, prompt=cfg.style_prompt)
+    trainer, vlm, _ = build(cfg, subset)
     resume = complete_checkpoint(out)
     if resume:
         print0(f"resuming from {resume}")
