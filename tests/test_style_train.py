@@ -21,11 +21,11 @@ FAMILIES = ["tiny_idefics3_path", "tiny_qwen2_vl_path"]
 
 
 def _pairs():
-    from capalign.training._style_standin import PreferencePair
+    from capalign.training._style_standin import Pair
 
     g = torch.Generator().manual_seed(0)
     ims = [Image.fromarray((torch.rand(40 + 8 * i, 48, 3, generator=g) * 255).byte().numpy()) for i in range(3)]
-    return [PreferencePair(str(i), im, None, "a very funny red circle " * (i + 1), "a red circle", "humorous") for i, im in enumerate(ims)]
+    return [Pair(str(i), im, None, "a very funny red circle " * (i + 1), "a red circle", "humorous") for i, im in enumerate(ims)]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -144,8 +144,8 @@ def _one_error_line(err: str) -> bool:
 def test_bad_input_is_one_line(tiny_idefics3_path, tiny_qwen2_vl_path, one_thread, tmp_path, capsys):
     base = ["style", "train", "--model", str(tiny_idefics3_path), "--data", "shapes:10", "--device", "cpu", "--report_to", "none"]
     cases = [
-        (["--budget", "500", "--out", str(tmp_path / "x")], "training split"),  # more pairs than the data
-        (["--budget", "1%", "--out", str(tmp_path / "x")], "less than one pair"),
+        (["--budget", "500", "--out", str(tmp_path / "x")], "larger than"),  # more pairs than the data
+        (["--budget", "1%", "--out", str(tmp_path / "x")], "below one pair"),
         (["--budget", "0", "--out", str(tmp_path / "x")], "at least one pair"),
         (["--style", "gothic", "--out", str(tmp_path / "x")], "gothic"),
         (["--method", "ppo", "--out", str(tmp_path / "x")], "unknown method"),

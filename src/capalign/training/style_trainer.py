@@ -46,7 +46,7 @@ from ..config import config_dict, save_config, show_config
 from ..io import atomic_write_json
 from ..utils import print0
 from . import losses
-from .style_config import StyleTrainConfig, parse_budget  # noqa: F401 (StyleTrainConfig: the CLI reads it here)
+from .style_config import StyleTrainConfig  # noqa: F401 (StyleTrainConfig: the CLI reads it here)
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -56,34 +56,16 @@ def _data():
     return prefs
 
 
-def pair_image(p):
-    """A pair's image as PIL: the sources may give an image, a path or a zero-argument loader."""
-    from PIL import Image
-
-    im = p.image() if callable(p.image) else p.image
-    return im if isinstance(im, Image.Image) else Image.open(im).convert("RGB")
-
-
 def load_pairs(cfg: StyleTrainConfig) -> tuple[list, list, list]:
-    """(budget subset of the training split, training split, test split) for cfg.style."""
+    """(budget subset of the training split, training split, test split) of cfg.style."""
     prefs = _data()
-    pairs = prefs.open_preferences(cfg.data, style=cfg.style)
-    pairs = [p for p in pairs if p.style == cfg.style]
-    if not pairs:
-        raise CapalignError(f"no preference pairs of style {cfg.style!r} in {cfg.data}")
-    train, test = prefs.split_pairs(pairs, cfg.test_fraction, cfg.split_seed)
-    kind, value = parse_budget(cfg.budget)
-    n = math.floor(value * len(train) + 1e-9) if kind == "fraction" else int(value)
-    if n < 1:
-        raise CapalignError(f"budget {cfg.budget} of {len(train)} training pairs is less than one pair")
-    if n > len(train):
-        raise CapalignError(f"budget {cfg.budget} asks for {n} pairs but the training split of {cfg.data} ({cfg.style}) has {len(train)}")
-    return prefs.budget_subset(train, n, cfg.seed), train, test
+    data = prefs.open_preferences(cfg.data, style=cfg.style, seed=cfg.split_seed, test_share=cfg.test_fraction)
+    return prefs.budget_subset(data.train, cfg.budget, cfg.seed), data.train, data.test
 
 
 def collate(pairs: list) -> dict:
     """Raw pairs -> one batch; tokenization and image processing happen in compute_loss (vision once)."""
-    return {"ids": [p.id for p in pairs], "images": [pair_image(p) for p in pairs],
+    return {"ids": [p.id for p in pairs], "images": [p.load_image() for p in pairs],
             "chosen": [p.chosen for p in pairs], "rejected": [p.rejected for p in pairs]}
 
 
@@ -198,12 +180,12 @@ def _trl_trainer(cfg: StyleTrainConfig, vlm, args_kw: dict, pairs: list, peft_cf
     if cfg.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        rows = [{"image": pair_image(p), "prompt": prompt, "chosen": p.chosen + eos, "rejected": p.rejected + eos} for p in pairs]
+        rows = [{"image": p.load_image(), "prompt": prompt, "chosen": p.chosen + eos, "rejected": p.rejected + eos} for p in pairs]
         args = DPOConfig(**args_kw, beta=cfg.beta, max_length=None, disable_dropout=False)
         return DPOTrainer(model=vlm.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=vlm.processor, peft_config=peft_cfg)
     from trl import SFTConfig, SFTTrainer
 
-    rows = [{"image": pair_image(p), "prompt": prompt, "completion": p.chosen + eos} for p in pairs]
+    rows = [{"image": p.load_image(), "prompt": prompt, "completion": p.chosen + eos} for p in pairs]
     args = SFTConfig(**args_kw, max_length=None, completion_only_loss=True)
     return SFTTrainer(model=vlm.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=vlm.processor, peft_config=peft_cfg)
 
