@@ -19,6 +19,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("vizer", "train"): ("capalign.training.vizer", "VizerTrainConfig", "run", "Zero-label LoRA training of the VLM with a frozen mapper."),
     ("vizer", "sweep"): ("capalign.training.sweep", "SweepConfig", "run", "Sweep mapper widths x data sizes; table and heatmap."),
     ("style", "train"): ("capalign.training.style_trainer", "StyleTrainConfig", "run", "Align a VLM to a caption style: zero-shot, SFT, DPO or SimPO over a data budget."),
+    ("style", "sweep"): ("capalign.training.style_sweep", "StyleSweepConfig", "run", "Data-efficiency sweep: methods x styles x budgets x seeds; curves, saturation, plots."),
     ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
 }
 

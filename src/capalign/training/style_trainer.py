@@ -140,6 +140,11 @@ class StyleTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def quiet() -> bool:
+    """CAPALIGN_QUIET=1 (set in the sweep's worker processes): no per-run progress bars or messages."""
+    return os.environ.get("CAPALIGN_QUIET", "0") not in ("", "0")
+
+
 # ---- run ----------------------------------------------------------------------------------------
 def complete_checkpoint(out: Path) -> str | None:
     """Newest checkpoint that was fully written (trainer_state.json is saved last); incomplete ones are removed."""
@@ -167,7 +172,7 @@ def training_args(cfg: StyleTrainConfig, steps: int):
         use_cpu=cfg.device == "cpu", save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 1,
         save_total_limit=cfg.keep_checkpoints, logging_steps=cfg.log_every, report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         remove_unused_columns=False, gradient_checkpointing=cfg.gradient_checkpointing, dataloader_num_workers=0,
-        disable_tqdm=int(os.environ.get("CAPALIGN_QUIET", "0")) > 0,
+        disable_tqdm=quiet(),
     ), mp
 
 
@@ -213,21 +218,25 @@ def build(cfg: StyleTrainConfig, subset: list | None = None):
     return trainer, vlm, subset
 
 
-def run(cfg: StyleTrainConfig) -> dict:
+def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
+    """Train cfg.method on `subset` into cfg.out (resuming from its newest complete checkpoint); returns
+    (vlm with the trained LoRA in place, or None for zero-shot, result). `style_result.json` is written last."""
     from ..models.lora import write_adapter_meta
 
-    show_config(cfg)
     out = Path(cfg.out)
-    subset, train, test = load_pairs(cfg)
-    result = {"method": cfg.method, "style": cfg.style, "budget": cfg.budget, "n_pairs": len(subset), "n_train_split": len(train),
-              "n_test_split": len(test), "prompt": cfg.style_prompt, "model": cfg.model, "config": config_dict(cfg)}
+    result = {"method": cfg.method, "style": cfg.style, "budget": cfg.budget, "n_pairs": len(subset), **(info or {}),
+              "prompt": cfg.style_prompt, "model": cfg.model, "config": config_dict(cfg)}
     if cfg.method == "zero-shot":  # nothing to train: the base model with the style prompt
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
         atomic_write_json(out / "style_result.json", {**result, "adapter": None, "steps": 0})
         print0(f"zero-shot: nothing to train; caption with: capalign caption --model {cfg.model} --prompt {json.dumps(cfg.style_prompt)}")
-        return result
+        return None, result
     trainer, vlm, _ = build(cfg, subset)
+    if quiet():
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # disable_tqdm=True would print every log dict instead of a bar
     resume = complete_checkpoint(out)
     if resume:
         print0(f"resuming from {resume}")
@@ -235,12 +244,20 @@ def run(cfg: StyleTrainConfig) -> dict:
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0
     trainer.save_model(str(out))  # the PEFT adapter: adapter_model.safetensors + adapter_config.json
+    vlm.model.eval()
     if trainer.is_world_process_zero():
         write_adapter_meta(out, vlm, cfg.model, prompt=cfg.style_prompt)
         save_config(cfg, out)
         result.update(adapter=str(out), steps=trainer.state.global_step, train_seconds=round(seconds, 2),
                       history=[h for h in trainer.state.log_history if "loss" in h])
         atomic_write_json(out / "style_result.json", result)  # last: its presence marks a finished run
-        print0(f"{cfg.method} {cfg.style} {cfg.budget} ({len(subset)} pairs): {trainer.state.global_step} steps in {seconds:.0f}s; "
-               f"adapter in {out} (use: capalign caption --model {cfg.model} --adapter {out} --prompt {json.dumps(cfg.style_prompt)})")
-    return result
+        if not quiet():
+            print0(f"{cfg.method} {cfg.style} {cfg.budget} ({len(subset)} pairs): {trainer.state.global_step} steps in {seconds:.0f}s; "
+                   f"adapter in {out} (use: capalign caption --model {cfg.model} --adapter {out} --prompt {json.dumps(cfg.style_prompt)})")
+    return vlm, result
+
+
+def run(cfg: StyleTrainConfig) -> dict:
+    show_config(cfg)
+    subset, train_split, test_split = load_pairs(cfg)
+    return train(cfg, subset, {"n_train_split": len(train_split), "n_test_split": len(test_split)})[1]
