@@ -21,7 +21,7 @@ FAMILIES = ["tiny_idefics3_path", "tiny_qwen2_vl_path"]
 
 
 def _pairs():
-    from capalign.training._style_standin import Pair
+    from capalign.data.preferences import Pair
 
     g = torch.Generator().manual_seed(0)
     ims = [Image.fromarray((torch.rand(40 + 8 * i, 48, 3, generator=g) * 255).byte().numpy()) for i in range(3)]
@@ -146,7 +146,7 @@ def test_bad_input_is_one_line(tiny_idefics3_path, tiny_qwen2_vl_path, one_threa
     cases = [
         (["--budget", "500", "--out", str(tmp_path / "x")], "larger than"),  # more pairs than the data
         (["--budget", "1%", "--out", str(tmp_path / "x")], "below one pair"),
-        (["--budget", "0", "--out", str(tmp_path / "x")], "at least one pair"),
+        (["--budget", "0", "--out", str(tmp_path / "x")], "below one pair"),
         (["--style", "gothic", "--out", str(tmp_path / "x")], "gothic"),
         (["--method", "ppo", "--out", str(tmp_path / "x")], "unknown method"),
         (["--method", "simpo", "--backend", "trl", "--out", str(tmp_path / "x")], "sft and dpo only"),

@@ -18,9 +18,13 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("mapper", "train"): ("capalign.training.mapper", "MapperTrainConfig", "run", "Train the ViZer mapper (variant gt or g)."),
     ("vizer", "train"): ("capalign.training.vizer", "VizerTrainConfig", "run", "Zero-label LoRA training of the VLM with a frozen mapper."),
     ("vizer", "sweep"): ("capalign.training.sweep", "SweepConfig", "run", "Sweep mapper widths x data sizes; table and heatmap."),
+    ("vizer", "diagnose"): ("capalign.training.diagnose", "DiagnoseConfig", "run", "Does a mapper's reward prefer correct captions over corrupted ones? AUC per error kind, retrieval R@1."),
+    ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
+    ("style", "classifier"): ("capalign.metrics.style_cli", "StyleClassifierConfig", "run_classifier", "Train (or measure) a style classifier on preference data; held-out accuracy and confusion matrix."),
+    ("style", "pairs"): ("capalign.metrics.style_cli", "StylePairsConfig", "run_pairs", "Write the train/test pairs of preference data as JSONL manifests (+ test-image refs for caption/evaluate)."),
     ("style", "train"): ("capalign.training.style_trainer", "StyleTrainConfig", "run", "Align a VLM to a caption style: zero-shot, SFT, DPO or SimPO over a data budget."),
     ("style", "sweep"): ("capalign.training.style_sweep", "StyleSweepConfig", "run", "Data-efficiency sweep: methods x styles x budgets x seeds; curves, saturation, plots."),
-    ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
+    ("style", "wrlogp"): ("capalign.metrics.style_cli", "WrLogpConfig", "run_wrlogp", "WR-LogP of a model (and its base, with --adapter) on the test split of preference data."),
 }
 
 

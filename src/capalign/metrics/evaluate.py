@@ -15,7 +15,7 @@ from .. import CapalignError
 from ..config import arg, save_config, show_config
 from ..io import atomic_write_json, read_jsonl
 
-ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding")
+ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style")
 
 
 @dataclasses.dataclass
@@ -31,6 +31,8 @@ class EvaluateConfig:
     bertscore_layer: int = arg(17, "BERTScore hidden layer")
     clip_model: str = arg("openai/clip-vit-base-patch32", "CLIP or SigLIP model for CLIPScore: hub id or local folder")
     device: str = arg("auto", "auto, cpu, cuda, mps")
+    style: str = arg("", "style metric: the target style (e.g. humorous)")
+    style_classifier: str = arg("", "style metric: classifier folder (`capalign style classifier --out`, or any HF sequence-classification model)")
 
     def __post_init__(self):
         if isinstance(self.pred, str):
@@ -154,6 +156,11 @@ def evaluate_system(preds: list[dict], refs: dict[str, dict], names: list[str], 
             per[name] = [vals.get(i) for i in ids]
         if c["image_errors"]:
             counts["clipscore_image_errors"] = {have[j]: e for j, e in c["image_errors"].items()}  # first 20
+    if "style" in names:
+        from .style import style_for_evaluate
+
+        s = style_for_evaluate([by_id[i] for i in ids], cfg)
+        corpus["style_accuracy"], per["style"], counts["style"] = s["style_accuracy"], s["per_caption"], s["counts"]
     return {"counts": counts, "corpus": corpus, "per_caption": {"id": ids, **per}}
 
 
@@ -163,7 +170,7 @@ def _table(results: dict[str, dict]) -> None:
     from ..utils import console
 
     cols = [("BLEU1", "BLEU1"), ("BLEU2", "BLEU2"), ("BLEU3", "BLEU3"), ("BLEU4", "BLEU4"), ("BERTS", "BERTScore_F1"),
-            ("ROUGE-L", "ROUGE_L"), ("CIDEr", "CIDEr"), ("CLIPS", "CLIPScore"),
+            ("ROUGE-L", "ROUGE_L"), ("CIDEr", "CIDEr"), ("CLIPS", "CLIPScore"), ("STYLE", "style_accuracy"),
             ("P_obj", "precision_name"), ("R_obj", "recall_name"), ("F1_obj", "f1_name"), ("CHAIRi", "chair_i_name"),
             ("CHAIRs", "chair_s_name"), ("CHAIRi_attr", "chair_i_attr"), ("CHAIRs_attr", "chair_s_attr")]
     cols = [(h, k) for h, k in cols if any(k in r["corpus"] for r in results.values())]
@@ -224,6 +231,10 @@ def run(cfg: EvaluateConfig) -> dict:
 
         d = definitions()
         out["definitions"].update({"CLIPScore": d["cos"] + f"; model {cfg.clip_model}", "CLIP_S": d["clip_s"], "RefCLIP_S": d["refclip_s"]})
+    if "style" in names:
+        from .style import style_definition
+
+        out["definitions"]["style_accuracy"] = style_definition(cfg)
     if cfg.out:
         atomic_write_json(cfg.out, out)
         save_config(cfg, cfg.out + ".config.json")  # beside the results, never over them

@@ -231,8 +231,12 @@ class VLM:
 
     def repeat(self, enc: Encoded, n: int) -> Encoded:
         """Each sample n times (e.g. to score n sampled captions per image) without re-running vision."""
-        if n == 1:
-            return enc
-        inputs = {k: v.repeat_interleave(n, 0) for k, v in enc.inputs.items()}
-        mm = BaseModelOutputWithPooling(pooler_output=[p for p in enc.mm.pooler_output for _ in range(n)])
-        return Encoded(inputs=inputs, mm=mm, features=enc.features.repeat_interleave(n, 0))
+        return enc if n == 1 else self.select(enc, [i for i in range(len(enc)) for _ in range(n)])
+
+    def select(self, enc: Encoded, index: list[int]) -> Encoded:
+        """Samples `index` of an encoded batch, in that order and with repeats, without re-running vision
+        (e.g. a different number of captions to score per image)."""
+        idx = torch.tensor(index, dtype=torch.long, device=enc.features.device)
+        inputs = {k: v[idx.to(v.device)] for k, v in enc.inputs.items()}  # every prompt input is per sample: [B, ...]
+        mm = BaseModelOutputWithPooling(pooler_output=[enc.mm.pooler_output[i] for i in index])
+        return Encoded(inputs=inputs, mm=mm, features=enc.features[idx])

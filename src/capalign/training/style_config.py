@@ -5,10 +5,10 @@ The LoRA / optimizer surface is the one of `capalign vizer train`, so recipes ca
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ..config import arg
+from ..data.preferences import PreferenceDataArgs, parse_budget
 from ..models.lora import LM_LINEAR
 
 METHODS = ("zero-shot", "sft", "dpo", "simpo")
@@ -16,37 +16,31 @@ BACKENDS = ("capalign", "trl")
 DEFAULT_PROMPT = "Write a {style} caption for this image."
 
 
-def parse_budget(budget: str | float | int) -> tuple[str, float]:
-    """'10%' -> ('fraction', 0.1); '250' -> ('count', 250); 'all' / '100%' -> ('fraction', 1.0)."""
-    s = str(budget).strip().lower()
-    if s in ("all", "100%"):
-        return "fraction", 1.0
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)%", s)
-    if m:
-        frac = float(m.group(1)) / 100
-        if not 0 < frac <= 1:
-            raise ValueError(f"budget {budget!r} must be in (0%, 100%]")
-        return "fraction", frac
-    if re.fullmatch(r"\d+", s):
-        if int(s) < 1:
-            raise ValueError(f"budget {budget!r} must be at least one pair")
-        return "count", float(int(s))
-    raise ValueError(f"budget {budget!r} must be a percentage like 10% or a number of pairs like 500")
+@dataclass
+class StyleDataArgs(PreferenceDataArgs):
+    """The data flags of every style command, with the style prompt of training and captioning."""
+
+    prompt: str = arg(DEFAULT_PROMPT, "Text prompt after the image for training, WR-LogP and captioning ({style} is replaced); the same for every method, so only the training differs.")
+
+    def open_data(self, style: str | None = None):
+        """The preference set of `style`; its pairs carry the prompt with {style} filled in."""
+        template, self.prompt = self.prompt, self.prompt.replace("{style}", style or "")
+        try:
+            return super().open_data(style)
+        finally:
+            self.prompt = template
 
 
 @dataclass
-class StyleTrainConfig:
-    """Align a VLM to a caption style from preference pairs (chosen = styled, rejected = factual): zero-shot, SFT, DPO or SimPO."""
+class StyleTrainConfig(StyleDataArgs):
+    """Align a VLM to a caption style from preference pairs (chosen = styled, rejected = factual): zero-shot, SFT, DPO or SimPO.
+    The data flags (--data, --split_seed, --test_share, ...) are those of every style command."""
 
-    model: str = arg(help="Base VLM: hub id or local folder (e.g. a `capalign nano train` output).")
-    data: str = arg(help="Preference pairs: a JSONL/CSV manifest, FlickrStyle10K folder, HF dataset, or `shapes` (see docs/style.md).")
-    out: str = arg(help="Output folder: the PEFT adapter (for `capalign caption --adapter`), checkpoints, TensorBoard logs, style_result.json.")
+    model: str = arg("", "Base VLM: hub id or local folder (e.g. a `capalign nano train` output).")
+    out: str = arg("", "Output folder: the PEFT adapter (for `capalign caption --adapter`), checkpoints, TensorBoard logs, style_result.json.")
     method: str = arg("dpo", "zero-shot (style prompt only, no training), sft (NLL of the chosen captions), dpo (sigmoid loss, reference = the base model), simpo (reference-free, length-normalised, margin gamma).")
     style: str = arg("humorous", "Style to align to; only pairs of this style are used.")
     budget: str = arg("100%", "Training pairs: a share of the training split (10%) or a count (500). Budgets are nested: the 5% subset of a seed contains its 2% subset.")
-    prompt: str = arg(DEFAULT_PROMPT, "Text prompt after the image for training and captioning ({style} is replaced); the same for every method, so only the training differs.")
-    test_fraction: float = arg(0.2, "Share of the pairs held out as the test split (never trained on); fixed by split_seed.")
-    split_seed: int = arg(0, "Seed of the train/test split (keep it fixed across a sweep, so every cell sees the same test split).")
     backend: str = arg("capalign", "capalign: one vision pass per image serves every forward (fast); trl: TRL's DPOTrainer / SFTTrainer (dpo and sft only; runs the vision tower for every sequence).")
     beta: float = arg(None, "Preference strength: DPO beta (default 0.1, as TRL) or SimPO beta (default 2.0, SimPO paper).")
     gamma: float = arg(1.0, "SimPO target reward margin gamma (SimPO paper: 0.5-1.6 with beta 2-2.5).")
@@ -74,13 +68,17 @@ class StyleTrainConfig:
     report_to: str = arg("tensorboard", "Trainer loggers (tensorboard, none, wandb, ...).")
 
     def __post_init__(self):
+        super().__post_init__()
+        for name in ("model", "data", "out"):
+            if not str(getattr(self, name) or "").strip():
+                raise ValueError(f"--{name} is required")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
         if self.backend == "trl" and self.method not in ("sft", "dpo"):
             raise ValueError(f"--backend trl covers sft and dpo only (TRL's SimPO, in CPOTrainer, has no image path); got {self.method}")
-        parse_budget(self.budget)
+        parse_budget(self.budget, 10**12)  # the format (10% or a count >= 1); the size is checked against the data
         if self.beta is None:
             self.beta = 2.0 if self.method == "simpo" else 0.1
         if self.beta <= 0:
@@ -96,8 +94,6 @@ class StyleTrainConfig:
             raise ValueError("max_steps must be >= 1")
         if self.min_steps < 0 or self.save_every < 0 or self.warmup_steps < 0:
             raise ValueError("min_steps, save_every and warmup_steps must be >= 0")
-        if not 0 < self.test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError("lora_dropout must be in [0, 1)")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
@@ -106,3 +102,6 @@ class StyleTrainConfig:
     @property
     def style_prompt(self) -> str:
         return self.prompt.replace("{style}", self.style)
+
+    def open_data(self, style: str | None = None):
+        return super().open_data(style or self.style)

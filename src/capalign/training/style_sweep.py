@@ -26,14 +26,14 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .. import CapalignError
 from ..config import arg, save_config, show_config
 from ..io import atomic_write_json, atomic_write_text
 from ..utils import print0
-from .style_config import DEFAULT_PROMPT, METHODS
+from .style_config import METHODS, StyleDataArgs
 from .style_results import aggregate
 
 MEASURES = {  # name -> (label, higher is better)
@@ -47,19 +47,16 @@ SATURATION = ("style_acc", "wr_logp", "wr_logp_sum")
 
 
 @dataclass
-class StyleSweepConfig:
-    """Data-efficiency sweep: train and evaluate every method x style x budget x seed on one test split."""
+class StyleSweepConfig(StyleDataArgs):
+    """Data-efficiency sweep: train and evaluate every method x style x budget x seed on one test split.
+    The data flags (--data, --split_seed, --test_share, --prompt, ...) are those of every style command."""
 
-    model: str = arg(help="Base VLM (e.g. the clean nano captioner: `capalign nano train --out runs/nano-clean`).")
-    out: str = arg(help="Output folder (e.g. RUN/style): cells/, sweep.json, cells.csv, plot-<measure>.png. Re-running resumes.")
-    data: str = arg("shapes:500", "Preference pairs (see `capalign style train --data`); shapes:N = N shapes-world images, both styles each.")
+    model: str = arg("", "Base VLM (e.g. the clean nano captioner: `capalign nano train --out runs/nano-clean`).")
+    out: str = arg("", "Output folder (e.g. RUN/style): cells/, sweep.json, cells.csv, plot-<measure>.png. Re-running resumes.")
     methods: str = arg("sft,dpo,simpo", f"Comma-separated methods among {','.join(m for m in METHODS if m != 'zero-shot')} (zero-shot always runs).")
     styles: str = arg("humorous,romantic", "Comma-separated styles.")
     budgets: str = arg("1%,2%,5%,10%,20%,50%,100%", "Comma-separated budgets, shares of the training split.")
     seeds: int = arg(3, "Seeds per cell (0..seeds-1): budget subset, LoRA init, data order.")
-    prompt: str = arg(DEFAULT_PROMPT, "Style prompt ({style} is replaced), used for training, WR-LogP and captioning.")
-    test_fraction: float = arg(0.2, "Share of the images held out for testing.")
-    split_seed: int = arg(0, "Seed of the train/test split (the same for every cell).")
     n_test: int = arg(100, "Evaluate on at most this many test pairs per style.")
     epochs: float = arg(2.0, "Epochs over each budget's pairs.")
     min_steps: int = arg(30, "At least this many optimizer steps per cell (small budgets repeat their pairs).")
@@ -75,6 +72,12 @@ class StyleSweepConfig:
     device: str = arg("cpu", "Device of every cell.")
 
     def __post_init__(self):
+        super().__post_init__()
+        if not self.data:
+            self.data = "shapes:500"
+        for name in ("model", "out"):
+            if not str(getattr(self, name) or "").strip():
+                raise ValueError(f"--{name} is required")
         self.method_list = [m.strip() for m in self.methods.split(",") if m.strip()]
         self.style_list = [s.strip() for s in self.styles.split(",") if s.strip()]
         self.budget_list = [b.strip() for b in self.budgets.split(",") if b.strip()]
@@ -112,13 +115,9 @@ _CACHE: dict = {}
 
 
 def _preferences(cfg: StyleSweepConfig, style: str):
-    from .style_trainer import _data
-
-    key = ("prefs", style)
-    if key not in _CACHE:
-        _CACHE[key] = _data().open_preferences(cfg.data, style=style, seed=cfg.split_seed, test_share=cfg.test_fraction,
-                                               prompt=cfg.prompt.replace("{style}", style))
-    return _CACHE[key]
+    if ("prefs", style) not in _CACHE:
+        _CACHE[("prefs", style)] = cfg.open_data(style)
+    return _CACHE[("prefs", style)]
 
 
 def _classifier(path: str):
@@ -161,7 +160,8 @@ def run_cell(cell: dict, cfg: StyleSweepConfig, clf_path: str) -> dict:
     """Train (unless base / zero-shot) and evaluate one cell into out/cells/<name>/; result.json is written last."""
     from ..models import load_vlm
     from .style_config import StyleTrainConfig
-    from .style_trainer import _data, train
+    from ..data.preferences import budget_subset
+    from .style_trainer import train
 
     d = Path(cfg.out) / "cells" / cell["name"]
     if (d / "result.json").exists():
@@ -178,9 +178,10 @@ def run_cell(cell: dict, cfg: StyleSweepConfig, clf_path: str) -> dict:
         res.update(steps=0, n_pairs=0)
     else:
         prompt = cfg.prompt.replace("{style}", style)
-        subset = _data().budget_subset(prefs.train, cell["budget"], cell["seed"])
-        tcfg = StyleTrainConfig(model=cfg.model, data=cfg.data, out=str(d / "adapter"), method=cell["method"], style=style, budget=cell["budget"],
-                                prompt=cfg.prompt, test_fraction=cfg.test_fraction, split_seed=cfg.split_seed, epochs=cfg.epochs,
+        subset = budget_subset(prefs.train, cell["budget"], cell["seed"])
+        data_args = {f.name: getattr(cfg, f.name) for f in fields(StyleDataArgs)}  # --data, --split_seed, --prompt, ...
+        tcfg = StyleTrainConfig(**data_args, model=cfg.model, out=str(d / "adapter"), method=cell["method"], style=style, budget=cell["budget"],
+                                epochs=cfg.epochs,
                                 min_steps=cfg.min_steps, batch_size=cfg.batch_size, lr=cfg.lr, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
                                 beta=cfg.dpo_beta if cell["method"] == "dpo" else cfg.simpo_beta if cell["method"] == "simpo" else None,
                                 gamma=cfg.simpo_gamma, seed=cell["seed"], device=cfg.device, save_every=0, report_to="none",

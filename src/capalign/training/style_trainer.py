@@ -31,6 +31,7 @@ newest complete checkpoint; `style_result.json` is written last, so its presence
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -48,25 +49,36 @@ from ..utils import print0
 from . import losses
 from .style_config import StyleTrainConfig  # noqa: F401 (StyleTrainConfig: the CLI reads it here)
 
-
-# ---- data ---------------------------------------------------------------------------------------
-def _data():
-    from . import _style_standin as prefs  # replaced by capalign.data.preferences when style-data merges
-
-    return prefs
+log = logging.getLogger(__name__)
+REF_CACHE = "reference_logps.safetensors"  # in checkpoints: pair id -> [2] reference log-probs (chosen, rejected)
 
 
-def load_pairs(cfg: StyleTrainConfig) -> tuple[list, list, list]:
-    """(budget subset of the training split, training split, test split) of cfg.style."""
-    prefs = _data()
-    data = prefs.open_preferences(cfg.data, style=cfg.style, seed=cfg.split_seed, test_share=cfg.test_fraction)
-    return prefs.budget_subset(data.train, cfg.budget, cfg.seed), data.train, data.test
+# ---- data ----------------------------------------------------------------------------------------
+def load_pairs(cfg: StyleTrainConfig) -> tuple[list, object]:
+    """(the budget's pairs of cfg.style from the training split, the whole PreferenceSet)."""
+    from ..data.preferences import budget_subset
+
+    data = cfg.open_data()
+    return budget_subset(data.train, cfg.budget, cfg.seed), data
 
 
 def collate(pairs: list) -> dict:
-    """Raw pairs -> one batch; tokenization and image processing happen in compute_loss (vision once)."""
-    return {"ids": [p.id for p in pairs], "images": [p.load_image() for p in pairs],
-            "chosen": [p.chosen for p in pairs], "rejected": [p.rejected for p in pairs]}
+    """Raw pairs -> one batch; tokenization and image processing happen in compute_loss (vision once).
+    A pair whose image is missing or corrupt is dropped from its batch, logged and counted (`images_skipped`)."""
+    from ..data.images import BadImage
+
+    keep, images, bad = [], [], 0
+    for p in pairs:
+        try:
+            images.append(p.load_image())
+            keep.append(p)
+        except BadImage as e:
+            bad += 1
+            log.warning("skipping pair %s: %s", p.id, e)
+    if not keep:
+        raise CapalignError(f"no image of a batch could be read (e.g. pair {pairs[0].id}); check the data's images")
+    return {"ids": [p.id for p in keep], "images": images, "chosen": [p.chosen for p in keep],
+            "rejected": [p.rejected for p in keep], "skipped": bad}
 
 
 # ---- the one-vision-pass forward ----------------------------------------------------------------
@@ -95,6 +107,7 @@ class StyleTrainer(Trainer):
         self.vlm, self.method, self.beta, self.gamma, self.prompt = vlm, method, beta, gamma, prompt
         self._ref_cache: dict[str, torch.Tensor] = {}  # pair id -> [2] reference (chosen, rejected) summed log-probs
         self._metrics: dict[str, list] = defaultdict(list)
+        self.images_skipped = 0  # pairs dropped from their batch because the image could not be read
 
     def reference_logps(self, ids: list[str], enc2, caps) -> torch.Tensor:
         """[2B] summed log-probs under the base model (adapter disabled), interleaved like caps; cached per pair."""
@@ -108,6 +121,7 @@ class StyleTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         vlm = self.vlm
+        self.images_skipped += inputs.get("skipped", 0)
         enc = vlm.encode(inputs["images"], self.prompt)  # 1. vision once: B images
         if self.method == "sft":
             caps = vlm.tokenize_captions(inputs["chosen"])
@@ -133,6 +147,24 @@ class StyleTrainer(Trainer):
         m["logps/chosen"].append(total[0::2].mean().item())
         m["logps/rejected"].append(total[1::2].mean().item())
         return (loss, None) if return_outputs else loss
+
+    # the reference cache is training state: a resumed run must reuse the values computed before the kill, not
+    # recompute them in other batches (other padding -> last-bit float differences in the adapter)
+    def _save_checkpoint(self, model, trial):
+        from safetensors.torch import save_file
+
+        if self._ref_cache and self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)  # written before trainer_state.json, which marks a complete checkpoint
+            save_file({k: v.contiguous() for k, v in self._ref_cache.items()}, str(folder / REF_CACHE))
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from safetensors.torch import load_file
+
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if (Path(resume_from_checkpoint) / REF_CACHE).exists():
+            self._ref_cache.update(load_file(str(Path(resume_from_checkpoint) / REF_CACHE)))
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         logs.update({k: sum(v) / len(v) for k, v in self._metrics.items() if v})
@@ -180,17 +212,24 @@ def _trl_trainer(cfg: StyleTrainConfig, vlm, args_kw: dict, pairs: list, peft_cf
     """TRL's own DPOTrainer / SFTTrainer on the same pairs, prompt and LoRA (`--backend trl`)."""
     from datasets import Dataset
 
+    from ..data.preferences import PreferenceSet
+
+    held = PreferenceSet("budget", pairs, [], [], 0, 0.0)
+    pairs, images = held.load_images(pairs)  # unreadable images: skipped and logged, as in the capalign backend
+    if not pairs:
+        raise CapalignError("no image of the budget's pairs could be read")
+
     eos = vlm.tokenizer.convert_ids_to_tokens(vlm.eos_ids[0])  # TRL adds no EOS to vision datasets: end like capalign
     prompt = vlm.prompt_texts(1, cfg.style_prompt)[0]
     if cfg.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        rows = [{"image": p.load_image(), "prompt": prompt, "chosen": p.chosen + eos, "rejected": p.rejected + eos} for p in pairs]
+        rows = [{"image": im, "prompt": prompt, "chosen": p.chosen + eos, "rejected": p.rejected + eos} for p, im in zip(pairs, images)]
         args = DPOConfig(**args_kw, beta=cfg.beta, max_length=None, disable_dropout=False)
         return DPOTrainer(model=vlm.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=vlm.processor, peft_config=peft_cfg)
     from trl import SFTConfig, SFTTrainer
 
-    rows = [{"image": p.load_image(), "prompt": prompt, "completion": p.chosen + eos} for p in pairs]
+    rows = [{"image": im, "prompt": prompt, "completion": p.chosen + eos} for p, im in zip(pairs, images)]
     args = SFTConfig(**args_kw, max_length=None, completion_only_loss=True)
     return SFTTrainer(model=vlm.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=vlm.processor, peft_config=peft_cfg)
 
@@ -249,6 +288,7 @@ def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
         write_adapter_meta(out, vlm, cfg.model, prompt=cfg.style_prompt)
         save_config(cfg, out)
         result.update(adapter=str(out), steps=trainer.state.global_step, train_seconds=round(seconds, 2),
+                      images_skipped=getattr(trainer, "images_skipped", 0),
                       history=[h for h in trainer.state.log_history if "loss" in h])
         atomic_write_json(out / "style_result.json", result)  # last: its presence marks a finished run
         if not quiet():
@@ -259,5 +299,6 @@ def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
 
 def run(cfg: StyleTrainConfig) -> dict:
     show_config(cfg)
-    subset, train_split, test_split = load_pairs(cfg)
-    return train(cfg, subset, {"n_train_split": len(train_split), "n_test_split": len(test_split)})[1]
+    subset, data = load_pairs(cfg)
+    print0(data.summary())
+    return train(cfg, subset, {"n_train_split": len(data.train), "n_test_split": len(data.test), "data_skipped": len(data.skipped)})[1]
