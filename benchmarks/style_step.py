@@ -36,16 +36,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from capalign.data import shapes  # noqa: E402
+from capalign.data.preferences import Pair  # noqa: E402
 from capalign.io import atomic_write_json  # noqa: E402
 from capalign.models import load_vlm  # noqa: E402
 from capalign.models.lora import lora_config  # noqa: E402
 from capalign.models.tiny import IDEFICS3_SPECIALS, SMOLVLM_256M, TINY, build_idefics3, build_tokenizer  # noqa: E402
 from capalign.training.style_trainer import StyleTrainer, caption_token_logps, collate, interleave  # noqa: E402
-
-
-class Pair:  # the fields the style trainer's collator reads
-    def __init__(self, i, image, chosen, rejected):
-        self.id, self.image, self.chosen, self.rejected = str(i), image, chosen, rejected
 
 
 def main() -> None:
@@ -65,7 +61,8 @@ def main() -> None:
     tok = build_tokenizer(IDEFICS3_SPECIALS, corpus, vocab_size=600)
     path = build_idefics3(tmp / "m", shape, tokenizer=tok, longest_edge=shape["vision"]["image_size"])
     vlm = load_vlm(str(path), device="cpu", dtype="float32", prompt="Write a humorous caption for this image.")
-    pairs = [Pair(i, Image.open(BytesIO(png)).convert("RGB"), r["captions_humorous"][0], r["captions"][0]) for i, (r, png) in enumerate(rows[: args.pairs])]
+    pairs = [Pair(str(i), Image.open(BytesIO(png)).convert("RGB"), None, r["captions_humorous"][0], r["captions"][0], "humorous")
+             for i, (r, png) in enumerate(rows[: args.pairs])]
 
     # TRL: the same prompt text and captions (it adds no end token to vision datasets: append it like capalign does)
     eos = vlm.tokenizer.convert_ids_to_tokens(vlm.eos_ids[0])
