@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -102,6 +103,42 @@ def build_nano(cfg: NanoTrainConfig, corpus: list[str], out: Path) -> Path:
     return build_idefics3(out, shape, tokenizer=tok, longest_edge=cfg.image_size, splitting=False, seed=cfg.seed)
 
 
+def fit(model, params, next_batch: Callable[[], dict], steps: int, lr: float, weight_decay: float, desc: str,
+        callback: Callable[[int, float], None] | None = None, loss_fn: Callable | None = None) -> tuple[list[float], float]:
+    """The nano training loop (captioner and judge): AdamW, linear warmup over the first 5% of the steps,
+    cosine decay to zero at the last step, gradients clipped at norm 1. `next_batch()` -> forward kwargs
+    with labels; `loss_fn(model, batch)` replaces the model's own loss. `callback(step, train_seconds)` runs
+    after each step; its time is not training time. Returns (per-step losses, training seconds); the model
+    is left in eval mode."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(1, steps // 20)
+
+    def lr_factor(s: int) -> float:
+        return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    model.train()
+    t0, losses, other_s = time.time(), [], 0.0
+    with progress() as bar:
+        task = bar.add_task(desc, total=steps, rate="")
+        for step in range(1, steps + 1):
+            batch = next_batch()
+            loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(task, advance=1, rate=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
+            if callback is not None:
+                e0 = time.time()
+                callback(step, e0 - t0 - other_s)
+                other_s += time.time() - e0
+    model.eval()
+    return losses, time.time() - t0 - other_s
+
+
 def exact_match(pred: str, refs: list[str]) -> bool:
     norm = lambda s: " ".join(s.lower().split())  # noqa: E731
     return norm(pred) in {norm(r) for r in refs}
@@ -162,39 +199,24 @@ def run(cfg: NanoTrainConfig) -> dict:
         from ..models.smollm2 import nano_trainable
 
         params, merge = nano_trainable(model, cfg.lr)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, cfg.steps // 20)
-    t0, step, losses, order, curve, eval_s = time.time(), 0, [], [], [], 0.0
+    order, curve = [], []
 
-    def lr_factor(s: int) -> float:
-        return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
+    def next_batch() -> dict:
+        nonlocal order
+        if len(order) < cfg.batch_size:
+            order += rng.sample(range(len(train)), len(train))
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        ids, attn, labels, pv = batch(idx)
+        return dict(input_ids=ids, attention_mask=attn.long(), pixel_values=pv, labels=labels)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    model.train()
-    with progress() as bar:
-        task = bar.add_task(f"nano {cfg.mode}", total=cfg.steps, rate="")
-        while step < cfg.steps:
-            if len(order) < cfg.batch_size:
-                order += rng.sample(range(len(train)), len(train))
-            idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-            ids, attn, labels, pv = batch(idx)
-            loss = model(input_ids=ids, attention_mask=attn.long(), pixel_values=pv, labels=labels).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(loss.item())
-            bar.update(task, advance=1, rate=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                e0 = time.time()
-                model.eval()  # greedy generation; no dropout in the nano model, and no RNG is consumed
-                curve.append({"step": step, "train_seconds": round(e0 - t0 - eval_s, 2), "val_exact": evaluate_exact(vlm, val, cfg.eval_batch_size)[0]})
-                model.train()
-                eval_s += time.time() - e0
-    train_s = time.time() - t0 - eval_s
-    model.eval()
+    def evaluate_during(step: int, train_seconds: float) -> None:
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            model.eval()  # greedy generation; no dropout in the nano model, and no RNG is consumed
+            curve.append({"step": step, "train_seconds": round(train_seconds, 2), "val_exact": evaluate_exact(vlm, val, cfg.eval_batch_size)[0]})
+            model.train()
+
+    losses, train_s = fit(model, params, next_batch, cfg.steps, cfg.lr, cfg.weight_decay, f"nano {cfg.mode}", evaluate_during)
+    step = cfg.steps
     if merge:
         merge()
     model.save_pretrained(out)
