@@ -27,6 +27,11 @@ def test_sweep_resumes_and_summarises(tiny_idefics3_path, one_thread, tmp_path, 
     assert 0 <= cells["zero-shot/humorous"]["measures"]["wr_logp"] <= 1
     curve = s["curves"]["wr_logp"]["humorous"]["dpo"]
     assert [p["budget"] for p in curve] == ["50%", "100%"] and curve[1]["mean"] == cells["dpo/humorous/b100-s0"]["measures"]["wr_logp"]
+    # the report's rows (one per trained cell, budget in %) and flat saturation rows, one per measure x style x method
+    assert sorted((r["budget"], r["wr_logp"]) for r in s["rows"]) == sorted(
+        (float(n.split("/b")[1].split("-")[0]), cells[n]["measures"]["wr_logp"]) for n in cells if n.startswith("dpo/"))
+    assert sorted(x["measure"] for x in s["saturation"]) == ["style_acc", "wr_logp", "wr_logp_sum"]
+    assert all(x["budget"] in (50.0, 100.0) and x["zero_shot"] == cells["zero-shot/humorous"]["measures"][x["measure"]] for x in s["saturation"])
     assert (out / "cells.csv").read_text().count("\n") == 5 and (out / "plot-style_acc.png").stat().st_size > 1000
     assert s["classifier"]["heldout"]["accuracy"] is not None
 

@@ -57,7 +57,6 @@ class StyleTrainConfig(StyleDataArgs):
     lora_alpha: int = arg(64, "LoRA alpha.")
     lora_dropout: float = arg(0.1, "LoRA dropout.")
     lora_targets: str = arg(",".join(LM_LINEAR), "Comma-separated linear-layer names to adapt, inside the language model only.")
-    max_new_tokens: int = arg(40, "Caption length when captioning the test split.")
     gradient_checkpointing: bool = arg(False, "Recompute activations in backward (less memory).")
     mixed_precision: str = arg("auto", "auto (bf16 on CUDA, none on CPU), no, bf16, fp16.")
     save_every: int = arg(50, "Save a resumable checkpoint every N steps (0: only the final adapter).")
@@ -83,7 +82,7 @@ class StyleTrainConfig(StyleDataArgs):
             self.beta = 2.0 if self.method == "simpo" else 0.1
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-        for k in ("batch_size", "grad_accum", "lora_r", "max_new_tokens", "keep_checkpoints", "log_every"):
+        for k in ("batch_size", "grad_accum", "lora_r", "keep_checkpoints", "log_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.batch_size % self.grad_accum:

@@ -39,11 +39,11 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
     zero = {s: done.get(f"zero-shot/{s}", {}).get("measures", {}) for s in cfg.style_list}
     base = done.get("base", {}).get("measures", {})
     curves: dict = {}
-    saturation: dict = {}
+    saturation: list[dict] = []  # flat rows (the report shows them as a table)
     for meas in MEASURES:
-        curves[meas], saturation[meas] = {}, {}
+        curves[meas] = {}
         for s in cfg.style_list:
-            curves[meas][s], saturation[meas][s] = {}, {}
+            curves[meas][s] = {}
             for m in cfg.method_list:
                 grid = [[done.get(f"{m}/{s}/b{b.rstrip('%')}-s{seed}", {}).get("measures", {}).get(meas) for b in cfg.budget_list]
                         for seed in range(cfg.seeds)]  # [seeds, budgets]
@@ -52,18 +52,21 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
                 full = [g for g in grid if all(v is not None for v in g)]
                 if meas in SATURATION and full and zero[s].get(meas) is not None:
                     sat = saturation_budget(cfg.shares, full, share=0.95, floor=zero[s][meas])
-                    sat["gain_over_zero_shot"] = sat["plateau"] - zero[s][meas]
-                    if sat["gain_over_zero_shot"] <= 0:
-                        sat["note"] = "plateau not above zero-shot: nothing saturates"
-                    saturation[meas][s][m] = sat
+                    gain = sat["plateau"] - zero[s][meas]
+                    saturation.append({"measure": meas, "style": s, "method": m, "budget": 100 * sat["budget"], "lo": 100 * sat["lo"],
+                                       "hi": 100 * sat["hi"], "zero_shot": zero[s][meas], "plateau": sat["plateau"], "gain_over_zero_shot": gain,
+                                       "n_seeds": sat["n_seeds"], "note": "" if gain > 0 else "plateau not above zero-shot: nothing saturates"})
     clf_cfg = json.loads((Path(clf_path) / "config.json").read_text()) if (Path(clf_path) / "config.json").exists() else {}
     summary = {
         "config": config_dict(cfg), "complete": not missing, "missing": missing,
         "methods": cfg.method_list, "styles": cfg.style_list, "budgets": cfg.budget_list, "shares": cfg.shares, "seeds": list(range(cfg.seeds)),
         "measures": {k: {"label": v[0], "higher_is_better": v[1]} for k, v in MEASURES.items()},
+        "rows": [{"method": r["method"], "style": r["style"], "budget": 100 * r["share"], "seed": r["seed"], **r.get("measures", {})}
+                 for r in done.values() if r["method"] not in ("base", "zero-shot")],  # one per trained cell; budget in % of the training split
         "zero_shot": zero, "base": base, "curves": curves, "saturation": saturation,
-        "saturation_definition": "smallest budget whose mean over seeds reaches 95% of the way from the zero-shot level to the plateau "
-                                 "(the mean at the largest budget); interval: percentiles over bootstrap resamples of the seeds",
+        "saturation_definition": "budget (% of the training split): the smallest budget whose mean over seeds reaches 95% of the way from the "
+                                 "zero-shot level to the plateau (the mean at the largest budget); lo, hi: 2.5-97.5 percentiles over bootstrap "
+                                 "resamples of the seeds",
         "classifier": {"path": clf_path, "labels": clf_cfg.get("labels"), "heldout": clf_cfg.get("heldout") or clf_cfg.get("capalign_heldout")},
         "plots": {meas: f"plot-{meas}.png" for meas in MEASURES}, "paths_relative_to": "this file's folder",
         "cells": [done[c["name"]] for c in cells if c["name"] in done],
@@ -146,8 +149,8 @@ def print_table(summary: dict) -> None:
             z = summary["zero_shot"].get(s, {}).get(meas)
             for m, pts in summary["curves"][meas][s].items():
                 cells = [("-" if p["mean"] is None else f"{p['mean']:.2f} [{p['lo']:.2f},{p['hi']:.2f}]") for p in pts]
-                sat = summary["saturation"].get(meas, {}).get(s, {}).get(m)
+                sat = next((x for x in summary["saturation"] if (x["measure"], x["style"], x["method"]) == (meas, s, m)), None)
                 extra = [] if not sat_cols else [
-                    "-" if not sat else (sat.get("note") or f"{100 * sat['budget']:g}% [{100 * sat['lo']:g},{100 * sat['hi']:g}]")]
+                    "-" if not sat else (sat["note"] or f"{sat['budget']:g}% [{sat['lo']:g},{sat['hi']:g}]")]
                 t.add_row(f"{s} / {m}", "-" if z is None else f"{z:.2f}", *cells, *extra)
         Console(stderr=True, width=200).print(t)

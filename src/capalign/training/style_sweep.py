@@ -66,7 +66,7 @@ class StyleSweepConfig(StyleDataArgs):
     dpo_beta: float = arg(0.1, "DPO beta.")
     simpo_beta: float = arg(2.0, "SimPO beta.")
     simpo_gamma: float = arg(1.0, "SimPO margin gamma.")
-    max_new_tokens: int = arg(40, "Caption length.")
+    max_new_tokens: int = arg(96, "Longest generated caption, in tokens (the nano captioner's byte-level tokenizer needs up to ~90 for a styled shapes-world caption, 43 for a factual one).")
     classifier: str = arg("", "Style classifier folder (capalign or any HF sequence-classification model); default: train one on the training split.")
     workers: int = arg(1, "Cells run in this many processes at once (each with cpu_count/workers threads).")
     device: str = arg("cpu", "Device of every cell.")
@@ -115,9 +115,10 @@ _CACHE: dict = {}
 
 
 def _preferences(cfg: StyleSweepConfig, style: str):
-    if ("prefs", style) not in _CACHE:
-        _CACHE[("prefs", style)] = cfg.open_data(style)
-    return _CACHE[("prefs", style)]
+    key = ("prefs", style, *(str(getattr(cfg, f.name)) for f in fields(StyleDataArgs)))  # one entry per data flags + style
+    if key not in _CACHE:
+        _CACHE[key] = cfg.open_data(style)
+    return _CACHE[key]
 
 
 def _classifier(path: str):
@@ -185,7 +186,7 @@ def run_cell(cell: dict, cfg: StyleSweepConfig, clf_path: str) -> dict:
                                 min_steps=cfg.min_steps, batch_size=cfg.batch_size, lr=cfg.lr, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
                                 beta=cfg.dpo_beta if cell["method"] == "dpo" else cfg.simpo_beta if cell["method"] == "simpo" else None,
                                 gamma=cfg.simpo_gamma, seed=cell["seed"], device=cfg.device, save_every=0, report_to="none",
-                                max_new_tokens=cfg.max_new_tokens, log_every=10)
+                                log_every=10)
         vlm, tr = train(tcfg, subset, {"n_train_split": len(prefs.train)})
         res.update(steps=tr["steps"], n_pairs=len(subset), train_seconds=tr["train_seconds"],
                    final_loss=next((h["loss"] for h in reversed(tr["history"]) if "loss" in h), None))
@@ -220,12 +221,9 @@ def train_classifier(cfg: StyleSweepConfig, out: Path) -> str:
     """The style classifier of the sweep: given (--classifier) or fitted on the training split's captions of
     every style (chosen -> its style, rejected -> factual), evaluated on the test split's (held-out templates)."""
     from ..metrics.style import classifier_data
-    from ..metrics.style_classifier import StyleClassifier, load_classifier
+    from ..metrics.style_classifier import StyleClassifier
 
-    if cfg.classifier:
-        clf = load_classifier(cfg.classifier)
-        for s in cfg.style_list:
-            clf.require(s)
+    if cfg.classifier:  # its styles were checked by check_inputs
         return cfg.classifier
     path = out / "classifier"
     if (path / "config.json").exists():
@@ -239,8 +237,29 @@ def train_classifier(cfg: StyleSweepConfig, out: Path) -> str:
     return str(path)
 
 
+def check_inputs(cfg: StyleSweepConfig) -> None:
+    """Everything a cell could fail on because of the input, checked before any folder is written:
+    the model, each style's pairs, every budget against its training split, the classifier's styles."""
+    from ..data.preferences import parse_budget
+    from ..metrics.style_classifier import load_classifier
+    from ..models.loading import check_model
+
+    check_model(cfg.model)
+    for s in cfg.style_list:
+        n = len(_preferences(cfg, s).train)
+        if not _preferences(cfg, s).test:
+            raise CapalignError(f"no {s!r} test pairs in {cfg.data} (test_share {cfg.test_share}); the sweep measures every cell on them")
+        for b in cfg.budget_list:
+            parse_budget(b, n)  # below one pair / not a budget: one line, naming the budget and the split size
+    if cfg.classifier:
+        clf = load_classifier(cfg.classifier)
+        for s in cfg.style_list:
+            clf.require(s)
+
+
 def run(cfg: StyleSweepConfig) -> dict:
     show_config(cfg)
+    check_inputs(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
