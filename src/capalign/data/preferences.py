@@ -20,7 +20,6 @@ with their ids in `PreferenceSet.skipped`; corrupt images are skipped when loade
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -140,21 +139,9 @@ def budget_subset(pairs: list[Pair], budget, seed: int = 0) -> list[Pair]:
 
 # ---------------------------------------------------------------------------------------- sources
 def _read_manifest(path: Path, style: str | None) -> list[Pair]:
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = [(reader.line_num, r) for r in reader]
-    else:
-        rows = []
-        for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if raw.strip():
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise CapalignError(f"{path} line {n}: invalid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise CapalignError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-                rows.append((n, row))
+    from .sources import read_manifest_rows  # the one JSONL/CSV reader: bad bytes and JSON are one-line errors
+
+    rows = list(read_manifest_rows(path, "preference manifest"))
     if not rows:
         raise CapalignError(f"manifest {path} has no rows; expected rows with image, chosen, rejected, style")
     missing = [c for c in ("image", "chosen", "rejected") if c not in rows[0][1]]
@@ -182,14 +169,9 @@ def _read_manifest(path: Path, style: str | None) -> list[Pair]:
 
 
 def _first_row(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        for raw in f:
-            if raw.strip():
-                try:
-                    return json.loads(raw)
-                except json.JSONDecodeError:
-                    return {}
-    return {}
+    from ..io import read_jsonl_rows
+
+    return next(read_jsonl_rows(path, "preference manifest"), (0, {}))[1]
 
 
 _EXPECTED = ("expected a .jsonl/.csv preference manifest, a FlickrStyle10K folder (humor/, romantic/), hf:NAME[:CONFIG], "

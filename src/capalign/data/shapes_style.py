@@ -188,15 +188,20 @@ def template_counts() -> dict:
 def _rows(spec) -> list[tuple[dict, object]]:
     """(manifest-like row, image) per scene: from `shapes:N[:SEED]` (the scenes `capalign shapes --n N --seed
     SEED --split style` writes: same ids, objects and factual captions, drawn on demand) or a manifest file."""
-    import json
     from pathlib import Path
 
     from .. import CapalignError
     from .shapes import IMAGE_SIZE, render, sample_scene
 
     if isinstance(spec, Path):
-        rows = [json.loads(raw) for raw in spec.read_text(encoding="utf-8").splitlines() if raw.strip()]
-        return [(r, spec.parent / r["image"]) for r in rows]
+        from ..io import read_jsonl_rows
+
+        out = []
+        for n, r in read_jsonl_rows(spec, "shapes manifest"):
+            if not isinstance(r.get("image"), str) or not isinstance(r.get("objects"), list):
+                raise CapalignError(f"{spec} line {n}: a shapes-world row needs an 'image' path and an 'objects' list")
+            out.append((r, spec.parent / r["image"]))
+        return out
     parts = spec.split(":")
     try:
         n, world = int(parts[1]), int(parts[2]) if len(parts) > 2 else 0

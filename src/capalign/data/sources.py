@@ -214,6 +214,25 @@ class FolderSource(ImageSource):
             yield Entry(key, lambda f=f: f, caps, {"path": str(f)})
 
 
+def read_manifest_rows(path: Path, what: str = "manifest") -> Iterator[tuple[int, dict]]:
+    """(line number, row) of a .jsonl or .csv manifest (CSV: header = column names). Bytes that are not
+    UTF-8, invalid JSON or CSV rows with more cells than the header are a CapalignError naming the line."""
+    if path.suffix.lower() != ".csv":
+        yield from read_jsonl_rows(path, what)
+        return
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                if None in row:  # more cells than header columns
+                    raise CapalignError(f"{path} line {reader.line_num}: {len(row) - 1 + len(row[None])} cells, but the header has {len(reader.fieldnames)} columns")
+                yield reader.line_num, row
+    except UnicodeDecodeError as e:
+        raise CapalignError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save the file as UTF-8") from None
+    except csv.Error as e:
+        raise CapalignError(f"{path}: malformed CSV: {e}") from None
+
+
 class ManifestSource(ImageSource):
     """A .jsonl or .csv manifest: id, image (relative to the manifest's folder, or absolute), captions."""
 
@@ -223,7 +242,7 @@ class ManifestSource(ImageSource):
         idk, imk, capk = id_column or "id", image_column or "image", caption_column or captions_field
         self.rows: list[Entry] = []
         seen: dict[str, int] = {}
-        for line, row in self._read(path):
+        for line, row in read_manifest_rows(path):
             ref = row.get(imk)
             if row.get(idk) in (None, ""):
                 raise CapalignError(f"{path} line {line}: missing {idk!r}; every row needs an id and an {imk!r} path")
@@ -241,23 +260,6 @@ class ManifestSource(ImageSource):
             self.rows.append(Entry(rid, lambda img=img: img, caps, meta))
         if not self.rows:
             raise CapalignError(f"manifest {path} has no rows; expected one row per image with {idk!r} and {imk!r}")
-
-    @staticmethod
-    def _read(path: Path) -> Iterator[tuple[int, dict]]:
-        if path.suffix.lower() != ".csv":
-            yield from read_jsonl_rows(path, "manifest")
-            return
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                for row in reader:
-                    if None in row:  # more cells than header columns
-                        raise CapalignError(f"{path} line {reader.line_num}: {len(row) - 1 + len(row[None])} cells, but the header has {len(reader.fieldnames)} columns")
-                    yield reader.line_num, row
-        except UnicodeDecodeError as e:
-            raise CapalignError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save the file as UTF-8") from None
-        except csv.Error as e:
-            raise CapalignError(f"{path}: malformed CSV: {e}") from None
 
     def _known_count(self):
         return len(self.rows)

@@ -33,6 +33,14 @@ def _config(name_or_path: str):
         raise CapalignError(f"cannot load model {name_or_path!r}: {first}") from None
 
 
+def check_model(name_or_path: str):
+    """The transformers config of a model of a supported family (cheap: no weights); a one-line error otherwise."""
+    cfg = _config(name_or_path)
+    if cfg.model_type not in FAMILIES:
+        raise CapalignError(f"unsupported model family {cfg.model_type!r} for {name_or_path}; supported: {', '.join(FAMILIES)}")
+    return cfg
+
+
 def check_adapter(adapter: str) -> None:
     """A PEFT adapter folder has adapter_config.json (cheap check before any weights are loaded)."""
     hint = "expected a PEFT adapter folder, e.g. the output folder of `capalign vizer train`"
@@ -75,10 +83,8 @@ def load_vlm(
 
     import transformers
 
-    cfg = _config(name_or_path)
+    cfg = check_model(name_or_path)
     family = cfg.model_type
-    if family not in FAMILIES:
-        raise CapalignError(f"unsupported model family {family!r} for {name_or_path}; supported: {', '.join(FAMILIES)}")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     mod, cls_name, model_cls = FAMILIES[family]
@@ -113,4 +119,9 @@ def load_vlm(
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CapalignError(f"adapter {adapter} does not fit model {name_or_path}: {first[:200]}") from None
     cls = getattr(importlib.import_module(f".{mod}", __package__), cls_name)
-    return cls(model, processor, prompt=prompt, pooling=pooling)
+    vlm = cls(model, processor, prompt=prompt, pooling=pooling)
+    if adapter:
+        from .lora import check_adapter_base
+
+        check_adapter_base(adapter, vlm, name_or_path)
+    return vlm

@@ -4,7 +4,8 @@ Kept apart and generic on purpose, because the sweep's format is defined elsewhe
 either a list of rows or an object with "rows" (and "saturation"). A row is {"method", "style",
 "budget", "seed", <measure>: number, ...}: every other numeric field is a measure. Each measure gets
 one figure, one panel per style, one line per method: the mean over seeds at each budget with its
-`capalign.stats.mean_ci` interval as a band. "saturation" is a list of flat objects, shown as a table
+`capalign.stats.mean_ci` interval as a band; the zero-shot and factual-base levels ("zero_shot": {style:
+{measure: value}}, "base": {measure: value}) as lines when the file has them. "saturation" is a list of flat objects, shown as a table
 of their scalar fields (nested values such as curves are left out).
 """
 
@@ -26,10 +27,12 @@ def _rows(data) -> list[dict]:
     return [r for r in rows or [] if isinstance(r, dict) and isinstance(r.get("budget"), (int, float))]
 
 
-def curves_png(rows: list[dict], measure: str, path: Path) -> None:
+def curves_png(rows: list[dict], measure: str, path: Path, levels: dict | None = None) -> None:
+    """levels: optional {label: {style: value}} drawn as horizontal lines (the sweep's zero-shot and factual-base levels)."""
     from .figures import _plt, _save
 
     styles = sorted({str(r.get("style", "")) for r in rows})
+    xlabel = (levels or {}).pop("_xlabel", "data budget")
     plt = _plt()
     fig, axes = plt.subplots(1, len(styles), figsize=(4.2 * len(styles), 3.4), squeeze=False, sharey=True)
     for ax, style in zip(axes[0], styles):
@@ -40,10 +43,14 @@ def curves_png(rows: list[dict], measure: str, path: Path) -> None:
             x, y = np.array(budgets, float), np.array([c["mean"] for c in ci], float)
             ax.plot(x, y, marker="o", ms=3, label=method)
             ax.fill_between(x, [c["lo"] for c in ci], [c["hi"] for c in ci], alpha=0.15)
+        for (label, per_style), ls in zip((levels or {}).items(), ("--", ":", "-.")):
+            v = per_style.get(style)
+            if isinstance(v, (int, float)):
+                ax.axhline(v, color="k" if ls == "--" else "grey", ls=ls, lw=1, label=label)
         if sub and max(r["budget"] for r in sub) > 10 * max(min(r["budget"] for r in sub), 1e-12):
             ax.set_xscale("log")
         ax.set_title(style or "all", fontsize=9)
-        ax.set_xlabel("data budget")
+        ax.set_xlabel(xlabel)
     axes[0][0].set_ylabel(measure)
     axes[0][0].legend(fontsize=7)
     _save(fig, path)
@@ -63,6 +70,21 @@ def saturation_table(items: list) -> str:
             f"<tbody>{body}</tbody></table>")
 
 
+def _levels(data, measure: str) -> dict:
+    """`capalign style sweep` output also holds the zero-shot level per style and the factual base's level."""
+    if not isinstance(data, dict):
+        return {}
+    out = {}
+    zero, base = data.get("zero_shot"), data.get("base")
+    if isinstance(zero, dict):
+        out["zero-shot"] = {s: v.get(measure) for s, v in zero.items() if isinstance(v, dict)}
+    if isinstance(base, dict) and isinstance(base.get(measure), (int, float)):
+        out["factual base"] = {s: base[measure] for s in (zero or {})}
+    if "shares" in data:
+        out["_xlabel"] = "budget (% of the training pairs)"
+    return out
+
+
 def style_section(run: Run, assets: Path) -> str:
     rel = run.artifact("style_sweep", "style/sweep.json")
     data = run.json(rel, "style sweep", required=bool(run.artifact("style_sweep")))
@@ -73,7 +95,7 @@ def style_section(run: Run, assets: Path) -> str:
     out = []
     for i, m in enumerate(measures):
         name = f"style-{i}.png"
-        curves_png(rows, m, assets / name)
+        curves_png(rows, m, assets / name, _levels(data, m))
         out.append(f'<figure><img src="assets/{name}" alt="style sweep: {html.escape(m)}"><figcaption>{html.escape(m)} over the data budget '
                    '(mean over seeds, band: 95% t interval)</figcaption></figure>')
     sat = saturation_table(data.get("saturation") if isinstance(data, dict) else None)

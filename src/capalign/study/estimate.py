@@ -48,6 +48,9 @@ class EstimateConfig:
     image_size: str = arg("640x480", "Typical image (WxH) of the data, for image tokens per image (COCO: ~640x480).")
     n_unlabeled: int = arg(None, "Number of unlabeled images when data.unlabeled is a source of unknown size (else vizer.limit / max_steps).")
     n_test: int = arg(5000, "Number of test images when data.test is a source (else data.test_limit).")
+    style_pairs: int = arg(None, "Training pairs per style of the style sweep's data when it is a folder or dataset (FlickrStyle10K as "
+                                 "distributed: 7000 images per style, so 5600 at test_share 0.2); shapes:N is counted.")
+    caption_tokens: int = arg(32, "Typical tokens of a training caption (style sweep: chosen and rejected).")
 
     def __post_init__(self):
         if self.gpu not in GPUS:
@@ -207,9 +210,41 @@ def estimate(recipe, facts: dict, cfg: EstimateConfig) -> list[dict]:
         n = data.test_limit or _n(data.test, cfg.n_test)
         rows.append({"stage": "features", "what": f"{n} test images: vision + LM forward per system", "memory_gb": c.weights_gb() * 1.1,
                      "minutes": (c.vision_s(n) + (systems + 1) * c.lm_forward(prompt + 32, n) / c.rate) / 60})
+    if "style" in sec:
+        rows += _style_rows(c, STAGES["style"].command_config(None, sec["style"], model="x", out="x"), prompt, cfg)
     for r in rows:
         r["memory_gb"] *= 1.1  # CUDA context, allocator fragmentation
     return rows
+
+
+def _style_rows(c: Costs, sw, prompt: int, cfg: EstimateConfig) -> list[dict]:
+    """The style sweep (study-wide): training steps of every cell (one vision pass per image; policy forward and
+    backward over chosen and rejected, plus a reference forward for DPO; SFT: chosen only) and the evaluation of
+    every cell (generation with the style prompt + WR-LogP's forward over the test pairs)."""
+    import re
+
+    from ..data.preferences import parse_budget
+
+    m = re.fullmatch(r"shapes:(\d+)(:\d+)?", str(sw.data))
+    n = cfg.style_pairs or (int(int(m[1]) * (1 - sw.test_share)) if m else None)
+    if not n:
+        raise CapalignError(f"the style sweep's training pairs per style are unknown for {sw.data}: pass --style_pairs N "
+                            "(FlickrStyle10K as distributed: 5600 per style at test_share 0.2)")
+    b, tok = sw.batch_size, prompt + cfg.caption_tokens
+    steps = {meth: sum(max(math.ceil(sw.epochs * parse_budget(x, n) / b), sw.min_steps) for x in sw.budget_list) * len(sw.style_list) * sw.seeds
+             for meth in sw.method_list}
+    fwd = {"sft": 3 * c.lm_forward(tok, b), "dpo": 4 * c.lm_forward(tok, 2 * b), "simpo": 3 * c.lm_forward(tok, 2 * b)}  # fwd + bwd (~2 fwd)
+    train_s = sum(k * (c.vision_s(b) + fwd[meth] / c.rate) for meth, k in steps.items())
+    n_cells = sum(len(sw.style_list) * sw.seeds * len(sw.budget_list) for _ in sw.method_list) + len(sw.style_list) + 1
+    t = sw.n_test
+    eval_s = n_cells * (c.vision_s(t) + c.generate_s(prompt, sw.max_new_tokens, min(t, 50)) * math.ceil(t / 50) + c.lm_forward(tok, 2 * t) / c.rate)
+    opt = 16 * c.lora_params(sw.lora_r) / 1e9
+    mem = c.weights_gb() + opt + c.train_act_bytes(tok, 2 * b, False) / 1e9
+    return [{"stage": f"style sweep ({n_cells - len(sw.style_list) - 1} trained cells)",
+             "what": f"{', '.join(sw.method_list)} x {len(sw.style_list)} styles x {len(sw.budget_list)} budgets x {sw.seeds} seeds; "
+                     f"{sum(steps.values())} steps x {b} pairs of {n} per style at 100%, LoRA r={sw.lora_r}", "memory_gb": mem, "minutes": train_s / 60},
+            {"stage": f"style eval ({n_cells} cells)", "what": f"{t} test pairs per cell: generate {sw.max_new_tokens} + WR-LogP",
+             "memory_gb": c.weights_gb() + c.kv_bytes(prompt + sw.max_new_tokens, 50) / 1e9, "minutes": eval_s / 60}]
 
 
 def run(cfg: EstimateConfig) -> list[dict]:

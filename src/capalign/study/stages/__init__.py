@@ -6,12 +6,15 @@ from .base_model import BaseStage
 from .data import DataStage
 from .evaluate import CaptionStage, EvaluateStage
 from .features import FeaturesStage
+from .style import StyleStage
 from .summary import SummaryStage
 from .vizer import MapperStage, VizerStage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     DataStage(), BaseStage(), MapperStage(), VizerStage(),
-    # new training stages (rl, style) go here: they add systems that caption/evaluate then pick up
-    CaptionStage(), EvaluateStage(), FeaturesStage(), SummaryStage(),
+    # new training stages (rl) go here: they add systems that caption/evaluate then pick up
+    CaptionStage(), EvaluateStage(), FeaturesStage(),
+    StyleStage(),  # study-wide: its own sweep over styles, budgets and seeds from the first seed's Base
+    SummaryStage(),
     # the report stage goes last
 )}

@@ -1,0 +1,35 @@
+"""Stage `style`: the data-efficiency sweep of stylistic alignment (`capalign style sweep`) into RUN/style/.
+
+Study-wide, not per seed: the sweep has its own seeds (`seeds: 3` = budget subsets, LoRA inits and data
+orders 0..2) and trains every cell from the Base of the study's first seed. Its preference data is its own
+(`data:`, e.g. a FlickrStyle10K folder or `shapes:500`), not the data stage's captioned images. It writes
+RUN/style/sweep.json (read by `capalign report`: learning curves and saturation table), cells.csv, one plot
+per measure and one folder per cell. The stage is done when sweep.json lists no missing cell; a
+re-run resumes the unfinished cells (the sweep skips cells with a result.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ...training import style_sweep
+from ..stage import Context, Stage
+
+
+class StyleStage(Stage):
+    name, help = "style", "Data-efficiency sweep of SFT/DPO/SimPO over budgets and styles (`capalign style sweep`); style/sweep.json."
+    command, owned, needs, per_seed = style_sweep.StyleSweepConfig, ("model", "out"), ("base",), False
+    placeholders = {"model": "x", "out": "x"}
+
+    def outputs(self, ctx: Context) -> list[Path]:
+        sweep = ctx.root / "style" / "sweep.json"
+        try:  # an interrupted or partly failed sweep lists its missing cells: their result.json files are outputs still to come
+            missing = json.loads(sweep.read_text()).get("missing") or [] if sweep.exists() else []
+        except json.JSONDecodeError:
+            missing = ["(sweep.json unreadable)"]
+        return [sweep, *(ctx.root / "style" / "cells" / m / "result.json" for m in missing)]
+
+    def run(self, ctx: Context) -> None:
+        first = ctx.seeds[min(ctx.seeds)]
+        style_sweep.run(self.command_config(ctx, model=first.model, out=str(ctx.root / "style")))

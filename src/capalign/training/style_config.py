@@ -1,0 +1,106 @@
+"""`capalign style train` configuration: one documented dataclass (CLI flags and `--config run.yaml` come from it).
+
+The LoRA / optimizer surface is the one of `capalign vizer train`, so recipes carry over between methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import arg
+from ..data.preferences import PreferenceDataArgs, parse_budget
+from ..models.lora import LM_LINEAR
+
+METHODS = ("zero-shot", "sft", "dpo", "simpo")
+BACKENDS = ("capalign", "trl")
+DEFAULT_PROMPT = "Write a {style} caption for this image."
+
+
+@dataclass
+class StyleDataArgs(PreferenceDataArgs):
+    """The data flags of every style command, with the style prompt of training and captioning."""
+
+    prompt: str = arg(DEFAULT_PROMPT, "Text prompt after the image for training, WR-LogP and captioning ({style} is replaced); the same for every method, so only the training differs.")
+
+    def open_data(self, style: str | None = None):
+        """The preference set of `style`; its pairs carry the prompt with {style} filled in."""
+        template, self.prompt = self.prompt, self.prompt.replace("{style}", style or "")
+        try:
+            return super().open_data(style)
+        finally:
+            self.prompt = template
+
+
+@dataclass
+class StyleTrainConfig(StyleDataArgs):
+    """Align a VLM to a caption style from preference pairs (chosen = styled, rejected = factual): zero-shot, SFT, DPO or SimPO.
+    The data flags (--data, --split_seed, --test_share, ...) are those of every style command."""
+
+    model: str = arg("", "Base VLM: hub id or local folder (e.g. a `capalign nano train` output).")
+    out: str = arg("", "Output folder: the PEFT adapter (for `capalign caption --adapter`), checkpoints, TensorBoard logs, style_result.json.")
+    method: str = arg("dpo", "zero-shot (style prompt only, no training), sft (NLL of the chosen captions), dpo (sigmoid loss, reference = the base model), simpo (reference-free, length-normalised, margin gamma).")
+    style: str = arg("humorous", "Style to align to; only pairs of this style are used.")
+    budget: str = arg("100%", "Training pairs: a share of the training split (10%) or a count (500). Budgets are nested: the 5% subset of a seed contains its 2% subset.")
+    backend: str = arg("capalign", "capalign: one vision pass per image serves every forward (fast); trl: TRL's DPOTrainer / SFTTrainer (dpo and sft only; runs the vision tower for every sequence).")
+    beta: float = arg(None, "Preference strength: DPO beta (default 0.1, as TRL) or SimPO beta (default 2.0, SimPO paper).")
+    gamma: float = arg(1.0, "SimPO target reward margin gamma (SimPO paper: 0.5-1.6 with beta 2-2.5).")
+    epochs: float = arg(3.0, "Epochs over the budget's pairs.")
+    min_steps: int = arg(0, "Train at least this many optimizer steps (small budgets repeat their pairs), so small budgets are not also starved of updates.")
+    max_steps: int = arg(None, "Stop after this many optimizer steps (overrides epochs and min_steps).")
+    batch_size: int = arg(8, "Pairs per optimizer step, over all processes (global batch).")
+    grad_accum: int = arg(1, "Gradient accumulation: micro-batches of batch_size/grad_accum pairs.")
+    lr: float = arg(5e-4, "AdamW learning rate (LoRA).")
+    lr_scheduler: str = arg("cosine", "transformers scheduler name: cosine, linear, constant, constant_with_warmup, ...")
+    warmup_steps: int = arg(0, "Linear warmup steps.")
+    weight_decay: float = arg(0.01, "AdamW weight decay.")
+    lora_r: int = arg(32, "LoRA rank (as vizer train).")
+    lora_alpha: int = arg(64, "LoRA alpha.")
+    lora_dropout: float = arg(0.1, "LoRA dropout.")
+    lora_targets: str = arg(",".join(LM_LINEAR), "Comma-separated linear-layer names to adapt, inside the language model only.")
+    gradient_checkpointing: bool = arg(False, "Recompute activations in backward (less memory).")
+    mixed_precision: str = arg("auto", "auto (bf16 on CUDA, none on CPU), no, bf16, fp16.")
+    save_every: int = arg(50, "Save a resumable checkpoint every N steps (0: only the final adapter).")
+    keep_checkpoints: int = arg(2, "How many checkpoints to keep.")
+    log_every: int = arg(5, "Log loss and reward metrics to TensorBoard every N steps.")
+    seed: int = arg(0, "Seed of the budget subset, LoRA init and data order.")
+    device: str = arg("auto", "Device for single-process runs (auto: cuda > mps > cpu); `accelerate launch`/torchrun pick it per process.")
+    report_to: str = arg("tensorboard", "Trainer loggers (tensorboard, none, wandb, ...).")
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("model", "data", "out"):
+            if not str(getattr(self, name) or "").strip():
+                raise ValueError(f"--{name} is required")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
+        if self.backend == "trl" and self.method not in ("sft", "dpo"):
+            raise ValueError(f"--backend trl covers sft and dpo only (TRL's SimPO, in CPOTrainer, has no image path); got {self.method}")
+        parse_budget(self.budget, 10**12)  # the format (10% or a count >= 1); the size is checked against the data
+        if self.beta is None:
+            self.beta = 2.0 if self.method == "simpo" else 0.1
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        for k in ("batch_size", "grad_accum", "lora_r", "keep_checkpoints", "log_every"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError("batch_size must be divisible by grad_accum")
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+        if self.min_steps < 0 or self.save_every < 0 or self.warmup_steps < 0:
+            raise ValueError("min_steps, save_every and warmup_steps must be >= 0")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError("lora_dropout must be in [0, 1)")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+
+    @property
+    def style_prompt(self) -> str:
+        return self.prompt.replace("{style}", self.style)
+
+    def open_data(self, style: str | None = None):
+        return super().open_data(style or self.style)

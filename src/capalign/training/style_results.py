@@ -1,0 +1,156 @@
+"""The style sweep's results: cells -> sweep.json, cells.csv, one plot per measure, a terminal table.
+
+Curves: mean over seeds with a 95% Student-t interval (capalign.stats.mean_ci) per method, style, budget.
+Saturation (capalign.stats.saturation_budget): the smallest budget whose seed-mean reaches 95% of the way
+from the zero-shot level to the plateau (the mean at the largest budget); interval by resampling seeds.
+When the plateau is not above the zero-shot level there is nothing to saturate, and the entry says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..config import config_dict
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..utils import print0
+
+
+def _load_cells(out: Path, cells: list[dict]) -> tuple[dict, list[str]]:
+    done, missing = {}, []
+    for c in cells:
+        f = out / "cells" / c["name"] / "result.json"
+        if f.exists():
+            done[c["name"]] = json.loads(f.read_text())
+        else:
+            missing.append(c["name"])
+    return done, missing
+
+
+def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
+    from ..stats import mean_ci, saturation_budget
+    from .style_sweep import MEASURES, SATURATION
+
+    out = Path(cfg.out)
+    cells = cfg.cells()
+    done, missing = _load_cells(out, cells)
+    zero = {s: done.get(f"zero-shot/{s}", {}).get("measures", {}) for s in cfg.style_list}
+    base = done.get("base", {}).get("measures", {})
+    curves: dict = {}
+    saturation: list[dict] = []  # flat rows (the report shows them as a table)
+    for meas in MEASURES:
+        curves[meas] = {}
+        for s in cfg.style_list:
+            curves[meas][s] = {}
+            for m in cfg.method_list:
+                grid = [[done.get(f"{m}/{s}/b{b.rstrip('%')}-s{seed}", {}).get("measures", {}).get(meas) for b in cfg.budget_list]
+                        for seed in range(cfg.seeds)]  # [seeds, budgets]
+                curves[meas][s][m] = [{"budget": b, "share": sh, **mean_ci([g[j] for g in grid])}
+                                      for j, (b, sh) in enumerate(zip(cfg.budget_list, cfg.shares))]
+                full = [g for g in grid if all(v is not None for v in g)]
+                if meas in SATURATION and full and zero[s].get(meas) is not None:
+                    sat = saturation_budget(cfg.shares, full, share=0.95, floor=zero[s][meas])
+                    gain = sat["plateau"] - zero[s][meas]
+                    saturation.append({"measure": meas, "style": s, "method": m, "budget": 100 * sat["budget"], "lo": 100 * sat["lo"],
+                                       "hi": 100 * sat["hi"], "zero_shot": zero[s][meas], "plateau": sat["plateau"], "gain_over_zero_shot": gain,
+                                       "n_seeds": sat["n_seeds"], "note": "" if gain > 0 else "plateau not above zero-shot: nothing saturates"})
+    clf_cfg = json.loads((Path(clf_path) / "config.json").read_text()) if (Path(clf_path) / "config.json").exists() else {}
+    summary = {
+        "config": config_dict(cfg), "complete": not missing, "missing": missing,
+        "methods": cfg.method_list, "styles": cfg.style_list, "budgets": cfg.budget_list, "shares": cfg.shares, "seeds": list(range(cfg.seeds)),
+        "measures": {k: {"label": v[0], "higher_is_better": v[1]} for k, v in MEASURES.items()},
+        "rows": [{"method": r["method"], "style": r["style"], "budget": 100 * r["share"], "seed": r["seed"], **r.get("measures", {})}
+                 for r in done.values() if r["method"] not in ("base", "zero-shot")],  # one per trained cell; budget in % of the training split
+        "zero_shot": zero, "base": base, "curves": curves, "saturation": saturation,
+        "saturation_definition": "budget (% of the training split): the smallest budget whose mean over seeds reaches 95% of the way from the "
+                                 "zero-shot level to the plateau (the mean at the largest budget); lo, hi: 2.5-97.5 percentiles over bootstrap "
+                                 "resamples of the seeds",
+        "classifier": {"path": clf_path, "labels": clf_cfg.get("labels"), "heldout": clf_cfg.get("heldout") or clf_cfg.get("capalign_heldout")},
+        "plots": {meas: f"plot-{meas}.png" for meas in MEASURES}, "paths_relative_to": "this file's folder",
+        "cells": [done[c["name"]] for c in cells if c["name"] in done],
+        "wall_seconds": wall_seconds, "cell_seconds": sum(r.get("seconds", 0) for r in done.values()),
+    }
+    atomic_write_json(out / "sweep.json", summary)
+    _write_csv(out / "cells.csv", summary["cells"])
+    for meas in MEASURES:
+        atomic_write_bytes(out / f"plot-{meas}.png", plot_png(summary, meas))
+    print_table(summary)
+    print0(f"wrote {out / 'sweep.json'}, cells.csv and {len(MEASURES)} plots" + (f"; {len(missing)} cell(s) missing" if missing else ""))
+    return summary
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    keys = ["name", "method", "style", "budget", "share", "seed", "n_pairs", "steps", "train_seconds", "eval_seconds", "final_loss"]
+    meas = sorted({k for r in rows for k in r.get("measures", {})})
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(keys + meas)
+    for r in rows:
+        w.writerow([r.get(k) for k in keys] + [r.get("measures", {}).get(k) for k in meas])
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_png(summary: dict, meas: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = summary["styles"]
+    fig, axes = plt.subplots(1, len(styles), figsize=(5.2 * len(styles), 3.8), squeeze=False)
+    for ax, s in zip(axes[0], styles):
+        for m, pts in summary["curves"][meas][s].items():
+            pts = [p for p in pts if p["mean"] is not None]
+            if not pts:
+                continue
+            x = [100 * p["share"] for p in pts]
+            line, = ax.plot(x, [p["mean"] for p in pts], marker="o", label=m)
+            ax.fill_between(x, [p["lo"] for p in pts], [p["hi"] for p in pts], color=line.get_color(), alpha=0.2)
+        z = summary["zero_shot"].get(s, {}).get(meas)
+        if z is not None:
+            ax.axhline(z, color="k", ls="--", lw=1, label="zero-shot")
+        b = summary["base"].get(meas)
+        if b is not None:
+            ax.axhline(b, color="grey", ls=":", lw=1, label="factual base")
+        ax.set_xscale("log")
+        ax.set_xticks([100 * x for x in summary["shares"]], summary["budgets"])
+        ax.minorticks_off()
+        ax.set_xlabel("budget (% of the training pairs)")
+        ax.set_title(s)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(summary["measures"][meas]["label"])
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"{summary['measures'][meas]['label']}: mean and 95% interval over {len(summary['seeds'])} seeds")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def print_table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .style_sweep import SATURATION
+
+    for meas in ("style_acc", "wr_logp", "recall_attr"):
+        t = Table(title=f"{summary['measures'][meas]['label']} (mean over seeds [95% interval])")
+        t.add_column("style / method")
+        t.add_column("zero-shot", justify="right")
+        for b in summary["budgets"]:
+            t.add_column(b, justify="right")
+        sat_cols = meas in SATURATION
+        if sat_cols:
+            t.add_column("saturates at", justify="right")
+        for s in summary["styles"]:
+            z = summary["zero_shot"].get(s, {}).get(meas)
+            for m, pts in summary["curves"][meas][s].items():
+                cells = [("-" if p["mean"] is None else f"{p['mean']:.2f} [{p['lo']:.2f},{p['hi']:.2f}]") for p in pts]
+                sat = next((x for x in summary["saturation"] if (x["measure"], x["style"], x["method"]) == (meas, s, m)), None)
+                extra = [] if not sat_cols else [
+                    "-" if not sat else (sat["note"] or f"{sat['budget']:g}% [{sat['lo']:g},{sat['hi']:g}]")]
+                t.add_row(f"{s} / {m}", "-" if z is None else f"{z:.2f}", *cells, *extra)
+        Console(stderr=True, width=200).print(t)

@@ -1,0 +1,69 @@
+"""The `style` study stage: a tiny study (an existing tiny Idefics3 as the Base, a 2-budget x 2-seed DPO sweep)
+writes RUN/style/sweep.json to the run-folder contract, resumes a partly failed sweep (only the failed cell
+re-runs), and `capalign report` shows its curves and saturation table."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from capalign.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_style_stage_sweep_resume_and_report(tiny_idefics3_path, tmp_path, monkeypatch, capsys):
+    from capalign.training import style_sweep
+
+    recipe = {"name": "style-tiny", "seeds": [0], "base": {"model": str(tiny_idefics3_path)},
+              "style": {"data": "shapes:12", "methods": "dpo", "styles": "humorous", "budgets": "50%,100%", "seeds": 2, "n_test": 3,
+                        "min_steps": 1, "epochs": 1, "batch_size": 4, "lora_r": 4, "max_new_tokens": 6}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    argv = ["study", str(tmp_path / "r.yaml"), "--out", str(run)]
+
+    # 1. one cell fails: the stage fails, sweep.json lists it as missing, the other cells are kept
+    real = style_sweep.run_cell
+
+    def flaky(cell, cfg, clf):
+        if cell["name"] == "dpo/humorous/b50-s1":
+            raise RuntimeError("simulated crash")
+        return real(cell, cfg, clf)
+
+    monkeypatch.setattr(style_sweep, "run_cell", flaky)
+    assert main(argv) == 2
+    assert "1 cell(s) failed (first: dpo/humorous/b50-s1: RuntimeError: simulated crash)" in capsys.readouterr().err
+    idx = json.loads((run / "index.json").read_text())
+    stage = next(s for s in idx["stages"] if s["name"] == "style")
+    assert stage["status"] == "failed" and stage["seed"] is None
+    partial = json.loads((run / "style/sweep.json").read_text())
+    assert not partial["complete"] and partial["missing"] == ["dpo/humorous/b50-s1"]
+    assert "style/cells/dpo/humorous/b50-s1/result.json" in stage["outputs"]
+
+    # 2. re-run: only the failed cell runs; the stage is done and the index points the report at the sweep
+    monkeypatch.setattr(style_sweep, "run_cell", real)
+    assert main(argv) == 0
+    assert "5 done, 1 to run" in capsys.readouterr().err
+    idx = json.loads((run / "index.json").read_text())
+    assert next(s for s in idx["stages"] if s["name"] == "style")["status"] == "done"
+    assert idx["artifacts"]["style_sweep"] == "style/sweep.json"
+    sweep = json.loads((run / "style/sweep.json").read_text())
+    assert sweep["complete"] and sweep["config"]["model"] == str(tiny_idefics3_path)
+    assert sorted((r["budget"], r["seed"]) for r in sweep["rows"]) == [(50.0, 0), (50.0, 1), (100.0, 0), (100.0, 1)]
+    kept = {c["name"]: c["measures"] for c in partial["cells"]}
+    assert all(kept[c["name"]] == c["measures"] for c in sweep["cells"] if c["name"] in kept)  # finished cells were not re-run
+    assert main(argv) == 0 and "style (seeds 0) done before, skipped" in capsys.readouterr().err
+
+    # 3. the report: one figure per measure of the rows, and the saturation table with the sweep's numbers
+    assert main(["report", str(run)]) == 0
+    page = (run / "report/index.html").read_text()
+    figs = re.findall(r'<img src="assets/(style-\d+\.png)" alt="style sweep: ([^"]+)"', page)
+    assert {"style_acc", "wr_logp", "wr_logp_sum", "recall_attr"} <= {m for _, m in figs}
+    assert all((run / "report/assets" / f).stat().st_size > 1000 for f, _ in figs)
+    table = page[page.index("<table id='saturation'"):]
+    table = table[: table.index("</table>")]
+    for s in sweep["saturation"]:
+        assert f"<td>{s['measure']}</td><td>humorous</td><td>dpo</td><td>{s['budget']:.3f}</td>" in table
