@@ -18,6 +18,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("mapper", "train"): ("capalign.training.mapper", "MapperTrainConfig", "run", "Train the ViZer mapper (variant gt or g)."),
     ("vizer", "train"): ("capalign.training.vizer", "VizerTrainConfig", "run", "Zero-label LoRA training of the VLM with a frozen mapper."),
     ("vizer", "sweep"): ("capalign.training.sweep", "SweepConfig", "run", "Sweep mapper widths x data sizes; table and heatmap."),
+    ("rl", "train"): ("capalign.training.rl_trainer", "RLTrainConfig", "run", "GRPO on the language model (LoRA) with a judge or metric reward."),
     ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
 }
 

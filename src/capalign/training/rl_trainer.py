@@ -1,0 +1,250 @@
+"""`capalign rl train`: GRPO on the language model (LoRA) with a caption reward, through TRL's GRPOTrainer.
+
+Decision (issue 8): TRL 1.16's GRPOTrainer has a vision-language path, and a real step runs on tiny
+Idefics3 (SmolVLM) and Qwen2-VL checkpoints (tests/test_rl.py runs one per family). So capalign uses it:
+TRL owns sampling, the rewards' call, group advantages, the loss (TRL `loss_type`), the KL to the base
+(reference = the same PEFT model with its adapter disabled), checkpoints that resume, TensorBoard and
+DDP. `RLTrainer` subclasses it for the one thing it lacks, and two small adaptations sit around it:
+
+1. One vision pass per image. TRL treats each of the G samples of an image as its own row and runs the
+   vision tower G times to sample, G times in the loss forward and G more for the KL reference. The
+   vision tower and connector are frozen, so `models.shared_vision.SharedVision` wraps the model's
+   `get_image_features` (the one method every path calls) to encode each distinct image once per
+   generation batch; the only trainer method overridden is `_generate_and_score_completions`, to start a
+   fresh cache for each batch. Loss and gradients equal stock TRL's (tests/test_rl.py).
+2. The policy's prompt. TRL renders prompts with the processor's chat template; base checkpoints (SmolVLM
+   Base, the nano captioner) have none. The trainer gives the processor a constant template that renders
+   exactly `VLM.prompt_texts()` (what `capalign caption` uses), so training and captioning see the same
+   tokens in every family (tested: TRL's prompt ids == `VLM.encode`'s).
+3. Rewards. `capalign.rewards` functions get plain caption strings (TRL passes chat messages for chat
+   prompts) and the dataset columns `image`, `references`, `objects`, `id`; a reward that returns NaN or
+   the wrong number of values stops training with a one-line error instead of TRL's silent NaN skip.
+
+Python: `run(RLTrainConfig(...))` returns {"steps", "history", "adapter"} and writes the adapter.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+
+from .. import CapalignError
+from ..config import config_dict, save_config, show_config
+from ..io import atomic_write_json
+from ..models.lora import lora_config
+from ..models.shared_vision import SharedVision
+from ..utils import print0
+from .rl_config import RLTrainConfig  # noqa: F401  (the CLI finds the config class here)
+
+# reward name -> which dataset column it cannot do without
+NEEDS = {"cider": "references", "bertscore": "references", "judge": "references", "clipscore": "image", "grounding": "objects"}
+
+
+def parse_reward(spec: str, known=NEEDS) -> list[tuple[str, float]]:
+    """'judge' -> [('judge', 1.0)]; 'judge:0.7,grounding:0.3' -> weighted terms (TRL sums them, then normalises per group)."""
+    terms = []
+    for part in (p.strip() for p in str(spec or "").split(",")):
+        if not part:
+            continue
+        name, _, w = part.partition(":")
+        name = name.strip()
+        if name not in known:
+            raise CapalignError(f"unknown reward {name!r}; expected one of {', '.join(known)} or a weighted mix like 'judge:0.7,grounding:0.3'")
+        try:
+            weight = float(w) if w.strip() else 1.0
+        except ValueError:
+            raise CapalignError(f"reward weight of {name!r} is not a number: {w!r}") from None
+        if not math.isfinite(weight):
+            raise CapalignError(f"reward weight of {name!r} must be finite, got {w!r}")
+        terms.append((name, weight))
+    if not terms:
+        raise CapalignError("no reward given; use --reward judge, cider, bertscore, clipscore, grounding or a mix like 'cider:0.5,grounding:0.5'")
+    if len({n for n, _ in terms}) != len(terms):
+        raise CapalignError(f"reward {spec!r} names a reward twice")
+    return terms
+
+
+def make_reward(name: str, cfg: RLTrainConfig):
+    """The plain reward function behind a name (stand-in until capalign.rewards lands: CIDEr-D only)."""
+    if name == "cider":
+        return cider_standin
+    raise CapalignError(f"reward {name!r} is not available in this build yet (only cider)")
+
+
+def cider_standin(completions: list[str], references: list[list[str]], **kw) -> list[float]:
+    """Per-caption CIDEr-D of each completion against its references (capalign.metrics.coco)."""
+    from ..metrics.coco import coco_scores
+
+    ids = [str(i) for i in range(len(completions))]
+    _, per = coco_scores(dict(zip(ids, references)), {i: [c] for i, c in zip(ids, completions)}, metrics=("cider",))
+    return per["CIDEr"]
+
+
+def checked(name: str, fn):
+    """A TRL reward function around a capalign reward: plain-string completions in, one finite float per completion out."""
+
+    def reward(completions, **kw):
+        texts = [(c[-1]["content"] if isinstance(c, list) else c).strip() for c in completions]
+        kw.pop("prompts", None), kw.pop("completion_ids", None)
+        out = fn(completions=texts, **kw)
+        try:
+            out = [float(v) for v in out]
+        except (TypeError, ValueError):
+            raise CapalignError(f"reward {name!r} must return numbers, got {type(out).__name__} with {out!r:.80}") from None
+        if len(out) != len(texts):
+            raise CapalignError(f"reward {name!r} returned {len(out)} values for {len(texts)} completions (one per completion expected)")
+        bad = [i for i, v in enumerate(out) if not math.isfinite(v)]
+        if bad:
+            raise CapalignError(f"reward {name!r} returned a non-finite value ({out[bad[0]]}) for {len(bad)} of {len(out)} completions, e.g. {texts[bad[0]]!r}")
+        return out
+
+    reward.__name__ = name  # TRL logs rewards/<name>/mean and /std
+    return reward
+
+
+def build_dataset(cfg: RLTrainConfig, vlm, needs: set[str]):
+    """Records -> a datasets.Dataset of TRL's vision-language rows: prompt messages, image, references, objects, id."""
+    from datasets import Dataset
+
+    from ..data.sources import open_images
+
+    messages = [{"role": "user", "content": [{"type": "image"}]}]  # rendered by the exact-prompt template below
+    rows, no_refs, no_objs = [], [], []
+    source = open_images(cfg.data, limit=cfg.limit)
+    for r in source:
+        objs = r.meta.get("objects")
+        objs = [{"name": str(o.get("name", "")), "attributes": [str(a) for a in o.get("attributes") or []]} if isinstance(o, dict)
+                else {"name": str(o).split()[-1] if str(o).split() else "", "attributes": str(o).split()[:-1]} for o in objs] if objs is not None else None
+        no_refs += [r.id] if not r.captions else []
+        no_objs += [r.id] if objs is None else []
+        rows.append({"prompt": messages, "image": r.image, "references": list(r.captions), "objects": objs or [], "id": r.id})
+    if not rows:
+        raise CapalignError(f"no usable images in {cfg.data} ({len(source.skipped)} skipped)")
+    if "references" in needs and no_refs:
+        raise CapalignError(f"reward {cfg.reward!r} needs reference captions, but {len(no_refs)} of {len(rows)} images have none (e.g. {no_refs[0]!r})")
+    if "objects" in needs and no_objs:
+        raise CapalignError(f"reward {cfg.reward!r} needs object annotations ('objects'), but {len(no_objs)} of {len(rows)} images have none (e.g. {no_objs[0]!r})")
+    if len(rows) < cfg.batch_size:
+        raise CapalignError(f"{len(rows)} images are fewer than one batch of {cfg.batch_size}")
+    return Dataset.from_list(rows)
+
+
+def exact_prompt_template(vlm) -> str:
+    """A chat template that renders any message list as the adapter's own prompt text (its image
+    placeholder included); the processor then expands the placeholder for the message's image."""
+    return "{% raw %}" + vlm.prompt_texts(1, vlm.prompt)[0] + "{% endraw %}"
+
+
+class RLTrainer(GRPOTrainer):
+    """GRPOTrainer whose vision tower runs once per distinct image of a generation batch (see module doc)."""
+
+    def __init__(self, *args, shared_vision: SharedVision | None = None, **kw):
+        self.shared_vision = shared_vision
+        super().__init__(*args, **kw)
+
+    def _generate_and_score_completions(self, inputs):
+        if self.shared_vision is not None:
+            self.shared_vision.clear()  # a new batch of images: the loss steps that follow reuse its encodings
+        return super()._generate_and_score_completions(inputs)
+
+
+class History(TrainerCallback):
+    """history.json: one row per logged step, rebuilt from the trainer's log history (so it survives resumes)."""
+
+    def __init__(self, path: Path, reward_names: list[str]):
+        self.path, self.names = path, reward_names
+        self.rows: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        rows = []
+        for h in state.log_history:
+            if "reward" not in h:
+                continue
+            row = {"step": h["step"], "reward_mean": h["reward"], "reward_std": h["reward_std"], "loss": h.get("loss"),
+                   "kl": h.get("kl"), "entropy": h.get("entropy"), "completion_length": h.get("completions/mean_length"),
+                   "frac_reward_zero_std": h.get("frac_reward_zero_std"), "learning_rate": h.get("learning_rate")}
+            row.update({f"reward_{n}": h.get(f"rewards/{n}/mean") for n in self.names})
+            rows.append(row)
+        self.rows = rows
+        if state.is_world_process_zero:
+            atomic_write_json(self.path, rows)
+
+
+def _last_checkpoint(out: Path) -> str | None:
+    ckpts = sorted((p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit()), key=lambda p: int(p.name.split("-")[1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def grpo_args(cfg: RLTrainConfig, reward_weights: list[float], world_size: int = 1):
+    """RLTrainConfig -> trl.GRPOConfig (batch_size images x num_generations samples per optimizer step)."""
+    from trl import GRPOConfig
+
+    completions = cfg.batch_size * cfg.num_generations
+    per_device, rem = divmod(completions, cfg.grad_accum * world_size)
+    if rem or per_device < 1:
+        raise CapalignError(f"batch_size x num_generations = {completions} completions must split evenly over grad_accum ({cfg.grad_accum}) x processes ({world_size})")
+    cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and cuda)
+    return GRPOConfig(
+        output_dir=cfg.out, per_device_train_batch_size=per_device, gradient_accumulation_steps=cfg.grad_accum,
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
+        top_p=cfg.top_p, top_k=0, learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type="constant_with_warmup", max_grad_norm=cfg.max_grad_norm or None,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, beta=cfg.beta, loss_type=cfg.loss_type,
+        epsilon=cfg.epsilon, scale_rewards=cfg.scale_rewards, reward_weights=reward_weights,
+        gradient_checkpointing=cfg.gradient_checkpointing, bf16=bf16, use_cpu=not cuda,
+        save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 500, save_total_limit=cfg.keep_checkpoints,
+        logging_steps=cfg.log_every, report_to=["tensorboard"], seed=cfg.seed, data_seed=cfg.seed,
+        remove_unused_columns=False, dataloader_num_workers=0, log_completions=False, disable_tqdm=False,
+    )
+
+
+def build_trainer(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> RLTrainer:
+    """The policy (LoRA on the LM), the rewards and the data wired into an RLTrainer; `trainer.vlm` is the policy's
+    adapter. `custom_rewards`: extra {name: fn} usable in cfg.reward, each with TRL's signature (completions as
+    plain strings + the dataset columns image, references, objects, id as keyword arguments)."""
+    from ..models import load_vlm
+
+    custom = dict(custom_rewards or {})
+    terms = parse_reward(cfg.reward, {**NEEDS, **custom})
+    needs = {NEEDS[n] for n, _ in terms if n not in custom}
+    funcs = [checked(n, custom[n] if n in custom else make_reward(n, cfg)) for n, _ in terms]
+    args = grpo_args(cfg, [w for _, w in terms], int(os.environ.get("WORLD_SIZE", "1")))
+    vlm = load_vlm(cfg.model, device="cpu" if args.use_cpu else "auto", dtype="bfloat16" if args.bf16 else "float32", prompt=cfg.prompt)
+    dataset = build_dataset(cfg, vlm, needs)
+    template = getattr(vlm.processor, "chat_template", None)
+    vlm.processor.chat_template = exact_prompt_template(vlm)
+    trainer = RLTrainer(model=vlm.model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=vlm.processor,
+                        peft_config=lora_config(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets),
+                        callbacks=[History(Path(cfg.out) / "history.json", [n for n, _ in terms])],
+                        shared_vision=SharedVision(vlm) if cfg.shared_vision else None)
+    trainer.vlm, trainer.model_chat_template = vlm, template
+    return trainer
+
+
+def run(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> dict:
+    """Train (resuming from the newest checkpoint in cfg.out); returns {"steps", "history", "adapter"}."""
+    show_config(cfg)
+    out = Path(cfg.out)
+    trainer = build_trainer(cfg, custom_rewards)
+    resume = _last_checkpoint(out)
+    if resume:
+        print0(f"resuming from {resume}")
+    shared = trainer.shared_vision
+    with shared if shared is not None else nullcontext():
+        trainer.train(resume_from_checkpoint=resume)
+    trainer.vlm.processor.chat_template = trainer.model_chat_template  # the saved processor is the model's own
+    trainer.save_model(cfg.out)
+    steps, history = trainer.state.global_step, next(c for c in trainer.callback_handler.callbacks if isinstance(c, History)).rows
+    if trainer.is_world_process_zero():
+        save_config(cfg, out)
+        atomic_write_json(out / "rl_result.json", {"steps": steps, "history": history, "config": config_dict(cfg),
+                                                   "vision": {"requested": shared.requested, "encoded": shared.encoded} if shared else None})
+        print0(f"rl: {steps} steps; adapter saved to {out} (use: capalign caption --model {cfg.model} --adapter {out})")
+    return {"steps": steps, "history": history, "adapter": str(out)}
