@@ -4,7 +4,7 @@ Decision (issue 8): TRL 1.16's GRPOTrainer has a vision-language path, and a rea
 Idefics3 (SmolVLM) and Qwen2-VL checkpoints (tests/test_rl.py runs one per family). So capalign uses it:
 TRL owns sampling, the rewards' call, group advantages, the loss (TRL `loss_type`), the KL to the base
 (reference = the same PEFT model with its adapter disabled), checkpoints that resume, TensorBoard and
-DDP. `RLTrainer` subclasses it for the one thing it lacks, and two small adaptations sit around it:
+DDP. `RLTrainer` subclasses it where it falls short:
 
 1. One vision pass per image. TRL treats each of the G samples of an image as its own row and runs the
    vision tower G times to sample, G times in the loss forward and G more for the KL reference. The
@@ -19,6 +19,8 @@ DDP. `RLTrainer` subclasses it for the one thing it lacks, and two small adaptat
 3. Rewards. `capalign.rewards` functions get plain caption strings (TRL passes chat messages for chat
    prompts) and the dataset columns `image`, `references`, `objects`, `id`; a reward that returns NaN or
    the wrong number of values stops training with a one-line error instead of TRL's silent NaN skip.
+4. Resume across epochs: `_get_train_sampler` reseeds TRL's sampler per epoch (stock, a run resumed after
+   its first epoch sees the first epoch's image order again and ends with a different adapter).
 
 Python: `run(RLTrainConfig(...))` returns {"steps", "history", "adapter"} and writes the adapter.
 """
@@ -153,6 +155,15 @@ class RLTrainer(GRPOTrainer):
             self.shared_vision.clear()  # a new batch of images: the loss steps that follow reuse its encodings
         return super()._generate_and_score_completions(inputs)
 
+    def _get_train_sampler(self, dataset=None):
+        # TRL's RepeatSampler draws every epoch's order from one generator seeded once, so a run resumed in its
+        # second or later epoch replays the first epoch's order. Trainer calls set_epoch at every epoch start;
+        # reseeding there gives each epoch one order whether the run was resumed or not.
+        sampler = super()._get_train_sampler(dataset)
+        if getattr(sampler, "generator", None) is not None:
+            sampler.set_epoch = lambda epoch: sampler.generator.manual_seed(self.args.seed + epoch)
+        return sampler
+
 
 class History(TrainerCallback):
     """history.json: one row per logged step, rebuilt from the trainer's log history (so it survives resumes)."""
@@ -198,7 +209,7 @@ def grpo_args(cfg: RLTrainConfig, reward_weights: list[float], world_size: int =
         lr_scheduler_type="constant_with_warmup", max_grad_norm=cfg.max_grad_norm or None,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, beta=cfg.beta, loss_type=cfg.loss_type,
         epsilon=cfg.epsilon, scale_rewards=cfg.scale_rewards, reward_weights=reward_weights,
-        gradient_checkpointing=cfg.gradient_checkpointing, bf16=bf16, use_cpu=not cuda,
+        activation_checkpointing=cfg.gradient_checkpointing, bf16=bf16, use_cpu=not cuda,
         save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 500, save_total_limit=cfg.keep_checkpoints,
         logging_steps=cfg.log_every, report_to=["tensorboard"], seed=cfg.seed, data_seed=cfg.seed,
         remove_unused_columns=False, dataloader_num_workers=0, log_completions=False, disable_tqdm=False,
