@@ -205,6 +205,9 @@ def test_checked_reward_and_parse():
 def test_bad_input_cli(tiny_idefics3_path, shapes, tmp_path, capsys, one_thread):
     from capalign.cli import main
 
+    with pytest.raises(SystemExit) as e:  # every help text formats (argparse chokes on a bare %)
+        main(["rl", "train", "--help"])
+    assert e.value.code == 0
     common = ["rl", "train", "--model", str(tiny_idefics3_path), "--out", str(tmp_path / "o"), "--batch_size", "2", "--max_steps", "1"]
     nocaps = tmp_path / "nocaps.jsonl"
     nocaps.write_text("".join(json.dumps({"id": f"x{i}", "image": str(shapes / f"images/{i:06d}.png")}) + "\n" for i in range(4)))
