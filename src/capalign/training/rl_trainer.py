@@ -115,14 +115,14 @@ def build_dataset(cfg: RLTrainConfig, vlm, needs: set[str]):
     from datasets import Dataset
 
     from ..data.sources import open_images
+    from ..metrics.grounding import parse_objects
 
     messages = [{"role": "user", "content": [{"type": "image"}]}]  # rendered by the exact-prompt template below
     rows, no_refs, no_objs = [], [], []
     source = open_images(cfg.data, limit=cfg.limit)
     for r in source:
-        objs = r.meta.get("objects")
-        objs = [{"name": str(o.get("name", "")), "attributes": [str(a) for a in o.get("attributes") or []]} if isinstance(o, dict)
-                else {"name": str(o).split()[-1] if str(o).split() else "", "attributes": str(o).split()[:-1]} for o in objs] if objs is not None else None
+        objs = r.meta.get("objects")  # one Arrow schema for every source: the grounding metric's reading of them
+        objs = None if objs is None else [{"name": n, "attributes": sorted(a)} for n, a in parse_objects(objs)]
         no_refs += [r.id] if not r.captions else []
         no_objs += [r.id] if objs is None else []
         rows.append({"prompt": messages, "image": r.image, "references": list(r.captions), "objects": objs or [], "id": r.id})
