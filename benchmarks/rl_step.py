@@ -79,12 +79,10 @@ def main() -> None:
     data = write_dataset(tmp / "data", args.images, seed=0)
     cfg = RLTrainConfig(model=str(policy), data=str(data), out=str(tmp / "capalign"), reward=args.reward, batch_size=args.images,
                         num_generations=args.samples, max_new_tokens=args.tokens, max_steps=1, save_every=0, lr=1e-5, device="cpu")
-    judge_vlm = None
     if args.reward == "judge":
         judge_path = build_idefics3(tmp / "judge", shape, longest_edge=size, seed=1)
         cfg = dataclasses.replace(cfg, judge=str(judge_path))
     reward = make_reward(args.reward, cfg)  # loaded once, shared by both trainers and the floor
-    judge_vlm = getattr(reward, "judge", None)
     trainers = {"capalign": build_trainer(cfg, {args.reward: reward}),
                 "trl": build_trainer(dataclasses.replace(cfg, out=str(tmp / "trl"), shared_vision=False), {args.reward: reward})}
     timers, vision = {}, {"trl": []}
@@ -145,7 +143,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    judge_desc = "second random SmolVLM-256M-shaped model (seed 1)" if args.reward == "judge" else "none (CIDEr-D)"
+    shape_name = "tiny Idefics3" if args.quick else "SmolVLM-256M-shaped"
+    judge_desc = f"a second random {shape_name} model (seed 1), the same architecture as the policy" if args.reward == "judge" else None
     t = Table(title=f"GRPO step ({'tiny' if args.quick else 'SmolVLM-256M shapes'}, {args.images} images x {G} samples, "
                     f"{args.tokens} new tokens, reward {args.reward}, {torch.get_num_threads()} threads)")
     for c in ("", "best s", "all s", "vision passes / step"):
@@ -157,10 +156,10 @@ def main() -> None:
     t.add_row("trl / capalign", f"{ratio['trl/capalign']:.3f}", "", "")
     t.add_row("peak memory", f"{peak / 2**30:.2f} GiB", "max RSS (3 models: 2 policies + judge)", "")
     Console().print(t)
-    print(f"judge: {judge_desc}")
+    print(f"judge: {judge_desc or 'none (metric reward)'}")
     out = Path(__file__).parent / "results" / ("rl_step_quick.json" if args.quick else "rl_step.json")
     atomic_write_json(out, {"shape": "tiny" if args.quick else "smolvlm-256m", "images": args.images, "samples": G,
-                            "new_tokens": args.tokens, "reward": args.reward, "judge": judge_desc if judge_vlm is not None or args.reward == "judge" else None,
+                            "new_tokens": args.tokens, "reward": args.reward, "judge": judge_desc,
                             "threads": torch.get_num_threads(), "seconds": times, "best": best, "ratios": ratio,
                             "vision_passes_per_step": passes, "target": 1.2, "peak_memory_bytes": peak})
 
