@@ -37,3 +37,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [ln for ln in self.err.splitlines() if ln.startswith("error:")]
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `capalign ARGS...` in-process: cli("evaluate", "--pred", p, ...) -> CliResult(code, out, err).
+    An exception that escapes `main` (a traceback for the user) propagates and fails the test; argparse's
+    SystemExit becomes the exit code."""
+    from capalign.cli import main
+
+    def run(*argv) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+        cap = capsys.readouterr()
+        return CliResult(code, cap.out, cap.err)
+
+    return run

@@ -53,7 +53,7 @@ def test_cli_two_systems(files, capsys):
     A, B = data["systems"]["sysA"], data["systems"]["sysB"]
     assert A["corpus"]["BLEU1"] == pytest.approx(1.0, abs=1e-6) and A["corpus"]["ROUGE_L"] == pytest.approx(1.0)
     assert A["corpus"]["chair_i_attr"] == 0.0 and A["corpus"]["recall_name"] == 1.0
-    assert B["counts"] == {"predictions": 3, "empty_predictions": 1, "no_reference": 1, "duplicate_ids": 0,
+    assert B["counts"] == {"predictions": 3, "empty_predictions": 1, "no_reference": 1,
                            "refs_without_prediction": 1, "scored": 2, "with_objects": 2}
     assert B["per_caption"]["id"] == ["1", "2"] and B["per_caption"]["ROUGE_L"][1] == 0.0
     assert B["corpus"]["chair_i_name"] == 0.0 and B["corpus"]["chair_i_attr"] == 1.0  # "blue circle" vs red circle
@@ -65,7 +65,7 @@ def test_cli_two_systems(files, capsys):
 def test_cli_errors(files, capsys):
     tmp, refs, a, b = files
     assert main(["evaluate", "--pred", str(tmp / "missing.jsonl"), "--refs", refs]) == 2
-    assert "prediction file not found" in capsys.readouterr().err
+    assert "predictions file not found" in capsys.readouterr().err
     assert main(["evaluate", "--pred", a, "--refs", refs, "--metrics", "bleu,meteor"]) == 2
     assert "unknown metric" in capsys.readouterr().err
     assert main(["evaluate", "--pred", a, "--refs", refs, "--metrics", "bertscore", "--bertscore_model", str(tmp / "nope")]) == 2

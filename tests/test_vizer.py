@@ -29,7 +29,9 @@ from capalign.training.mapper import fit_mapper
 
 NEW = "6"  # max_new_tokens everywhere
 # the shared Idefics3 run: 4 steps of 4 images, checkpoint at step 2; lr high enough that LoRA B moves
-VIZER_ARGS = ["--max_steps", "4", "--save_every", "2", "--batch_size", "4", "--max_new_tokens", NEW, "--lr", "5e-3", "--device", "cpu"]
+# (and adapter snapshots at steps 2 and 4 for the budget curve of `capalign study`)
+VIZER_ARGS = ["--max_steps", "4", "--save_every", "2", "--batch_size", "4", "--max_new_tokens", NEW, "--lr", "5e-3", "--device", "cpu",
+              "--export_steps", "2,4"]
 
 
 def cli(*argv) -> int:
@@ -364,6 +366,23 @@ def test_vizer_resume_matches_uninterrupted(work, shapes, tiny_idefics3_path, ma
     assert [h["step"] for h in hb] == [1, 2, 3, 4]
     for x, y in zip(ha, hb):
         assert abs(x["loss"] - y["loss"]) < 1e-6 and abs(x["cos"] - y["cos"]) < 1e-6, (ha, hb)
+
+
+def test_vizer_export_step_equals_shorter_run(work, shapes, tiny_idefics3_path, mapper_g, vizer_run):
+    """The budget curve of `capalign study` reads step-k snapshots of one long run: each must be exactly the
+    adapter a k-step run ends with (nested budgets, no retraining)."""
+    out = work / "vizer-2steps"
+    args = [a for a in VIZER_ARGS if a not in ("2,4", "--export_steps")]
+    args[args.index("--max_steps") + 1] = "2"
+    assert cli("vizer", "train", "--model", tiny_idefics3_path, "--mapper", mapper_g[0], "--images", shapes, "--out", out, *args) == 0
+    for k, short in ((2, out), (4, vizer_run["out"])):
+        a, b = adapter_tensors(vizer_run["out"] / f"step-{k}"), adapter_tensors(short)
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), (k, name)
+    assert not torch.equal(*(adapter_tensors(vizer_run["out"] / f"step-{k}")[name] for k in (2, 4)))
+    assert cli("vizer", "train", "--model", tiny_idefics3_path, "--mapper", mapper_g[0], "--images", shapes, "--out", work / "x",
+               "--max_steps", "2", "--export_steps", "3", "--batch_size", "4", "--device", "cpu") == 2  # beyond the run: one error line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import CapalignError
 from .config import arg, save_config, show_config
-from .io import JsonlAppender, atomic_write_text, read_jsonl
+from .io import JsonlAppender, atomic_write_text, read_jsonl_rows, row_id
 from .utils import print0, progress
 
 _DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
@@ -92,13 +92,23 @@ def _rank_files(out: Path) -> list[Path]:
     return sorted(p for p in out.parent.glob(f"{out.name}.rank*") if p.name[len(out.name) + 5 :].isdigit())
 
 
+def _file_ids(path: Path) -> list[str]:
+    """Ids of a caption file this command wrote (a torn last line is ignored: the appender cuts it);
+    anything else in it is an error, so we never append to, or cut, a file that is not ours."""
+    hint = "it is not a caption file of `capalign caption`; choose another --out"
+    try:
+        return [row_id(r, f"{path} line {n}") for n, r in read_jsonl_rows(path, "output file", torn_ok=True)]
+    except CapalignError as e:
+        raise CapalignError(f"cannot resume into --out {path}: {e}; {hint}") from None
+
+
 def done_ids(out: str | Path) -> set[str]:
     """Ids already captioned: in `out` or in leftover per-rank files of an interrupted multi-process run."""
     out = Path(out)
     ids: set[str] = set()
     for p in [out, *_rank_files(out)]:
         if p.is_file():
-            ids.update(str(r["id"]) for r in read_jsonl(p))
+            ids.update(_file_ids(p))
     return ids
 
 
@@ -110,11 +120,11 @@ def merge_rank_files(out: str | Path) -> int:
     files = _rank_files(out)
     if not files:
         return 0
-    have = {str(r["id"]) for r in read_jsonl(out)} if out.is_file() else set()
+    have = set(_file_ids(out)) if out.is_file() else set()
     added = 0
     with JsonlAppender(out) as w:
         for p in files:
-            new = [r for r in read_jsonl(p) if str(r["id"]) not in have]
+            new = [r for _, r in read_jsonl_rows(p, torn_ok=True) if str(r["id"]) not in have]
             have.update(str(r["id"]) for r in new)
             w.write(new)
             added += len(new)
@@ -184,7 +194,7 @@ def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> Path:
 
 def run(cfg: CaptionConfig) -> CaptionStats:
     from .data.sources import open_images
-    from .models.loading import FAMILIES, _config, load_vlm
+    from .models.loading import FAMILIES, _config, check_adapter, load_vlm
     from .utils import resolve_device, resolve_dtype, seed_everything
 
     # cheap checks first, so bad input fails in one line before any weights are loaded
@@ -194,23 +204,25 @@ def run(cfg: CaptionConfig) -> CaptionStats:
     family = _config(cfg.model).model_type
     if family not in FAMILIES:
         raise CapalignError(f"unsupported model family {family!r} for {cfg.model}; supported: {', '.join(FAMILIES)}")
-    if cfg.adapter and not Path(cfg.adapter).is_dir():
-        raise CapalignError(f"adapter folder not found: {cfg.adapter} (expected the output folder of `capalign vizer train`)")
+    if cfg.adapter:
+        check_adapter(cfg.adapter)
+    out = Path(cfg.out)
+    done_ids(out)  # an existing --out must be a caption file (we resume into it)
 
     from accelerate import PartialState
 
     state = PartialState(cpu=device == "cpu") if _launched() else None
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
-    out = Path(cfg.out)
     show_config(cfg)
+    seed_everything(cfg.seed + rank)
+    # the model (and adapter) load before anything is written, so a model that does not fit changes no file
+    vlm = load_vlm(cfg.model, device=device, dtype=cfg.dtype, adapter=cfg.adapter or None, prompt=cfg.prompt)
+    vlm.vision_batch_size = cfg.vision_batch_size
     if rank == 0:
         save_config(cfg, out)
         merge_rank_files(out)  # leftovers of an interrupted multi-process run
     if state:
         state.wait_for_everyone()
-    seed_everything(cfg.seed + rank)
-    vlm = load_vlm(cfg.model, device=device, dtype=cfg.dtype, adapter=cfg.adapter or None, prompt=cfg.prompt)
-    vlm.vision_batch_size = cfg.vision_batch_size
     stats = caption_source(vlm, source, out, cfg.batch_size, cfg.max_new_tokens, cfg.do_sample, cfg.temperature,
                            cfg.top_p, rank=rank, world_size=world)
     if state:

@@ -1,9 +1,19 @@
 """`capalign` command line. Each command is a (config dataclass, run function) pair in its module;
 flags and `--config run.yaml` come from the dataclass (see config.py). Modules import lazily so
-`capalign --help` is fast."""
+`capalign --help` is fast.
+
+`main` is the one place where user-facing errors become one `error: ...` line and exit code 2:
+- `CapalignError`, raised where the input is read and validated (bad flags and YAML, missing or
+  malformed files, wrong types, unwritable outputs, models/adapters/mappers that do not fit);
+- OSErrors that name a file and can only come from the user's environment, never from a bug:
+  permission denied, read-only file system, disk full, a file where a folder should be (or the
+  reverse), e.g. from a library's save_pretrained into `--out`.
+Every other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -18,9 +28,21 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("mapper", "train"): ("capalign.training.mapper", "MapperTrainConfig", "run", "Train the ViZer mapper (variant gt or g)."),
     ("vizer", "train"): ("capalign.training.vizer", "VizerTrainConfig", "run", "Zero-label LoRA training of the VLM with a frozen mapper."),
     ("vizer", "sweep"): ("capalign.training.sweep", "SweepConfig", "run", "Sweep mapper widths x data sizes; table and heatmap."),
+    ("vizer", "diagnose"): ("capalign.training.diagnose", "DiagnoseConfig", "run", "Does a mapper's reward prefer correct captions over corrupted ones? AUC per error kind, retrieval R@1."),
+    ("vizer", "study"): ("capalign.study.vizer_study", "VizerStudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world (a ViZer-only study recipe), over seeds."),
+    ("study",): ("capalign.study.run", "StudyConfig", "run", "Run a study recipe (RECIPE.yaml): every stage into one run folder, resumable, multi-seed summary."),
+    ("estimate",): ("capalign.study.estimate", "EstimateConfig", "run", "Estimate GPU memory and time per stage of a recipe (from parameter, activation and FLOP counts)."),
+    ("report",): ("capalign.reports.report", "ReportConfig", "run", "Static HTML report of a run folder: gallery, metrics with intervals, figures."),
+    ("style", "classifier"): ("capalign.metrics.style_cli", "StyleClassifierConfig", "run_classifier", "Train (or measure) a style classifier on preference data; held-out accuracy and confusion matrix."),
+    ("style", "pairs"): ("capalign.metrics.style_cli", "StylePairsConfig", "run_pairs", "Write the train/test pairs of preference data as JSONL manifests (+ test-image refs for caption/evaluate)."),
+    ("style", "wrlogp"): ("capalign.metrics.style_cli", "WrLogpConfig", "run_wrlogp", "WR-LogP of a model (and its base, with --adapter) on the test split of preference data."),
+    ("judge",): ("capalign.judge", "JudgeConfig", "run", "Grade caption files A-E with a VLM judge (expected grade from the letter probabilities)."),
+    ("judge", "train"): ("capalign.training.judge", "JudgeTrainConfig", "run", "Train a nano VLM judge (SmolVLM architecture) on the shapes world; held-out accuracy."),
     ("rl", "train"): ("capalign.training.rl_trainer", "RLTrainConfig", "run", "GRPO on the language model (LoRA) with a judge or metric reward."),
-    ("vizer", "study"): ("capalign.training.study", "StudyConfig", "run", "Base vs ViZer_GT vs ViZer_G on the shapes world, end to end."),
 }
+
+# commands whose first argument may be given without its flag: `capalign study RECIPE.yaml`, `capalign report RUN`
+POSITIONAL = {("study",): "--recipe", ("estimate",): "--recipe", ("report",): "--run"}
 
 
 def _load(path: tuple[str, ...]):
@@ -38,10 +60,8 @@ def _usage(prefix: tuple[str, ...]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     path: tuple[str, ...] = ()
-    while argv and any(p[: len(path) + 1] == (*path, argv[0]) for p in COMMANDS):
+    while argv and any(p[: len(path) + 1] == (*path, argv[0]) for p in COMMANDS):  # longest match: `judge` and `judge train`
         path = (*path, argv.pop(0))
-        if path in COMMANDS:
-            break
     if path not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command {' '.join((*path, argv[0]))!r}\n\n{_usage(path)}", file=sys.stderr)
@@ -50,17 +70,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     from .config import parse_config
 
+    if path in POSITIONAL and argv and not argv[0].startswith("-"):
+        argv = [POSITIONAL[path], *argv]
+
     try:
         cfg_cls, run = _load(path)
         cfg = parse_config(cfg_cls, argv, prog="capalign " + " ".join(path))
         run(cfg)
     except CapalignError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRNOS or not e.filename:
+            raise
+        return _error(f"{e.filename}: {e.strerror}")
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+# errno values of OSErrors that only the user's file system can cause (see the module docstring)
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+
+
+def _error(message: str) -> int:
+    print("error: " + " ".join(message.split()), file=sys.stderr)  # always one line
+    return 2
 
 
 if __name__ == "__main__":

@@ -2,13 +2,22 @@
 
 Every command has one dataclass; every field carries its help text in `metadata["help"]`.
 `parse_config` builds flags with transformers' HfArgumentParser and accepts `--config run.yaml`,
-whose values become defaults that explicit flags override.
+whose values become defaults that explicit flags override. Departures from plain HfArgumentParser:
+- a field the YAML supplies is no longer a required flag (argparse checks required flags before any
+  default applies, so `--config` could not give `--model` otherwise);
+- YAML values are checked against the field's type here (argparse never converts defaults), so
+  `batch_size: [1]` or `do_sample: 3` is an error naming the file and field, not a crash later;
+- list fields take several values after one flag and repeated flags (`--pred a b`, `--pred a --pred b`);
+  argparse's store action would silently keep only the last repeat;
+- parse errors are CapalignErrors (one `error:` line from the CLI), not argparse's usage dump.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -16,7 +25,7 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 from . import CapalignError
-from .io import atomic_write_text
+from .io import atomic_write_text, check_writable
 
 T = TypeVar("T")
 
@@ -29,41 +38,158 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
-def make_parser(cls: type, prog: str | None = None, parser=None):
+class ListFlag(argparse.Action):
+    """`--x a b` and `--x a --x b` both give [a, b]; the first use on the command line replaces the
+    default (or the YAML value), later uses extend it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_capalign_lists_given", set())
+        before = getattr(namespace, self.dest) if self.dest in given else []
+        given.add(self.dest)
+        setattr(namespace, self.dest, [*before, *values])
+
+
+class _RaiseErrors:
+    """argparse prints usage and exits on a bad flag; we raise, and the CLI prints one `error:` line."""
+
+    def error(self, message: str):
+        message = re.sub(r"(--\w+)/--[\w-]+", r"\1", message)  # "argument --batch_size/--batch-size:" -> "--batch_size"
+        raise CapalignError(f"{message} (see `{self.prog} --help`)")
+
+
+class _ConfigFlag(_RaiseErrors, argparse.ArgumentParser):
+    pass
+
+
+def make_parser(cls: type, prog: str | None = None):
     from transformers import HfArgumentParser
 
-    parser = parser or HfArgumentParser([], prog=prog, description=(cls.__doc__ or "").strip())
-    parser.add_argument("--config", type=str, default=None, help="YAML file with values for any of the flags below; flags override it.")
+    class Parser(_RaiseErrors, HfArgumentParser):
+        def add_argument(self, *args, **kw):
+            if kw.get("nargs") == "+" and "action" not in kw:  # HfArgumentParser's list fields
+                kw["action"] = ListFlag
+                if "repeat" not in kw.get("help", ""):
+                    kw["help"] = (kw.get("help", "") + " (repeat the flag or give several values)").strip()
+            return super().add_argument(*args, **kw)
+
+    parser = Parser([], prog=prog or "capalign", description=(cls.__doc__ or "").strip())
+    parser.add_argument("--config", type=str, default=None, help="YAML file with values for any of the flags below "
+                        "(required ones too); flags given on the command line override it.")
     parser._add_dataclass_arguments(cls)
     return parser
 
 
-def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | None = None, parser=None) -> T:
-    parser = make_parser(cls, prog, parser)
+def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | None = None) -> T:
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre, _ = parser.parse_known_args(argv)
-    if pre.config:
-        parser.set_defaults(**load_yaml(pre.config, cls))
+    parser = make_parser(cls, prog)
+    pre = _ConfigFlag(prog=parser.prog, add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default=None)
+    config = pre.parse_known_args(argv)[0].config
+    if config:
+        values = load_yaml(config, cls, parser)
+        parser.set_defaults(**values)
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False
     ns = parser.parse_args(argv)
+    if ns.config != config:  # an abbreviation (--conf) that the pre-parser did not expand
+        raise CapalignError(f"write the config file flag in full: --config {ns.config}")
     values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if f.init}
     try:
-        return cls(**values)
+        cfg = cls(**values)
     except (ValueError, TypeError) as e:
         raise CapalignError(f"invalid {cls.__name__}: {e}") from None
+    out = getattr(cfg, "out", None)  # every command's output path is its `out` field
+    if isinstance(out, str) and out.strip():
+        check_writable(out, "--out")
+    return cfg
 
 
-def load_yaml(path: str | Path, cls: type) -> dict:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice is an error (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"field {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: str | Path, cls: type, parser=None) -> dict:
+    """The values of a YAML config for `cls`, converted to the fields' types; every problem (missing,
+    not UTF-8, not YAML, not a mapping, unknown field, wrong type) is one CapalignError line."""
     path = Path(path)
     if not path.is_file():
-        raise CapalignError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise CapalignError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CapalignError(f"config file {path} is not UTF-8 text (byte at offset {e.start})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        raise CapalignError(f"config file {path} is not valid YAML: {problem}{where}") from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise CapalignError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted((str(k) for k in data if k not in known))
     if unknown:
         raise CapalignError(f"unknown field(s) in {path}: {', '.join(unknown)}; expected some of: {', '.join(sorted(known))}")
-    return data
+    parser = parser or make_parser(cls)
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.option_strings[0] == f"--{a.dest}"}
+    return {k: _yaml_value(actions[k], v, f"{path}: {k}") for k, v in data.items()}
+
+
+def _yaml_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A YAML value converted like argparse converts the same flag's text; wrong types are errors."""
+    if value is None:
+        if action.default is None and not action.required:  # an optional field (default None)
+            return None
+        raise CapalignError(f"{where}: expected {_kind(action)}, got null")
+    if isinstance(action, ListFlag):
+        return [_yaml_scalar(action, v, where) for v in (value if isinstance(value, list) else [value])]
+    return _yaml_scalar(action, value, where)
+
+
+def _kind(action: argparse.Action) -> str:
+    from transformers.hf_argparser import string_to_bool
+
+    kinds = {int: "an integer", float: "a number", str: "a string", string_to_bool: "true or false"}
+    kind = kinds.get(action.type, getattr(action.type, "__name__", "a value"))
+    return f"a list of {kind.split(' ', 1)[-1]}s" if isinstance(action, ListFlag) and action.type in (int, float, str) else kind
+
+
+def _yaml_scalar(action: argparse.Action, v: Any, where: str) -> Any:
+    from transformers.hf_argparser import string_to_bool
+
+    t = action.type
+    bad = CapalignError(f"{where}: expected {_kind(action)}, got {v!r}")
+    if isinstance(v, (list, dict)) or v is None:
+        raise bad
+    if t is string_to_bool:
+        if isinstance(v, bool):
+            return v
+        if not isinstance(v, str):
+            raise bad
+    elif isinstance(v, bool):  # YAML reads yes/no/on/off as booleans: never a number or a string here
+        raise CapalignError(f"{where}: expected {_kind(action)}, got {v!r}" + (" (quote it if you meant the text)" if t is str else ""))
+    elif t is int and isinstance(v, float):
+        raise bad
+    try:
+        v = t(v) if isinstance(v, str) or t in (int, float, str) else v
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        raise bad from None
+    if action.choices is not None and v not in action.choices:
+        raise CapalignError(f"{where}: expected one of {', '.join(map(str, action.choices))}, got {v!r}")
+    return v
 
 
 def config_dict(cfg: Any) -> dict:

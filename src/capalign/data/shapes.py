@@ -270,3 +270,44 @@ def run(cfg: ShapesConfig) -> Path:
     save_config(cfg, out)
     print0(f"wrote {cfg.n} images to {out} (manifest.jsonl, dataset.json)")
     return out
+
+
+# ---- corrupted descriptions: a factual caption with one known error ------------------------------
+CORRUPTIONS = ("colour", "shape", "size", "position", "drop", "add")
+
+
+def scene_from_objects(objects: list[dict]) -> Scene:
+    """The Scene of a manifest row's `objects` (boxes are not needed for captions)."""
+    objs = [ShapeObject(o["name"], o["color"], o["size"], o["position"], (0.0, 0.0, 0.0, 0.0)) for o in objects]
+    return Scene(tuple(sorted(objs, key=lambda o: POSITIONS.index(o.position))))
+
+
+def corrupt(scene: Scene, kind: str, rng: random.Random) -> Scene | None:
+    """The scene with exactly one error of `kind` (None where the kind cannot apply: dropping the only
+    object, adding to a full scene, moving when every cell is taken): one object's colour, shape or size
+    changed, one object moved to an empty cell, one object dropped, or one object invented in an empty cell."""
+    objs = list(scene.objects)
+    free = [p for p in POSITIONS if p not in {o.position for o in objs}]
+    i = rng.randrange(len(objs))
+    o = objs[i]
+    if kind == "colour":
+        objs[i] = ShapeObject(o.name, rng.choice([c for c in COLORS if c != o.color]), o.size, o.position, o.box)
+    elif kind == "shape":
+        objs[i] = ShapeObject(rng.choice([s for s in SHAPES if s != o.name]), o.color, o.size, o.position, o.box)
+    elif kind == "size":
+        objs[i] = ShapeObject(o.name, o.color, "large" if o.size == "small" else "small", o.position, o.box)
+    elif kind == "position":
+        if not free:
+            return None
+        objs[i] = ShapeObject(o.name, o.color, o.size, rng.choice(free), o.box)
+    elif kind == "drop":
+        if len(objs) < 2:
+            return None
+        del objs[i]
+    elif kind == "add":
+        if not free:
+            return None
+        objs.append(ShapeObject(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(SIZES)), rng.choice(free), (0.0, 0.0, 0.0, 0.0)))
+    else:
+        raise ValueError(f"unknown corruption {kind!r}; expected one of {', '.join(CORRUPTIONS)}")
+    return Scene(tuple(sorted(objs, key=lambda x: POSITIONS.index(x.position))), scene.background)

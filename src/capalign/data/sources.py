@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator
 from PIL import Image
 
 from .. import CapalignError
+from ..io import read_jsonl_rows, row_id
 from .images import IMAGE_EXTENSIONS, BadImage, load_image
 
 log = logging.getLogger(__name__)
@@ -223,14 +224,16 @@ class ManifestSource(ImageSource):
         self.rows: list[Entry] = []
         seen: dict[str, int] = {}
         for line, row in self._read(path):
-            rid, ref = row.get(idk), row.get(imk)
-            if rid is None or str(rid).strip() == "":
+            ref = row.get(imk)
+            if row.get(idk) in (None, ""):
                 raise CapalignError(f"{path} line {line}: missing {idk!r}; every row needs an id and an {imk!r} path")
-            rid = str(rid)
+            rid = row_id(row, f"{path} line {line}", idk)
             if rid in seen:
                 raise CapalignError(f"{path}: duplicate id {rid!r} (lines {seen[rid]} and {line}); ids must be unique")
             if not ref:
                 raise CapalignError(f"{path} line {line}: missing {imk!r} (image path) for id {rid!r}")
+            if not isinstance(ref, str):
+                raise CapalignError(f"{path} line {line}: {imk!r} must be a path string, got {ref!r}")
             seen[rid] = line
             caps = as_captions(row.get(capk, row.get("caption")))
             meta = {k: v for k, v in row.items() if k not in (idk, imk, capk)}
@@ -241,23 +244,20 @@ class ManifestSource(ImageSource):
 
     @staticmethod
     def _read(path: Path) -> Iterator[tuple[int, dict]]:
-        if path.suffix.lower() == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
+        if path.suffix.lower() != ".csv":
+            yield from read_jsonl_rows(path, "manifest")
+            return
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 for row in reader:
+                    if None in row:  # more cells than header columns
+                        raise CapalignError(f"{path} line {reader.line_num}: {len(row) - 1 + len(row[None])} cells, but the header has {len(reader.fieldnames)} columns")
                     yield reader.line_num, row
-            return
-        with open(path, encoding="utf-8") as f:
-            for n, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise CapalignError(f"{path} line {n}: invalid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise CapalignError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-                yield n, row
+        except UnicodeDecodeError as e:
+            raise CapalignError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save the file as UTF-8") from None
+        except csv.Error as e:
+            raise CapalignError(f"{path}: malformed CSV: {e}") from None
 
     def _known_count(self):
         return len(self.rows)

@@ -149,12 +149,9 @@ class _Table:
         self.ref_rows = np.flatnonzero(~self.is_cand)
 
 
-def bleu(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], table: _Table | None = None):
-    """(corpus [B1..B4], per-caption [[B1...], ..., [B4...]]) exactly as pycocoevalcap Bleu(4)."""
-    t = table if table is not None else _Table(gts, res)
+def _bleu_parts(t: _Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: clipped n-gram matches [I, N], candidate n-grams [I, N], candidate length [I], "closest" reference length [I]."""
     I, R = t.n_img, t.R
-    if I == 0:
-        return [0.0] * N, [[] for _ in range(N)]
     # max count of each (image, n-gram) over the image's references (the candidate row counts 0)
     ref_count = np.where(t.is_cand, 0, t.count)
     maxref = np.maximum.reduceat(ref_count, t.group_start) if len(ref_count) else ref_count
@@ -167,12 +164,20 @@ def bleu(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], tab
     reflens = t.length[:, :R]
     packed = np.where(t.is_ref[:, :R], np.abs(reflens - testlen[:, None]) * (1 << 31) + reflens, np.iinfo(np.int64).max)
     reflen = packed.min(axis=1) & ((1 << 31) - 1)
+    return correct, guess, testlen, reflen
 
+
+def bleu(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], table: _Table | None = None):
+    """(corpus [B1..B4], per-caption [[B1...], ..., [B4...]]) exactly as pycocoevalcap Bleu(4)."""
+    t = table if table is not None else _Table(gts, res)
+    if t.n_img == 0:
+        return [0.0] * N, [[] for _ in range(N)]
+    correct, guess, testlen, reflen = _bleu_parts(t)
     prec = (correct + _TINY) / (guess + _SMALL)
     cum = np.cumprod(prec, axis=1)
     ratio = (testlen + _TINY) / (reflen + _SMALL)
     short = ratio < 1
-    bp = np.ones(I)
+    bp = np.ones(t.n_img)
     bp[short] = np.exp(1 - 1 / ratio[short])
     per = [(cum[:, k] ** (1.0 / (k + 1)) * bp).tolist() for k in range(N)]
 
@@ -187,6 +192,27 @@ def bleu(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], tab
     if ratio < 1:
         corpus = [x * math.exp(1 - 1 / ratio) for x in corpus]
     return corpus, per
+
+
+def bleu_counts(gts: Mapping[str, Sequence[str]], res: Mapping[str, Sequence[str]], tokenize: bool = True) -> np.ndarray:
+    """Per caption, in gts order, the counts corpus BLEU pools: [n, 2N + 2] = clipped matches (N), candidate
+    n-grams (N), candidate length, closest reference length. `corpus_bleu` of the rows gives the corpus
+    BLEU-N exactly, so corpus BLEU can be bootstrapped over captions (capalign.stats)."""
+    if tokenize:
+        gts = tokenize_corpus({k: list(v) for k, v in gts.items()})
+        res = tokenize_corpus({k: list(res[k]) for k in gts})
+    t = _Table(gts, res)
+    correct, guess, testlen, reflen = _bleu_parts(t)
+    return np.concatenate([correct, guess, testlen[:, None], reflen[:, None]], axis=1).astype(np.float64)
+
+
+def corpus_bleu(x: np.ndarray, n: int = N) -> np.ndarray:
+    """[..., items, 2N + 2] count rows (bleu_counts) -> [...] corpus BLEU-n, pycocoevalcap's formula (a capalign.stats statistic)."""
+    tot = x.sum(-2)  # [..., 2N + 2]
+    logp = sum(np.log((tot[..., k] + _TINY) / (tot[..., N + k] + _SMALL)) for k in range(n)) / n
+    ratio = (tot[..., 2 * N] + _TINY) / (tot[..., 2 * N + 1] + _SMALL)
+    bp = np.where(ratio < 1, np.exp(1 - 1 / np.minimum(ratio, 1)), 1.0)
+    return np.exp(logp) * bp
 
 
 def lcs(a: Sequence[str], b: Sequence[str]) -> int:

@@ -1,21 +1,22 @@
 """`capalign evaluate`: score one or more caption files against references.
 
 Nothing is dropped silently: predictions without references are counted and excluded, references
-without predictions are counted, empty predictions are scored as "" and counted.
+without predictions are counted, empty predictions are scored as "" and counted. Rows of the wrong
+shape or type and repeated ids are refused with an error naming file, line and field (io.py).
 BERTScore / CLIPScore are opt-in (they need model weights); the default metrics need no downloads.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from .. import CapalignError
 from ..config import arg, save_config, show_config
-from ..io import atomic_write_json, read_jsonl
+from ..io import atomic_write_json, check_prediction, check_reference, read_predictions, read_references
+from ..judge import JUDGE_FIELDS
 
-ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding")
+ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style", "judge")
 
 
 @dataclasses.dataclass
@@ -31,6 +32,13 @@ class EvaluateConfig:
     bertscore_layer: int = arg(17, "BERTScore hidden layer")
     clip_model: str = arg("openai/clip-vit-base-patch32", "CLIP or SigLIP model for CLIPScore: hub id or local folder")
     device: str = arg("auto", "auto, cpu, cuda, mps")
+    style: str = arg("", "style metric: the target style (e.g. humorous)")
+    style_classifier: str = arg("", "style metric: classifier folder (`capalign style classifier --out`, or any HF sequence-classification model)")
+    judge: str = arg("", "Judge VLM for --metrics judge: hub id or local folder (see `capalign judge`).")
+    judge_prompt: str = arg(*JUDGE_FIELDS["judge_prompt"])
+    judge_batch_size: int = arg(*JUDGE_FIELDS["judge_batch_size"])
+    judge_dtype: str = arg(*JUDGE_FIELDS["judge_dtype"])
+    judge_load_in_8bit: bool = arg(*JUDGE_FIELDS["judge_load_in_8bit"])
 
     def __post_init__(self):
         if isinstance(self.pred, str):
@@ -43,16 +51,10 @@ class EvaluateConfig:
             raise ValueError("give at least one --pred file")
         if not self.refs:
             raise ValueError("--refs is required")
-
-
-def _read(path: str, what: str) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise CapalignError(f"{what} file not found: {p}")
-    try:
-        return list(read_jsonl(p))
-    except json.JSONDecodeError as e:
-        raise CapalignError(f"{what} file {p} is not valid JSONL: {e}") from None
+        if self.out and Path(self.out).is_dir():
+            raise ValueError(f"out must be a file path (e.g. results.json), got the folder {self.out}")
+        if "judge" in names and not self.judge:
+            raise ValueError("--metrics judge needs --judge MODEL")
 
 
 def _model_available(name: str) -> bool:
@@ -84,20 +86,22 @@ def _image_map(cfg: EvaluateConfig, refs: dict[str, dict]) -> tuple[dict, str]:
     return {i: str(base / r["image"]) for i, r in refs.items() if isinstance(r.get("image"), str) and r["image"]}, str(base)
 
 
-def evaluate_system(preds: list[dict], refs: dict[str, dict], names: list[str], cfg: EvaluateConfig | None = None,
+def evaluate_system(preds: list[dict] | dict[str, str], refs: dict[str, dict], names: list[str], cfg: EvaluateConfig | None = None,
                     images: dict | None = None, images_from: str = "") -> dict:
+    """Score one system. preds: {"id", "caption"} rows or {id: caption} (io.read_predictions); refs:
+    {id: reference row} (io.read_references, or manifest rows). Rows are validated as in io.py."""
+    if isinstance(preds, dict):
+        preds = [{"id": i, "caption": c} for i, c in preds.items()]
     by_id: dict[str, str] = {}
-    counts = {"predictions": len(preds), "empty_predictions": 0, "no_reference": 0, "duplicate_ids": 0}
-    for p in preds:
-        pid, cap = str(p.get("id")), p.get("caption")
+    for k, p in enumerate(preds):
+        pid, cap = check_prediction(p, f"prediction {k + 1}")
         if pid in by_id:
-            counts["duplicate_ids"] += 1  # the last one wins, and it is counted
-        if not isinstance(cap, str) or not cap.strip():
-            counts["empty_predictions"] += 1
-            cap = cap if isinstance(cap, str) else ""
+            raise CapalignError(f"duplicate prediction id {pid!r}; every id must appear once")
         by_id[pid] = cap
-    ids = [i for i in by_id if i in refs and refs[i]["captions"]]
-    counts["no_reference"] = sum(1 for i in by_id if i not in refs or not refs[i]["captions"])
+    refs = {str(i): check_reference(r, f"reference {i!r}") for i, r in refs.items()}
+    counts = {"predictions": len(preds), "empty_predictions": sum(not c.strip() for c in by_id.values())}
+    ids = [i for i in by_id if i in refs]
+    counts["no_reference"] = len(by_id) - len(ids)
     counts["refs_without_prediction"] = sum(1 for i in refs if i not in by_id)
     counts["scored"] = len(ids)
     if not ids:
@@ -154,6 +158,16 @@ def evaluate_system(preds: list[dict], refs: dict[str, dict], names: list[str], 
             per[name] = [vals.get(i) for i in ids]
         if c["image_errors"]:
             counts["clipscore_image_errors"] = {have[j]: e for j, e in c["image_errors"].items()}  # first 20
+    if "style" in names:
+        from .style import style_for_evaluate
+
+        s = style_for_evaluate([by_id[i] for i in ids], cfg)
+        corpus["style_accuracy"], per["style"], counts["style"] = s["style_accuracy"], s["per_caption"], s["counts"]
+    if "judge" in names:
+        from ..judge import evaluate_judge
+
+        j = evaluate_judge(cfg, [by_id[i] for i in ids], [refs[i]["captions"] for i in ids], [(images or {}).get(i) for i in ids])
+        corpus.update(j["corpus"]), per.update(j["per_caption"]), counts.update(j["counts"])
     return {"counts": counts, "corpus": corpus, "per_caption": {"id": ids, **per}}
 
 
@@ -163,9 +177,10 @@ def _table(results: dict[str, dict]) -> None:
     from ..utils import console
 
     cols = [("BLEU1", "BLEU1"), ("BLEU2", "BLEU2"), ("BLEU3", "BLEU3"), ("BLEU4", "BLEU4"), ("BERTS", "BERTScore_F1"),
-            ("ROUGE-L", "ROUGE_L"), ("CIDEr", "CIDEr"), ("CLIPS", "CLIPScore"),
+            ("ROUGE-L", "ROUGE_L"), ("CIDEr", "CIDEr"), ("CLIPS", "CLIPScore"), ("STYLE", "style_accuracy"),
             ("P_obj", "precision_name"), ("R_obj", "recall_name"), ("F1_obj", "f1_name"), ("CHAIRi", "chair_i_name"),
-            ("CHAIRs", "chair_s_name"), ("CHAIRi_attr", "chair_i_attr"), ("CHAIRs_attr", "chair_s_attr")]
+            ("CHAIRs", "chair_s_name"), ("CHAIRi_attr", "chair_i_attr"), ("CHAIRs_attr", "chair_s_attr"),
+            ("Judge", "judge"), ("off-letter", "judge_off_letter_mass")]
     cols = [(h, k) for h, k in cols if any(k in r["corpus"] for r in results.values())]
     t = Table(title="caption scores (BLEU/ROUGE/CIDEr as pycocoevalcap; BERTS = BERTScore F1; CLIPS = raw image-caption cosine; x100 except CIDEr, CLIPS)")
     t.add_column("system", no_wrap=True)
@@ -176,7 +191,7 @@ def _table(results: dict[str, dict]) -> None:
         row = [name]
         for _, k in cols:
             v = r["corpus"].get(k)
-            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr", "CLIPScore") else f"{100 * v:.2f}")
+            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr", "CLIPScore", "judge", "judge_off_letter_mass") else f"{100 * v:.2f}")
         row.append(str(r["counts"]["scored"]))
         t.add_row(*row)
     console.print(t)
@@ -186,18 +201,14 @@ def run(cfg: EvaluateConfig) -> dict:
     show_config(cfg)
     names = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
     _check_models(cfg, names)
-    refs: dict[str, dict] = {}
-    for r in _read(cfg.refs, "references"):
-        if "id" not in r:
-            raise CapalignError(f"a line of {cfg.refs} has no 'id'")
-        caps = r.get("captions") or []
-        refs[str(r["id"])] = {"captions": [c for c in caps if isinstance(c, str)], "objects": r.get("objects"), "image": r.get("image")}
-    images, images_from = _image_map(cfg, refs) if "clipscore" in names else ({}, "")
+    refs = read_references(cfg.refs)
+    systems = {path: read_predictions(path) for path in dict.fromkeys(cfg.pred)}  # every file is checked before any scoring
+    images, images_from = _image_map(cfg, refs) if {"clipscore", "judge"} & set(names) else ({}, "")
     from ..utils import print0
 
     results: dict[str, dict] = {}
     for path in cfg.pred:
-        preds = _read(path, "prediction")
+        preds = systems[path]
         name = Path(path).stem
         while name in results:
             name += "'"
@@ -205,7 +216,6 @@ def run(cfg: EvaluateConfig) -> dict:
         c = res["counts"]
         print0(f"{name}: {c['scored']} scored, {c['empty_predictions']} empty predictions (scored as \"\"), "
                f"{c['no_reference']} predictions without references (excluded), {c['refs_without_prediction']} references without prediction"
-               + (f", {c['duplicate_ids']} duplicate ids (last kept)" if c["duplicate_ids"] else "")
                + (f"; CLIPScore: {c['clipscore_scored']} scored, {c['clipscore_no_image']} without image, "
                   f"{c['clipscore_bad_image']} unreadable images (excluded)" if "clipscore_scored" in c else "")
                + (f"; {sum(c['clipscore_truncated'].values())} CLIPScore texts truncated" if sum(c.get("clipscore_truncated", {}).values()) else "")
@@ -224,6 +234,14 @@ def run(cfg: EvaluateConfig) -> dict:
 
         d = definitions()
         out["definitions"].update({"CLIPScore": d["cos"] + f"; model {cfg.clip_model}", "CLIP_S": d["clip_s"], "RefCLIP_S": d["refclip_s"]})
+    if "style" in names:
+        from .style import style_definition
+
+        out["definitions"]["style_accuracy"] = style_definition(cfg)
+    if "judge" in names:
+        from ..judge import definition
+
+        out["definitions"]["judge"] = definition(cfg)
     if cfg.out:
         atomic_write_json(cfg.out, out)
         save_config(cfg, cfg.out + ".config.json")  # beside the results, never over them

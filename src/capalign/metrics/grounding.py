@@ -60,23 +60,32 @@ def vocabulary(all_objects: Iterable[Iterable]) -> tuple[set[str], set[str]]:
     return nouns, attrs
 
 
-def mentions(caption: str, nouns: set[str], attrs: set[str]) -> list[tuple[str, frozenset]]:
-    words = _WORD.findall((caption or "").lower())
+def mention_spans(caption: str, nouns: set[str], attrs: set[str]) -> list[dict]:
+    """The mentions of `caption` with where they are (for the HTML report's marks): per mention
+    {"name", "attributes" (frozenset), "noun": (start, end), "attribute_spans": [(start, end, attribute)]},
+    character offsets into caption.lower()."""
+    words = list(_WORD.finditer((caption or "").lower()))
     out = []
-    for i, w in enumerate(words):
+    for i, m in enumerate(words):
+        w = m.group()
         n = SYNONYMS.get(w, w)
         n = n if n in nouns else SYNONYMS.get(singular(w), singular(w))
         if n not in nouns:
             continue
-        j, found = i - 1, set()
-        while j >= 0 and SYNONYMS.get(words[j], words[j]) in attrs:
-            found.add(SYNONYMS.get(words[j], words[j]))
+        j, spans = i - 1, []
+        while j >= 0 and SYNONYMS.get(words[j].group(), words[j].group()) in attrs:
+            spans.append((words[j].start(), words[j].end(), SYNONYMS.get(words[j].group(), words[j].group())))
             j -= 1
-        out.append((n, frozenset(found)))
+        out.append({"name": n, "attributes": frozenset(a for _, _, a in spans), "noun": m.span(), "attribute_spans": spans[::-1]})
     return out
 
 
-def _grounded(m: tuple[str, frozenset], objs: list[tuple[str, frozenset]], level: str) -> bool:
+def mentions(caption: str, nouns: set[str], attrs: set[str]) -> list[tuple[str, frozenset]]:
+    return [(m["name"], m["attributes"]) for m in mention_spans(caption, nouns, attrs)]
+
+
+def grounded(m: tuple[str, frozenset], objs: list[tuple[str, frozenset]], level: str) -> bool:
+    """Is mention m = (name, attributes) grounded in the parsed objects at `level` ("name" or "attr")?"""
     name, at = m
     colours = at & set(COLOURS)
     return any(n == name and (level == "name" or colours <= oat) for n, oat in objs)
@@ -92,7 +101,7 @@ def grounding(predictions: Sequence[str], objects: Sequence[Iterable]) -> dict:
         ms = mentions(cap, nouns, attrs)
         row = {}
         for lvl in ("name", "attr"):
-            ok = [_grounded(m, objs, lvl) for m in ms]
+            ok = [grounded(m, objs, lvl) for m in ms]
             t = totals[lvl]
             names = {n for n, _ in objs}
             said = {m[0] for m, g in zip(ms, ok) if g}
@@ -101,7 +110,8 @@ def grounding(predictions: Sequence[str], objects: Sequence[Iterable]) -> dict:
             t["hall_captions"] += int(not all(ok))
             t["recalled"] += len(names & said)
             t["annotated"] += len(names)
-            row[lvl] = {"mentions": len(ms), "hallucinated": len(ms) - sum(ok),
+            # the counts behind the ratios, so corpus (pooled) scores can be recomputed and bootstrapped per caption
+            row[lvl] = {"mentions": len(ms), "hallucinated": len(ms) - sum(ok), "recalled": len(names & said), "annotated": len(names),
                         "precision": sum(ok) / len(ms) if ms else None,
                         "recall": len(names & said) / len(names) if names else None}
         result["per_caption"].append(row)

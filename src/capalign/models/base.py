@@ -4,7 +4,9 @@ extra position inputs) live in the adapters (idefics3.py, qwen2_vl.py); everythi
 The vision tower runs once per image: `encode()` returns an `Encoded` batch that holds the prompt
 tokens and the tower's output, and both `generate()` and the training forwards (`caption_states`,
 `caption_logprobs`) reuse it through transformers' `mm_encoder_outputs` argument, which
-Idefics3 and Qwen2-VL accept in `forward` and `generate` alike.
+Idefics3 and Qwen2-VL accept in `forward` and `generate` alike. `encode_samples` gives each sample
+its own prompt (e.g. a judge prompt holding that sample's caption) while the samples of one image
+share that image's single vision pass.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class VLM:
         eos = (list(gen_eos) if isinstance(gen_eos, (list, tuple)) else [gen_eos]) + [self.tokenizer.eos_token_id]
         self.eos_ids = [i for i in dict.fromkeys(eos) if i is not None]
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        # image/video placeholder tokens: a caption must never contain one (the next forward would count it as
+        # an image slot and fail), which sampling from an untrained model can otherwise produce
+        self.media_token_ids = [v for k in ("image_token_id", "video_token_id") if isinstance(v := getattr(model.config, k, None), int)]
 
     # ---- family hooks -------------------------------------------------------------------------
     def prompt_texts(self, n: int, prompt: str | None) -> list[str]:
@@ -96,6 +101,13 @@ class VLM:
     def extend_inputs(self, inputs: dict, ids: torch.Tensor, mask: torch.Tensor) -> dict:
         """Prompt inputs + caption tokens -> forward kwargs (positions must match generation's)."""
         return {"input_ids": torch.cat([inputs["input_ids"], ids], 1), "attention_mask": torch.cat([inputs["attention_mask"], mask], 1)}
+
+    def prompt_inputs(self, texts: list[str], replacements: list[str]) -> dict[str, torch.Tensor]:
+        """Prompt texts with one image placeholder each -> left-padded prompt inputs, the placeholder of text k
+        expanded to `replacements[k]` (the processor's expansion for that sample's image), as the processor
+        would tokenize them with the images (tests check equality)."""
+        expanded, _ = self.processor.get_text_with_replacements(list(texts), list(replacements))
+        return dict(self.tokenizer(expanded, padding=True, return_tensors="pt"))
 
     # ---- generic ------------------------------------------------------------------------------
     @property
@@ -137,7 +149,13 @@ class VLM:
         if not images:
             raise CapalignError("encode() got an empty batch of images")
         texts = self.prompt_texts(len(images), self.prompt if prompt is None else prompt)
-        batch = self.processor(text=texts, images=self.processor_images(images), return_tensors="pt", padding=True)
+        return self._encode(images, texts, pooling)[0]
+
+    def _encode(self, images: list[Image.Image], texts: list[str], pooling: Pooling | None, expansions: bool = False):
+        """(Encoded, per-image placeholder expansions if asked): processor + vision tower, once per image."""
+        kw = {"return_text_replacement_offsets": True} if expansions else {}
+        batch = self.processor(text=texts, images=self.processor_images(images), return_tensors="pt", padding=True, **kw)
+        offsets = batch.pop("text_replacement_offsets", None)  # per text: [{"replacement": expanded placeholder, ...}]
         batch = {k: v.to(self.device) for k, v in batch.items()}
         vision = {k: batch.pop(k) for k in self.vision_keys if k in batch}
         vision["pixel_values"] = vision["pixel_values"].to(self.model.dtype)
@@ -146,7 +164,22 @@ class VLM:
         mm.pooler_output = [p.detach() for p in mm.pooler_output]
         feats = self.pool(mm, {**batch, **vision}, pooling or self.pooling).float()
         mm.last_hidden_state = None  # pooled already; drop the big tensor
-        return Encoded(inputs=batch, mm=mm, features=feats)
+        return Encoded(inputs=batch, mm=mm, features=feats), ([o[0]["replacement"] for o in offsets] if expansions else None)
+
+    def encode_samples(self, images: list[Image.Image], prompts: list[str | None], index: list[int], answer_prefix: str = "") -> Encoded:
+        """Samples with their own prompts: sample k shows images[index[k]] under prompts[k] (None: the default).
+        The processor and the vision tower run once per image; every sample of an image shares its vision
+        output, and its prompt is tokenized with the same placeholder expansion the processor gave the image.
+        `answer_prefix` is appended after the prompt template (the start of the model's answer, e.g. "Score:")."""
+        if len(prompts) != len(index):
+            raise CapalignError(f"encode_samples() got {len(prompts)} prompts for {len(index)} samples")
+        if not images or any(not 0 <= i < len(images) for i in index):
+            raise CapalignError(f"encode_samples(): sample image indices must lie in 0..{len(images) - 1}")
+        enc, expansions = self._encode(images, self.prompt_texts(len(images), self.prompt), None, expansions=True)
+        texts = [self.prompt_texts(1, self.prompt if p is None else p)[0] + answer_prefix for p in prompts]
+        out = self.select(enc, list(index))  # per-sample vision outputs (shared tensors) and family extras
+        out.inputs.update({k: v.to(self.device) for k, v in self.prompt_inputs(texts, [expansions[i] for i in index]).items()})
+        return out
 
     def vision_features(self, images: list[Image.Image], pooling: Pooling | None = None) -> torch.Tensor:
         return self.encode(images, pooling=pooling).features
@@ -174,6 +207,7 @@ class VLM:
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             use_cache=use_cache,
+            suppress_tokens=self.media_token_ids or None,
             **sample_kw,
         )
         new = out[:, enc.inputs["input_ids"].shape[1] :]  # [N, L]
@@ -230,10 +264,20 @@ class VLM:
         total = lp.sum(1)
         return total / caps.mask.sum(1).clamp(min=1) if normalize else total
 
+    def next_token_logits(self, enc: Encoded) -> torch.Tensor:
+        """[N, V] logits of the token that follows each prompt (e.g. a judge's answer letter)."""
+        empty = enc.inputs["input_ids"][:, :0]
+        h = self._forward(enc, Captions(texts=[""] * len(enc), ids=empty, mask=empty))[:, -1]  # [N, D_t]
+        return self.model.lm_head(h).float()
+
     def repeat(self, enc: Encoded, n: int) -> Encoded:
         """Each sample n times (e.g. to score n sampled captions per image) without re-running vision."""
-        if n == 1:
-            return enc
-        inputs = {k: v.repeat_interleave(n, 0) for k, v in enc.inputs.items()}
-        mm = BaseModelOutputWithPooling(pooler_output=[p for p in enc.mm.pooler_output for _ in range(n)])
-        return Encoded(inputs=inputs, mm=mm, features=enc.features.repeat_interleave(n, 0))
+        return enc if n == 1 else self.select(enc, [i for i in range(len(enc)) for _ in range(n)])
+
+    def select(self, enc: Encoded, index: list[int]) -> Encoded:
+        """Samples `index` of an encoded batch, in that order and with repeats, without re-running vision
+        (e.g. a different number of captions to score per image)."""
+        idx = torch.tensor(index, dtype=torch.long, device=enc.features.device)
+        inputs = {k: v[idx.to(v.device)] for k, v in enc.inputs.items()}  # every prompt input is per sample: [B, ...]
+        mm = BaseModelOutputWithPooling(pooler_output=[enc.mm.pooler_output[i] for i in index])
+        return Encoded(inputs=inputs, mm=mm, features=enc.features[idx])

@@ -24,12 +24,22 @@ def _config(name_or_path: str):
 
     looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists() or name_or_path.count("/") > 1
     if looks_local and not Path(name_or_path).expanduser().is_dir():
-        raise CapalignError(f"model path not found: {name_or_path} (expected a local model folder or a hub id like HuggingFaceTB/SmolVLM-256M-Base)")
+        what = "is a file, not a model folder" if Path(name_or_path).expanduser().exists() else "not found"
+        raise CapalignError(f"model path {what}: {name_or_path} (expected a local model folder or a hub id like HuggingFaceTB/SmolVLM-256M-Base)")
     try:
         return AutoConfig.from_pretrained(str(Path(name_or_path).expanduser()) if looks_local else name_or_path)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CapalignError(f"cannot load model {name_or_path!r}: {first}") from None
+
+
+def check_adapter(adapter: str) -> None:
+    """A PEFT adapter folder has adapter_config.json (cheap check before any weights are loaded)."""
+    hint = "expected a PEFT adapter folder, e.g. the output folder of `capalign vizer train`"
+    if not Path(adapter).is_dir():
+        raise CapalignError(f"adapter folder not found: {adapter} ({hint})")
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise CapalignError(f"{adapter} is not a PEFT adapter (no adapter_config.json); {hint}")
 
 
 def load_processor(path: str, family: str):
@@ -50,12 +60,16 @@ def load_vlm(
     prompt: str | None = None,
     pooling: Pooling = "mean",
     attn_implementation: str | None = "sdpa",
+    load_in_8bit: bool = False,
 ) -> VLM:
     """Load a VLM and wrap it in its family adapter.
 
     `adapter`: a PEFT adapter folder (e.g. the output of `capalign vizer train`), merged for inference
     speed only when asked by the caller; here it is loaded unmerged so it can keep training.
     `prompt`: overrides the family default ("" forces no prompt).
+    `load_in_8bit`: bitsandbytes LLM.int8 weights (CUDA only). Checkpoints saved quantised (AWQ, GPTQ,
+    bitsandbytes: a `quantization_config` in config.json) load through transformers' own integration,
+    on CUDA only here; on other devices both are a clear error instead of a failure deep in a kernel.
     """
     import importlib
 
@@ -69,17 +83,34 @@ def load_vlm(
     torch_dtype = resolve_dtype(dtype, dev)
     mod, cls_name, model_cls = FAMILIES[family]
     path = str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().is_dir() else name_or_path
+    quant = getattr(cfg, "quantization_config", None)
+    method = (quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)) if quant else None
+    if (load_in_8bit or method) and not dev.startswith("cuda"):
+        what = f"{name_or_path!r} is a {method}-quantised checkpoint, which" if method else "8-bit loading (bitsandbytes)"
+        raise CapalignError(f"{what} needs a CUDA device here (device is {dev}); use an unquantised checkpoint on {dev}")
+    kw = {}
+    if load_in_8bit:
+        from transformers import BitsAndBytesConfig
+
+        kw = dict(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": dev})
+    elif method:
+        kw = dict(device_map={"": dev})  # quantised weights are placed at load time; .to() is not allowed for them
     try:
-        model = getattr(transformers, model_cls).from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+        model = getattr(transformers, model_cls).from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation, **kw)
         processor = load_processor(path, family)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:  # ImportError: a quantisation backend is missing
         raise CapalignError(f"cannot load model {name_or_path!r}: {str(e).strip().splitlines()[0]}") from None
-    model.to(dev).eval()
+    if not kw:
+        model.to(dev)
+    model.eval()
     if adapter:
-        if not Path(adapter).is_dir():
-            raise CapalignError(f"adapter folder not found: {adapter} (expected the output folder of `capalign vizer train`)")
+        check_adapter(adapter)
         from peft import PeftModel
 
-        PeftModel.from_pretrained(model, adapter, is_trainable=False)  # injects LoRA layers into `model` in place
+        try:
+            PeftModel.from_pretrained(model, adapter, is_trainable=False)  # injects LoRA layers into `model` in place
+        except (RuntimeError, ValueError, KeyError) as e:  # size mismatch / no target module: another base model
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CapalignError(f"adapter {adapter} does not fit model {name_or_path}: {first[:200]}") from None
     cls = getattr(importlib.import_module(f".{mod}", __package__), cls_name)
     return cls(model, processor, prompt=prompt, pooling=pooling)

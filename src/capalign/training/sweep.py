@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import arg, save_config, show_config
-from ..io import atomic_write_bytes, atomic_write_json, read_jsonl
+from ..io import atomic_write_bytes, atomic_write_json, read_jsonl, read_references
 from ..utils import print0
 
 
@@ -38,10 +38,13 @@ class SweepConfig:
     seed: int = arg(0, "Seed.")
 
     def __post_init__(self):
-        self.width_list = [int(w) for w in str(self.widths).split(",") if w.strip()]
-        self.size_list = [int(s) for s in str(self.sizes).split(",") if s.strip()]
+        try:
+            self.width_list = [int(w) for w in str(self.widths).split(",") if w.strip()]
+            self.size_list = [int(s) for s in str(self.sizes).split(",") if s.strip()]
+        except ValueError:
+            self.width_list = []
         if not self.width_list or not self.size_list or min(self.width_list + self.size_list) < 1:
-            raise ValueError("widths and sizes must be comma-separated positive integers")
+            raise ValueError(f"widths and sizes must be comma-separated positive integers, got {self.widths!r} and {self.sizes!r}")
 
 
 def heatmap_png(grid: list[list[float]], widths: list[int], sizes: list[int], title: str) -> bytes:
@@ -78,11 +81,11 @@ def run(cfg: SweepConfig) -> dict:
     from . import vizer as vizer_mod
 
     show_config(cfg)
+    test_manifest = Path(cfg.test) / "manifest.jsonl" if Path(cfg.test).is_dir() else Path(cfg.test)
+    refs = read_references(test_manifest)  # checked before hours of training, not after
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    test_manifest = Path(cfg.test) / "manifest.jsonl" if Path(cfg.test).is_dir() else Path(cfg.test)
-    refs = {r["id"]: r for r in read_jsonl(test_manifest)}
     cells = {}
     for w in cfg.width_list:
         for n in sorted(cfg.size_list, reverse=True):  # largest first: smaller sizes reuse its feature cache

@@ -65,6 +65,7 @@ class VizerTrainConfig:
     gradient_checkpointing: bool = arg(False, "Recompute activations in backward (less memory).")
     mixed_precision: str = arg("auto", "auto (bf16 on CUDA, none on CPU), no, bf16, fp16.")
     save_every: int = arg(50, "Save a resumable checkpoint every N steps (0: only at the end).")
+    export_steps: str = arg("", "Comma-separated step counts at which to also save the adapter as <out>/step-<k>/ (a budget curve from one run: the learning rate is constant after warmup and the image order does not depend on the total, so step k of a longer run is the adapter a k-step run ends with; tested).")
     keep_checkpoints: int = arg(2, "How many checkpoints to keep.")
     log_every: int = arg(1, "Log loss and cosine to TensorBoard every N steps.")
     seed: int = arg(0, "Seed.")
@@ -80,6 +81,12 @@ class VizerTrainConfig:
             raise ValueError("max_steps must be >= 1")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError("lora_dropout must be in [0, 1)")
+        try:
+            self.export_list = sorted({int(k) for k in str(self.export_steps or "").split(",") if k.strip()})
+        except ValueError:
+            raise ValueError(f"export_steps must be comma-separated integers, got {self.export_steps!r}") from None
+        if self.export_list and self.export_list[0] < 1:
+            raise ValueError("export_steps must be >= 1")
 
 
 class VizerObjective(nn.Module):
@@ -155,6 +162,8 @@ def run(cfg: VizerTrainConfig) -> dict:
         raise CapalignError("the image source has no known length (streaming): give --max_steps")
     if total < 1 or (n is not None and n < cfg.batch_size):  # (with --max_steps the epoch loop would spin forever)
         raise CapalignError(f"{n} images are fewer than one batch of {cfg.batch_size}")
+    if cfg.export_list and cfg.export_list[-1] > total:
+        raise CapalignError(f"export step {cfg.export_list[-1]} is beyond the run's {total} steps")
 
     # checkpoints hold the LoRA weights only (not the frozen VLM): the diffusers-LoRA pattern of
     # accelerate save/load hooks that replace the model state with the adapter's
@@ -221,6 +230,8 @@ def run(cfg: VizerTrainConfig) -> dict:
             if step % cfg.log_every == 0:
                 acc.log({"train/loss": loss_avg, "train/cos": cos_avg}, step=step)
             bar.update(task, completed=step, rate=f"loss {loss_avg:.4f} cos {cos_avg:.3f}")
+            if step in cfg.export_list and acc.is_main_process:
+                _export_adapter(peft_model, out / f"step-{step}")
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 _save_checkpoint(acc, out, step, history, cfg.keep_checkpoints)
     acc.wait_for_everyone()
@@ -231,6 +242,15 @@ def run(cfg: VizerTrainConfig) -> dict:
         print0(f"vizer: {step} steps; adapter saved to {out} (use: capalign caption --model {cfg.model} --adapter {out})")
     acc.end_training()
     return {"steps": step, "history": history}
+
+
+def _export_adapter(peft_model, path: Path) -> None:
+    """The adapter as it is now, as a folder `capalign caption --adapter` accepts; complete or absent."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    peft_model.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.replace(path)
 
 
 def _save_checkpoint(acc, out: Path, step: int, history: list, keep: int) -> None:

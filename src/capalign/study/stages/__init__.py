@@ -1,0 +1,17 @@
+"""The stages a recipe can name, in the order they run. To add one, write its Stage subclass (see
+study/stage.py) and put an instance here, after the stages it needs."""
+
+from ..stage import Stage
+from .base_model import BaseStage
+from .data import DataStage
+from .evaluate import CaptionStage, EvaluateStage
+from .features import FeaturesStage
+from .summary import SummaryStage
+from .vizer import MapperStage, VizerStage
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    DataStage(), BaseStage(), MapperStage(), VizerStage(),
+    # new training stages (rl, style) go here: they add systems that caption/evaluate then pick up
+    CaptionStage(), EvaluateStage(), FeaturesStage(), SummaryStage(),
+    # the report stage goes last
+)}
