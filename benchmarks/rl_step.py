@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from capalign.data.shapes import write_dataset  # noqa: E402
 from capalign.io import atomic_write_json  # noqa: E402
 from capalign.models.tiny import SMOLVLM_256M, TINY, build_idefics3  # noqa: E402
-from capalign.training.rl_trainer import RLTrainConfig, build_trainer, make_reward  # noqa: E402
+from capalign.rewards import build_reward  # noqa: E402
+from capalign.training.rl_trainer import RLTrainConfig, build_trainer  # noqa: E402
 
 
 class StepTimer(TrainerCallback):
@@ -82,7 +83,7 @@ def main() -> None:
     if args.reward == "judge":
         judge_path = build_idefics3(tmp / "judge", shape, longest_edge=size, seed=1)
         cfg = dataclasses.replace(cfg, judge=str(judge_path))
-    reward = make_reward(args.reward, cfg)  # loaded once, shared by both trainers and the floor
+    reward = build_reward(args.reward, judge=cfg.judge, device="cpu")  # loaded once, shared by both trainers and the floor
     trainers = {"capalign": build_trainer(cfg, {args.reward: reward}),
                 "trl": build_trainer(dataclasses.replace(cfg, out=str(tmp / "trl"), shared_vision=False), {args.reward: reward})}
     timers, vision = {}, {"trl": []}
@@ -97,7 +98,7 @@ def main() -> None:
     vlm.model.generation_config.min_new_tokens = args.tokens
     vlm.model.generation_config.suppress_tokens = [vlm.model.config.image_token_id]  # as TRL does: a sampled image token breaks the forward
     rows = trainers["capalign"].train_dataset.select(range(args.images))
-    images, refs = list(rows["image"]), list(rows["references"])
+    images, refs, ids = list(rows["image"]), list(rows["references"]), list(rows["id"])
     opt = torch.optim.AdamW([p for p in vlm.model.parameters() if p.requires_grad], lr=1e-5)
     G = args.samples
 
@@ -105,7 +106,7 @@ def main() -> None:
         enc = vlm.encode(images)  # one vision pass per image
         caps = vlm.generate(enc, max_new_tokens=args.tokens, do_sample=True, num_return_sequences=G)  # [B*G]
         r = torch.tensor(reward(completions=caps.texts, references=[x for x in refs for _ in range(G)],
-                                image=[x for x in images for _ in range(G)]), dtype=torch.float32).view(-1, G)
+                                image=[x for x in images for _ in range(G)], id=[i for i in ids for _ in range(G)]), dtype=torch.float32).view(-1, G)
         adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).flatten()
         vlm.model.train()
         lp = vlm.caption_logprobs(vlm.repeat(enc, G), caps)  # policy forward over image + prompt + caption

@@ -62,7 +62,6 @@ ALLOW_LIST: dict[str, str] = {  # text in the command -> why it cannot run here
                             "tests/test_nano_smollm2.py builds, loads and trains it",
 }
 PENDING: dict[str, str] = {  # command words -> where it comes from; warned about until registered
-    "study": "`capalign study RECIPE` lands with the study branch (docs/report.md names it)",
     "style train": "lands with the style-training branch (docs/style.md names it)",
 }
 SHRINK: dict[tuple[str, ...], dict[str, str]] = {
@@ -76,6 +75,8 @@ SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("vizer", "study"): {"--nano_steps": "2", "--web_steps": "2", "--n_mapper": "8", "--n_unlabeled": "8", "--n_test": "4",
                          "--mapper_epochs": "1", "--vizer_batch_size": "4", "--vizer_max_steps": "1", "--max_new_tokens": "4"},
     ("report",): {"--max_images": "4"},
+    ("judge", "train"): {"--steps": "2", "--n_train": "8", "--n_val": "2", "--batch_size": "4", "--eval_batch_size": "4"},
+    ("rl", "train"): {"--max_steps": "1", "--batch_size": "2", "--num_generations": "2", "--max_new_tokens": "4", "--save_every": "0"},
     ("style", "classifier"): {"--data": lambda v: _fewer_shapes(v, 40)},  # shapes:1000: ~2 minutes of MiniLM here
     ("style", "pairs"): {"--data": lambda v: _fewer_shapes(v, 40)},
     ("style", "wrlogp"): {"--data": lambda v: _fewer_shapes(v, 20)},

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from capalign import CapalignError
 from capalign.data.shapes import write_dataset
-from capalign.training.rl_trainer import RLTrainConfig, build_trainer, checked, parse_reward, run
+from capalign.training.rl_trainer import RLTrainConfig, build_trainer, checked, reward_parts, run
 
 G, B = 3, 2  # samples per image, images per step
 
@@ -186,19 +186,27 @@ def test_resume_history_and_adapter(tiny_idefics3_path, shapes, tmp_path, one_th
     assert [h["reward_mean"] for h in resumed["history"]] == pytest.approx([h["reward_mean"] for h in full["history"]])
 
 
-def test_checked_reward_and_parse():
-    assert parse_reward("cider") == [("cider", 1.0)]
-    assert parse_reward("cider:0.7, grounding:0.3") == [("cider", 0.7), ("grounding", 0.3)]
-    for bad, msg in (("bleu", "unknown reward 'bleu'"), ("cider:x", "not a number"), ("cider,cider", "twice"), ("", "no reward")):
+def test_reward_parts_and_checked(tmp_path):
+    """--reward is capalign.rewards.build_reward's spec; each part is one TRL reward function, named as in the spec."""
+    from capalign.rewards import CiderReward, GroundingReward
+
+    cfg = lambda reward, **kw: RLTrainConfig(model="m", data="d", out=str(tmp_path), reward=reward, **kw)  # noqa: E731
+    (n, fn, w), = reward_parts(cfg("cider"))
+    assert (n, w) == ("cider", 1.0) and isinstance(fn, CiderReward)
+    parts = reward_parts(cfg("cider:0.7, grounding:0.3, chars:2"), {"chars": chars})
+    assert [(n, w) for n, _, w in parts] == [("cider", 0.7), ("grounding", 0.3), ("chars", 2.0)]
+    assert isinstance(parts[1][1], GroundingReward) and parts[2][1](["ab", "a"]) == [2.0, 1.0]
+    for bad, msg in (("bleu", "unknown reward 'bleu'"), ("cider:x", "not a number"), ("cider,cider", "twice"), ("", "empty reward spec"),
+                     ("judge", "needs a judge model")):
         with pytest.raises(CapalignError, match=msg):
-            parse_reward(bad)
+            reward_parts(cfg(bad))
     ok = checked("r", lambda completions, **kw: [1, 2])
     assert ok([[{"role": "assistant", "content": " a "}], "b"], references=[["x"], ["y"]]) == [1.0, 2.0]
     with pytest.raises(CapalignError, match="returned 1 values for 2 completions"):
         checked("r", lambda completions, **kw: [1.0])(["a", "b"])
-    with pytest.raises(CapalignError, match="non-finite value"):
+    with pytest.raises(CapalignError, match="returned nan for completion 1"):
         checked("r", lambda completions, **kw: [1.0, float("nan")])(["a", "b"])
-    with pytest.raises(CapalignError, match="must return numbers"):
+    with pytest.raises(CapalignError, match="not a list of 2 numbers"):
         checked("r", lambda completions, **kw: None)(["a", "b"])
 
 
@@ -214,6 +222,7 @@ def test_bad_input_cli(tiny_idefics3_path, shapes, tmp_path, capsys, one_thread)
     for argv, msg in (
         (["--data", str(shapes), "--num_generations", "1"], "num_generations (samples per image) must be >= 2"),
         (["--data", str(shapes), "--reward", "bleu"], "unknown reward 'bleu'"),
+        (["--data", str(shapes), "--reward", "judge"], "the judge reward needs a judge model (--judge MODEL)"),
         (["--data", str(nocaps), "--reward", "cider"], "needs reference captions, but 4 of 4 images have none"),
     ):
         capsys.readouterr()
@@ -223,5 +232,15 @@ def test_bad_input_cli(tiny_idefics3_path, shapes, tmp_path, capsys, one_thread)
         assert len(errors) == 1 and msg in errors[0] and "Traceback" not in err, err
 
     # a reward that returns NaN stops the run with the reward named (one line through the CLI's CapalignError)
-    with pytest.raises(CapalignError, match="reward 'nan' returned a non-finite value"):
+    with pytest.raises(CapalignError, match="reward 'nan' returned nan for completion 0"):
         run(_cfg(tiny_idefics3_path, shapes, tmp_path / "n", reward="nan"), {"nan": lambda completions, **kw: [float("nan")] * len(completions)})
+
+
+def test_capalign_rewards_train(tiny_idefics3_path, tiny_qwen2_vl_path, shapes, tmp_path, one_thread):
+    """The built-in rewards through `rl train`: a Qwen2-VL judge grading an Idefics3 policy, plus CIDEr-D and grounding;
+    history.json logs each part, and the logged reward is their weighted sum."""
+    res = run(_cfg(tiny_idefics3_path, shapes, tmp_path / "o", reward="judge,cider:0.5,grounding:0.5", judge=str(tiny_qwen2_vl_path)))
+    (h,) = res["history"]
+    assert {"reward_judge", "reward_cider", "reward_grounding"} <= set(h)
+    assert 0 <= h["reward_judge"] <= 1 and h["reward_cider"] >= 0 and 0 <= h["reward_grounding"] <= 1
+    assert h["reward_mean"] == pytest.approx(h["reward_judge"] + 0.5 * h["reward_cider"] + 0.5 * h["reward_grounding"], rel=1e-5)

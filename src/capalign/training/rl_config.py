@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import arg
+from ..judge import JUDGE_FIELDS, resolve_prompt
 from ..models.lora import LM_LINEAR
 
 
@@ -15,9 +16,12 @@ class RLTrainConfig:
     model: str = arg(help="VLM to train (policy): hub id or local folder (SmolVLM/Idefics3, Qwen2-VL, Qwen2.5-VL).")
     data: str = arg(help="Training images with references: a shapes-world or other dataset folder, manifest, HF dataset, tar shards.")
     out: str = arg(help="Output folder: the PEFT adapter (for `capalign caption --adapter`), checkpoints, history.json, TensorBoard logs.")
-    reward: str = arg("cider", "Reward: judge, cider, bertscore, clipscore, grounding, or a weighted mix such as 'judge:0.7,grounding:0.3'.")
-    judge: str = arg(None, "Judge VLM for the judge reward (hub id or folder, e.g. the output of `capalign judge train`).")
-    judge_prompt: str = arg(None, "Judge prompt template (default: the ViZer paper's A.1 prompt); see docs/rl.md.")
+    reward: str = arg("cider", "Reward (capalign.rewards): judge, cider, bertscore, clipscore, grounding, or a weighted sum such as 'judge:0.7,grounding:0.3'.")
+    judge: str = arg("", "Judge VLM for the judge reward (hub id or folder, e.g. the output of `capalign judge train`).")
+    judge_prompt: str = arg(*JUDGE_FIELDS["judge_prompt"])
+    judge_batch_size: int = arg(*JUDGE_FIELDS["judge_batch_size"])
+    judge_dtype: str = arg(*JUDGE_FIELDS["judge_dtype"])
+    judge_load_in_8bit: bool = arg(*JUDGE_FIELDS["judge_load_in_8bit"])
     prompt: str = arg(None, "Caption prompt of the policy (default: the family's, as in `capalign caption`; '' for none).")
     limit: int = arg(None, "Use at most this many images.")
     epochs: float = arg(1.0, "Epochs over the images (the ViZer paper: 1).")
@@ -73,5 +77,9 @@ class RLTrainConfig:
             raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; expected auto, no or bf16")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.judge_prompt:
+            resolve_prompt(self.judge_prompt)  # a CapalignError naming a missing placeholder, before any model loads
+        if self.judge_batch_size < 1:
+            raise ValueError(f"judge_batch_size must be >= 1, got {self.judge_batch_size}")
         if self.save_every < 0:
             raise ValueError(f"save_every must be >= 0, got {self.save_every}")

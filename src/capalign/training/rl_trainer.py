@@ -16,9 +16,10 @@ DDP. `RLTrainer` subclasses it where it falls short:
    Base, the nano captioner) have none. The trainer gives the processor a constant template that renders
    exactly `VLM.prompt_texts()` (what `capalign caption` uses), so training and captioning see the same
    tokens in every family (tested: TRL's prompt ids == `VLM.encode`'s).
-3. Rewards. `capalign.rewards` functions get plain caption strings (TRL passes chat messages for chat
-   prompts) and the dataset columns `image`, `references`, `objects`, `id`; a reward that returns NaN or
-   the wrong number of values stops training with a one-line error instead of TRL's silent NaN skip.
+3. Rewards. `--reward` is `capalign.rewards.build_reward`'s spec (`judge`, `cider`, `cider:1,grounding:0.5`);
+   each part is one TRL reward function (TRL sums them with their weights and logs each). They get plain
+   caption strings and the dataset columns `image`, `references`, `objects`, `id`; a reward that returns
+   NaN or the wrong number of values stops training with a one-line error instead of TRL's silent NaN skip.
 4. Resume across epochs: `_get_train_sampler` reseeds TRL's sampler per epoch (stock, a run resumed after
    its first epoch sees the first epoch's image order again and ends with a different adapter).
 
@@ -27,7 +28,6 @@ Python: `run(RLTrainConfig(...))` returns {"steps", "history", "adapter"} and wr
 
 from __future__ import annotations
 
-import math
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -44,67 +44,46 @@ from ..models.shared_vision import SharedVision
 from ..utils import print0
 from .rl_config import RLTrainConfig  # noqa: F401  (the CLI finds the config class here)
 
-# reward name -> which dataset column it cannot do without
-NEEDS = {"cider": "references", "bertscore": "references", "judge": "references", "clipscore": "image", "grounding": "objects"}
+# reward name -> the dataset column it cannot do without (every row has an image)
+NEEDS = {"cider": "references", "bertscore": "references", "judge": "references", "grounding": "objects"}
 
 
-def parse_reward(spec: str, known=NEEDS) -> list[tuple[str, float]]:
-    """'judge' -> [('judge', 1.0)]; 'judge:0.7,grounding:0.3' -> weighted terms (TRL sums them, then normalises per group)."""
-    terms = []
-    for part in (p.strip() for p in str(spec or "").split(",")):
-        if not part:
-            continue
-        name, _, w = part.partition(":")
-        name = name.strip()
-        if name not in known:
-            raise CapalignError(f"unknown reward {name!r}; expected one of {', '.join(known)} or a weighted mix like 'judge:0.7,grounding:0.3'")
-        try:
-            weight = float(w) if w.strip() else 1.0
-        except ValueError:
-            raise CapalignError(f"reward weight of {name!r} is not a number: {w!r}") from None
-        if not math.isfinite(weight):
-            raise CapalignError(f"reward weight of {name!r} must be finite, got {w!r}")
-        terms.append((name, weight))
-    if not terms:
-        raise CapalignError("no reward given; use --reward judge, cider, bertscore, clipscore, grounding or a mix like 'cider:0.5,grounding:0.5'")
-    if len({n for n, _ in terms}) != len(terms):
-        raise CapalignError(f"reward {spec!r} names a reward twice")
-    return terms
+def reward_parts(cfg: RLTrainConfig, custom: dict | None = None) -> list[tuple[str, object, float]]:
+    """cfg.reward (`capalign.rewards.build_reward`'s spec: 'judge', 'cider:1,grounding:0.5', ...) -> [(name, fn, weight)].
+    Each part becomes its own TRL reward function, so TRL logs rewards/<name>/mean beside the weighted sum."""
+    from ..rewards import WeightedReward, build_reward
+
+    named = {k: _named(k, fn) for k, fn in (custom or {}).items()}  # the spec's name is the logged name
+    r = build_reward(cfg.reward, judge=cfg.judge, judge_prompt=cfg.judge_prompt, judge_dtype=cfg.judge_dtype,
+                     judge_load_in_8bit=cfg.judge_load_in_8bit, judge_batch_size=cfg.judge_batch_size,
+                     device=cfg.device, custom=named)
+    parts = [(_name(fn), fn, float(w)) for fn, w in (r.parts if isinstance(r, WeightedReward) else [(r, 1.0)])]
+    names = [n for n, _, _ in parts]
+    if len(set(names)) != len(names):
+        raise CapalignError(f"reward {cfg.reward!r} names a reward twice")
+    return parts
 
 
-def make_reward(name: str, cfg: RLTrainConfig):
-    """The plain reward function behind a name (stand-in until capalign.rewards lands: CIDEr-D only)."""
-    if name == "cider":
-        return cider_standin
-    raise CapalignError(f"reward {name!r} is not available in this build yet (only cider)")
+def _name(fn) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
-def cider_standin(completions: list[str], references: list[list[str]], **kw) -> list[float]:
-    """Per-caption CIDEr-D of each completion against its references (capalign.metrics.coco)."""
-    from ..metrics.coco import coco_scores
+def _named(name: str, fn):
+    def reward(completions, **kw):
+        return fn(completions, **kw)
 
-    ids = [str(i) for i in range(len(completions))]
-    _, per = coco_scores(dict(zip(ids, references)), {i: [c] for i, c in zip(ids, completions)}, metrics=("cider",))
-    return per["CIDEr"]
+    reward.__name__ = name
+    return reward
 
 
 def checked(name: str, fn):
-    """A TRL reward function around a capalign reward: plain-string completions in, one finite float per completion out."""
+    """A TRL reward function around a capalign reward: plain-string completions in (TRL passes chat messages for
+    chat prompts), one finite float per completion out (TRL would skip a NaN row with a warning)."""
+    from ..rewards import check_rewards, completion_texts
 
     def reward(completions, **kw):
-        texts = [(c[-1]["content"] if isinstance(c, list) else c).strip() for c in completions]
-        kw.pop("prompts", None), kw.pop("completion_ids", None)
-        out = fn(completions=texts, **kw)
-        try:
-            out = [float(v) for v in out]
-        except (TypeError, ValueError):
-            raise CapalignError(f"reward {name!r} must return numbers, got {type(out).__name__} with {out!r:.80}") from None
-        if len(out) != len(texts):
-            raise CapalignError(f"reward {name!r} returned {len(out)} values for {len(texts)} completions (one per completion expected)")
-        bad = [i for i, v in enumerate(out) if not math.isfinite(v)]
-        if bad:
-            raise CapalignError(f"reward {name!r} returned a non-finite value ({out[bad[0]]}) for {len(bad)} of {len(out)} completions, e.g. {texts[bad[0]]!r}")
-        return out
+        texts = completion_texts(completions)
+        return check_rewards(repr(name), fn(texts, **kw), len(texts))
 
     reward.__name__ = name  # TRL logs rewards/<name>/mean and /std
     return reward
@@ -223,17 +202,17 @@ def build_trainer(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> RLT
     from ..models import load_vlm
 
     custom = dict(custom_rewards or {})
-    terms = parse_reward(cfg.reward, {**NEEDS, **custom})
-    needs = {NEEDS[n] for n, _ in terms if n not in custom}
-    funcs = [checked(n, custom[n] if n in custom else make_reward(n, cfg)) for n, _ in terms]
-    args = grpo_args(cfg, [w for _, w in terms], int(os.environ.get("WORLD_SIZE", "1")))
+    terms = reward_parts(cfg, custom)
+    needs = {NEEDS[n] for n, _, _ in terms if n in NEEDS and n not in custom}
+    funcs = [checked(n, fn) for n, fn, _ in terms]
+    args = grpo_args(cfg, [w for _, _, w in terms], int(os.environ.get("WORLD_SIZE", "1")))
     vlm = load_vlm(cfg.model, device="cpu" if args.use_cpu else "auto", dtype="bfloat16" if args.bf16 else "float32", prompt=cfg.prompt)
     dataset = build_dataset(cfg, vlm, needs)
     template = getattr(vlm.processor, "chat_template", None)
     vlm.processor.chat_template = exact_prompt_template(vlm)
     trainer = RLTrainer(model=vlm.model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=vlm.processor,
                         peft_config=lora_config(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets),
-                        callbacks=[History(Path(cfg.out) / "history.json", [n for n, _ in terms])],
+                        callbacks=[History(Path(cfg.out) / "history.json", [n for n, _, _ in terms])],
                         shared_vision=SharedVision(vlm) if cfg.shared_vision else None)
     trainer.vlm, trainer.model_chat_template = vlm, template
     return trainer
