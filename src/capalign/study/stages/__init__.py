@@ -6,12 +6,13 @@ from .base_model import BaseStage
 from .data import DataStage
 from .evaluate import CaptionStage, EvaluateStage
 from .features import FeaturesStage
+from .rl import RLStage
 from .summary import SummaryStage
 from .vizer import MapperStage, VizerStage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    DataStage(), BaseStage(), MapperStage(), VizerStage(),
-    # new training stages (rl, style) go here: they add systems that caption/evaluate then pick up
+    DataStage(), BaseStage(), MapperStage(), VizerStage(), RLStage(),
+    # new training stages (style) go here: they add systems that caption/evaluate then pick up
     CaptionStage(), EvaluateStage(), FeaturesStage(), SummaryStage(),
     # the report stage goes last
 )}
