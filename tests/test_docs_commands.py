@@ -21,7 +21,7 @@ another branch is adding; reported as a warning, and PENDING entries that exist 
 command that cannot run here goes in ALLOW_LIST with its reason (keep it short).
 
 Substitutions, by flag (the same for YAML keys), when the documented value does not exist as a path:
-  --model            hub id or placeholder -> the tiny random model of the family its name says
+  --model --judge    hub id or placeholder -> the tiny random model of the family its name says
                      (qwen2.5 -> Qwen2.5-VL, qwen -> Qwen2-VL, anything else -> Idefics3/SmolVLM)
   --images --data --mapper_data --test -> an 8-image shapes-world dataset (also `hf:...`)
   --refs             -> that dataset's manifest.jsonl
@@ -216,7 +216,7 @@ class Env:
     def value(self, flag: str, value: str) -> str:
         if Path(value).exists():
             return value
-        if flag == "--model":
+        if flag in ("--model", "--judge"):
             return self.model(value)
         if flag in ("--images", "--data", "--mapper_data", "--test") and (value.startswith("hf:") or ":" not in value):
             return str(self.data)  # (other NAME:ARGS specs, e.g. shapes:100, are generated, not read)
