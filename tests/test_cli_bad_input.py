@@ -105,6 +105,7 @@ STYLE_WRLOGP = "style wrlogp --model {model} --data shapes:4 --style humorous --
 STYLE_TRAIN = "style train --model {model} --data shapes:10 --style humorous --max_steps 1 --batch_size 2 --device cpu --report_to none --out {tmp}/st"
 STYLE_SWEEP = ("style sweep --model {model} --data shapes:10 --methods sft --styles humorous --budgets 50%,100% --seeds 1 --n_test 2 "
                "--min_steps 1 --batch_size 2 --max_new_tokens 2 --out {tmp}/ss")
+RL = "rl train --model {model} --data {data} --out {tmp}/rl --batch_size 2 --num_generations 2 --max_new_tokens 2 --max_steps 1 --save_every 0"
 DIAGNOSE = "vizer diagnose --model {model} --mappers {mapper} --data {data} --out {tmp}/diag.json"
 
 
@@ -224,6 +225,21 @@ ROWS = [
     (_with(DIAGNOSE, mappers="{tmp}/nope"), "none", "not a mapper folder (no mapper_meta.json): {tmp}/nope"),
     (_with(DIAGNOSE, mappers="{mapper_other}"), "none", "it was trained on another model"),
     (_with(DIAGNOSE, out="{tmp}/afile/diag.json"), "none", "{tmp}/afile is a file, not a folder"),
+    # ------------------------------------------------------------------ rl train
+    (_with(RL, num_generations="1"), "none", "num_generations (samples per image) must be >= 2"),
+    (_with(RL, reward="bleu"), "none", "unknown reward 'bleu'"),
+    (_with(RL, reward="cider:x"), "none", "reward weight 'x' in 'cider:x' is not a number"),
+    (_with(RL, reward="cider:nan,grounding"), "none", "must be a finite number"),
+    (_with(RL, reward="judge"), "none", "the judge reward needs a judge model (--judge MODEL)"),
+    (_with(RL, reward="judge", judge="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
+    (_with(RL, reward="judge", judge="{model}", judge_prompt="grade"), "none", "judge prompt lacks the {{reference}} and {{caption}} placeholder"),
+    (_with(RL, data="{images}"), "none", "needs reference captions, but 3 of 3 images have none"),
+    (_with(RL, data="{images}", reward="grounding"), "none", "needs object annotations ('objects'), but 3 of 3 images have none"),
+    (_with(RL, data="{tmp}/nope"), "none", "image source not found: {tmp}/nope"),
+    (_with(RL, batch_size="64"), "none", "8 images are fewer than one batch of 64"),
+    (_with(RL, out="{tmp}/afile/rl"), "none", "{tmp}/afile is a file, not a folder"),
+    (_with(RL, out="{tmp}/afile"), "none", "{tmp}/afile: File exists"),
+    (RL + " --config {tmp}/run.yaml", "yaml_unknown", "unknown field(s) in {tmp}/run.yaml: bogus_field"),
     # ------------------------------------------------------------------ report
     ("report {tmp}/nope", "none", "{tmp}/nope is not a folder"),
     ("report {tmp}/afile", "none", "{tmp}/afile is not a folder"),

@@ -21,7 +21,7 @@ another branch is adding; reported as a warning, and PENDING entries that exist 
 command that cannot run here goes in ALLOW_LIST with its reason (keep it short).
 
 Substitutions, by flag (the same for YAML keys), when the documented value does not exist as a path:
-  --model            hub id or placeholder -> the tiny random model of the family its name says
+  --model --judge    hub id or placeholder -> the tiny random model of the family its name says
                      (qwen2.5 -> Qwen2.5-VL, qwen -> Qwen2-VL, anything else -> Idefics3/SmolVLM)
   --images --data --mapper_data --test -> an 8-image shapes-world dataset (also `hf:...`)
   --refs             -> that dataset's manifest.jsonl
@@ -63,9 +63,10 @@ ALLOW_LIST: dict[str, str] = {  # text in the command -> why it cannot run here
                                "tests/test_study.py runs a tiny recipe through the same stages",
     "--text_model smollm2": "builds SmolLM2-135M from its GGUF and trains all 30 layers: minutes per step on 2 cores; "
                             "tests/test_nano_smollm2.py builds, loads and trains it",
+    "capalign study recipes/": "a whole study (minutes on tiny settings, hours on the recipe's); tests/test_study.py and "
+                               "tests/test_study_rl.py run tiny recipes through the same command",
 }
 PENDING: dict[str, str] = {  # command words -> where it comes from; warned about until registered
-    "rl train": "lands with the grpo branch (docs/rl.md names it)",
 }
 SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("caption",): {"--max_new_tokens": "4", "--limit": "4"},
@@ -79,6 +80,7 @@ SHRINK: dict[tuple[str, ...], dict[str, str]] = {
                          "--mapper_epochs": "1", "--vizer_batch_size": "4", "--vizer_max_steps": "1", "--max_new_tokens": "4"},
     ("report",): {"--max_images": "4"},
     ("judge", "train"): {"--steps": "2", "--n_train": "8", "--n_val": "2", "--batch_size": "4", "--eval_batch_size": "4"},
+    ("rl", "train"): {"--max_steps": "1", "--batch_size": "2", "--num_generations": "2", "--max_new_tokens": "4", "--save_every": "0"},
     ("style", "classifier"): {"--data": lambda v: _fewer_shapes(v, 40)},  # shapes:1000: ~2 minutes of MiniLM here
     ("style", "pairs"): {"--data": lambda v: _fewer_shapes(v, 40)},
     ("style", "wrlogp"): {"--data": lambda v: _fewer_shapes(v, 20)},
@@ -241,7 +243,7 @@ class Env:
             return value
         if flag == "--recipe" and (ROOT / value).exists():
             return str(ROOT / value)  # the project's recipes/ (the commands run in a fresh folder)
-        if flag == "--model":
+        if flag in ("--model", "--judge"):
             return self.model(value)
         if flag in ("--images", "--data", "--mapper_data", "--test") and (value.startswith("hf:") or ":" not in value):
             return str(self.data)  # (other NAME:ARGS specs, e.g. shapes:100, are generated, not read)

@@ -59,3 +59,15 @@ def test_style_sweep_estimate_counts_every_cell(capsys):
     assert all(r["minutes"] > 0 and 0 < r["memory_gb"] < 80 for r in rows)
     assert main(["estimate", str(RECIPES / "flickrstyle10k-sweep.yaml")]) == 2  # a folder of unknown size: --style_pairs
     assert "pass --style_pairs N" in capsys.readouterr().err
+
+
+def test_estimate_of_the_rl_recipe():
+    """The rl stage: one row per reward; the judge's rows add the judge's weights and per-sample forward."""
+    judge = model_facts("Qwen/Qwen2.5-VL-3B-Instruct", RECIPES, (640, 480))
+    assert judge["total"] == pytest.approx(3.75e9, rel=0.02)  # the published size
+    recipe = load_recipe(RECIPES / "smolvlm-base-rl.yaml")
+    facts = model_facts(recipe.sections["base"]["model"], RECIPES, (640, 480))
+    rows = estimate(recipe, facts, EstimateConfig(recipe="x"), judge)
+    assert [r["stage"] for r in rows] == ["rl (judge)", "rl (cider)", "caption (x3 systems)"]
+    assert rows[0]["memory_gb"] - rows[1]["memory_gb"] > 2 * judge["total"] / 1e9 and rows[0]["minutes"] > rows[1]["minutes"]
+    assert all(0 < r["memory_gb"] < 80 for r in rows)

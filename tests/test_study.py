@@ -243,7 +243,7 @@ def test_multi_seed_summary_pools_counts_over_captions(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"rl": {"lr": 1}}, "unknown stage 'rl'"),
+    ({"dpo": {"lr": 1}}, "unknown stage 'dpo'"),
     ({"vizer": {"learning_rate": 1}}, "unknown field vizer.learning_rate"),
     ({"mapper": {"out": "x"}}, "field mapper.out is set by the study"),
     ({"vizer": {"lr": "fast"}}, "invalid vizer settings"),
@@ -276,7 +276,7 @@ def test_every_recipe_parses_and_demo_is_vizer_study_defaults():
     from capalign.study.vizer_study import VizerStudyConfig, recipe_from_flags
 
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
-    assert {p.name for p in recipes} >= {"demo.yaml", "smolvlm-base-vizer.yaml", "qwen2-vl-2b-vizer.yaml"}
+    assert {p.name for p in recipes} >= {"demo.yaml", "smolvlm-base-vizer.yaml", "qwen2-vl-2b-vizer.yaml", "smolvlm-base-rl.yaml"}
     for p in recipes:
         r = load_recipe(p)  # unknown stages / fields are errors here
         for stage, section in r.sections.items():

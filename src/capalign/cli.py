@@ -40,6 +40,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("style", "wrlogp"): ("capalign.metrics.style_cli", "WrLogpConfig", "run_wrlogp", "WR-LogP of a model (and its base, with --adapter) on the test split of preference data."),
     ("judge",): ("capalign.judge", "JudgeConfig", "run", "Grade caption files A-E with a VLM judge (expected grade from the letter probabilities)."),
     ("judge", "train"): ("capalign.training.judge", "JudgeTrainConfig", "run", "Train a nano VLM judge (SmolVLM architecture) on the shapes world; held-out accuracy."),
+    ("rl", "train"): ("capalign.training.rl_trainer", "RLTrainConfig", "run", "GRPO on the language model (LoRA) with a judge or metric reward."),
 }
 
 # commands whose first argument may be given without its flag: `capalign study RECIPE.yaml`, `capalign report RUN`

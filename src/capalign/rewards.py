@@ -278,19 +278,25 @@ REWARDS = ("cider", "bertscore", "clipscore", "grounding", "judge")
 def build_reward(spec: str, judge: str = "", judge_prompt: str = "", judge_dtype: str = "auto", judge_load_in_8bit: bool = False,
                  judge_batch_size: int = 16, bertscore_model: str = "roberta-large", bertscore_layer: int = 17,
                  clip_model: str = "openai/clip-vit-base-patch32", clip_kind: str = "cos", grounding_level: str = "attr",
-                 cider_corpus: Sequence[Sequence[str]] | None = None, device: str = "auto") -> Reward:
-    """A reward from a spec: one name (`judge`, `cider`, ...) or a weighted sum `cider:1,grounding:0.5`."""
+                 cider_corpus: Sequence[Sequence[str]] | None = None, device: str = "auto",
+                 custom: dict[str, Callable] | None = None) -> Reward:
+    """A reward from a spec: one name (`judge`, `cider`, ...) or a weighted sum `cider:1,grounding:0.5`.
+    `custom` adds named rewards (TRL's signature) that the spec may use beside the built-in ones."""
+    custom = dict(custom or {})
+    known = (*REWARDS, *custom)
     parts = []
     for item in [x.strip() for x in spec.split(",") if x.strip()]:
         name, _, w = item.partition(":")
         name = name.strip()
-        if name not in REWARDS:
-            raise CapalignError(f"unknown reward {name!r}; choose from {', '.join(REWARDS)} (weighted: cider:1,grounding:0.5)")
+        if name not in known:
+            raise CapalignError(f"unknown reward {name!r}; choose from {', '.join(known)} (weighted: cider:1,grounding:0.5)")
         try:
             weight = float(w) if w.strip() else 1.0
         except ValueError:
             raise CapalignError(f"reward weight {w!r} in {spec!r} is not a number") from None
-        if name == "judge":
+        if name in custom:
+            fn = custom[name]
+        elif name == "judge":
             if not judge:
                 raise CapalignError("the judge reward needs a judge model (--judge MODEL)")
             fn = JudgeReward(judge, device=device, dtype=judge_dtype, load_in_8bit=judge_load_in_8bit,

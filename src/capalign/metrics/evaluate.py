@@ -16,7 +16,7 @@ from ..config import arg, save_config, show_config
 from ..io import atomic_write_json, check_prediction, check_reference, read_predictions, read_references
 from ..judge import JUDGE_FIELDS
 
-ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style", "judge")
+ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style", "judge", "length")
 
 
 @dataclasses.dataclass
@@ -163,6 +163,9 @@ def evaluate_system(preds: list[dict] | dict[str, str], refs: dict[str, dict], n
 
         s = style_for_evaluate([by_id[i] for i in ids], cfg)
         corpus["style_accuracy"], per["style"], counts["style"] = s["style_accuracy"], s["per_caption"], s["counts"]
+    if "length" in names:  # words per caption: a reward that favours long captions shows here first (RL's reward hacking)
+        per["words"] = [len(by_id[i].split()) for i in ids]
+        corpus["words"] = sum(per["words"]) / len(ids)
     if "judge" in names:
         from ..judge import evaluate_judge
 
@@ -180,7 +183,7 @@ def _table(results: dict[str, dict]) -> None:
             ("ROUGE-L", "ROUGE_L"), ("CIDEr", "CIDEr"), ("CLIPS", "CLIPScore"), ("STYLE", "style_accuracy"),
             ("P_obj", "precision_name"), ("R_obj", "recall_name"), ("F1_obj", "f1_name"), ("CHAIRi", "chair_i_name"),
             ("CHAIRs", "chair_s_name"), ("CHAIRi_attr", "chair_i_attr"), ("CHAIRs_attr", "chair_s_attr"),
-            ("Judge", "judge"), ("off-letter", "judge_off_letter_mass")]
+            ("Judge", "judge"), ("off-letter", "judge_off_letter_mass"), ("words", "words")]
     cols = [(h, k) for h, k in cols if any(k in r["corpus"] for r in results.values())]
     t = Table(title="caption scores (BLEU/ROUGE/CIDEr as pycocoevalcap; BERTS = BERTScore F1; CLIPS = raw image-caption cosine; x100 except CIDEr, CLIPS)")
     t.add_column("system", no_wrap=True)
@@ -191,7 +194,7 @@ def _table(results: dict[str, dict]) -> None:
         row = [name]
         for _, k in cols:
             v = r["corpus"].get(k)
-            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr", "CLIPScore", "judge", "judge_off_letter_mass") else f"{100 * v:.2f}")
+            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr", "CLIPScore", "judge", "judge_off_letter_mass") else f"{v:.1f}" if k == "words" else f"{100 * v:.2f}")
         row.append(str(r["counts"]["scored"]))
         t.add_row(*row)
     console.print(t)

@@ -57,6 +57,7 @@ class VLM:
     default_prompt: str | None = None
     vision_keys: tuple[str, ...] = ("pixel_values",)  # processor outputs that only the vision tower reads
     language_model_prefix: str = "model.language_model"  # module path of the LM inside the model (LoRA target)
+    image_count_key: str = "pixel_values"  # get_image_features argument whose first dim counts the images
 
     def __init__(self, model, processor, prompt: str | None = None, pooling: Pooling = "mean"):
         self.model = model  # the transformers *ForConditionalGeneration (LoRA layers, if any, are injected in place)

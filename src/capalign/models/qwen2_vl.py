@@ -23,6 +23,7 @@ class Qwen2VLM(VLM):
     default_prompt = "Describe this image in the shortest form."
     language_model_prefix = "model.language_model"  # LoRA goes inside this module only
     vision_keys = ("pixel_values",)
+    image_count_key = "image_grid_thw"  # pixel_values holds the patches of all images: [sum_i t*h*w, C*patch^2]
 
     def prompt_texts(self, n: int, prompt: str | None) -> list[str]:
         user = [{"type": "image"}] + ([{"type": "text", "text": prompt}] if prompt else [])

@@ -163,8 +163,9 @@ def _n(value, fallback) -> int | None:
     return value if isinstance(value, int) else fallback
 
 
-def estimate(recipe, facts: dict, cfg: EstimateConfig) -> list[dict]:
-    """Rows {"stage", "what", "memory_gb", "minutes"} per seed, for the GPU stages of the recipe."""
+def estimate(recipe, facts: dict, cfg: EstimateConfig, judge: dict | None = None) -> list[dict]:
+    """Rows {"stage", "what", "memory_gb", "minutes"} per seed, for the GPU stages of the recipe (`judge`: the
+    facts of the rl stage's judge model, if it has one)."""
     from .stages import STAGES
 
     c, f, sec = Costs(facts, cfg.gpu, cfg.mfu), facts, recipe.sections
@@ -175,6 +176,8 @@ def estimate(recipe, facts: dict, cfg: EstimateConfig) -> list[dict]:
         o = STAGES["vizer"].opts(sec["vizer"])
         arms = len(o.variants or STAGES["mapper"].opts(sec.get("mapper") or {}).variants) * len(o.sampling or [1])
         systems += arms * max(1, len(o.steps or []))
+    if "rl" in sec:
+        systems += len(STAGES["rl"].opts(sec["rl"]).rewards)
     rows = []
     if "mapper" in sec:
         m = STAGES["mapper"].command_config(None, sec["mapper"], model="x", data="x", out="x")
@@ -199,6 +202,8 @@ def estimate(recipe, facts: dict, cfg: EstimateConfig) -> list[dict]:
         arms = len(STAGES["vizer"].opts(sec["vizer"]).variants or STAGES["mapper"].opts(sec.get("mapper") or {}).variants) * len(o.sampling or [1])
         rows.append({"stage": f"vizer (x{arms} runs)", "what": f"{steps} steps x {b} images (generate {new} + 2 LM passes over {tok} tokens), "
                      f"LoRA r={vz.lora_r}{', checkpointing' if vz.gradient_checkpointing else ''}", "memory_gb": mem, "minutes": arms * steps * step_s / 60})
+    if "rl" in sec:
+        rows += rl_rows(recipe, c, facts, cfg, judge)
     if "caption" in sec:
         cp = STAGES["caption"].command_config(None, sec["caption"], model="x", images="x", out="x")
         n = data.test_limit or _n(data.test, cfg.n_test)
@@ -247,6 +252,44 @@ def _style_rows(c: Costs, sw, prompt: int, cfg: EstimateConfig) -> list[dict]:
              "memory_gb": c.weights_gb() + c.kv_bytes(prompt + sw.max_new_tokens, 50) / 1e9, "minutes": eval_s / 60}]
 
 
+JUDGE_PROMPT_TOKENS = 160  # the A.1 prompt (~110 tokens) + a reference + a caption, beside the image tokens
+
+
+def rl_rows(recipe, c: Costs, f: dict, cfg: EstimateConfig, judge: dict | None) -> list[dict]:
+    """GRPO runs (one per reward): per step, B images x G samples: the policy's vision once per image, sampling
+    B*G captions, the loss forward + backward over B*G sequences (+ a reference forward when beta > 0), and,
+    for a judge reward, the judge's vision once per image and one forward per sample."""
+    from .stages import STAGES
+
+    sec, data = recipe.sections, STAGES["data"].opts(recipe.sections.get("data") or {})
+    o = STAGES["rl"].opts(sec["rl"])
+    rl = STAGES["rl"].command_config(None, sec["rl"], model="x", data="x", out="x", reward="cider")
+    n = rl.limit or _n(getattr(data, o.split), cfg.n_unlabeled)
+    steps = rl.max_steps or (int(n * rl.epochs) // rl.batch_size if n else None)
+    if steps is None:
+        raise CapalignError(f"the number of RL steps is unknown: set rl.max_steps or rl.limit, or pass --n_unlabeled")
+    B, G, new = rl.batch_size, rl.num_generations, rl.max_new_tokens
+    prompt = f["img_tokens"] + 16
+    tok, micro = prompt + new, B * G // rl.grad_accum
+    passes = 2 + (rl.beta > 0)
+    policy_s = c.vision_s(B) + c.generate_s(prompt, new, B * G) + passes * c.lm_forward(tok, B * G) / c.rate
+    mem = c.weights_gb() + 16 * c.lora_params(rl.lora_r) / 1e9 + max(c.train_act_bytes(tok, micro, rl.gradient_checkpointing), c.kv_bytes(tok, B * G)) / 1e9
+    rows = []
+    for spec in o.rewards:
+        step_s, what, m = policy_s, f"{steps} steps x {B} images x {G} samples (generate {new} + {passes} LM passes over {tok} tokens)", mem
+        if "judge" in spec and judge:
+            jc = Costs(judge, cfg.gpu, cfg.mfu)
+            jtok = judge["img_tokens"] + JUDGE_PROMPT_TOKENS
+            step_s += jc.vision_s(B) + jc.lm_forward(jtok, B * G) / jc.rate
+            m += jc.weights_gb() + jc.kv_bytes(jtok, rl.judge_batch_size) / 1e9
+            what += f" + judge {judge['model']} ({judge['total'] / 1e9:.2f} B): vision per image, one forward of {jtok} tokens per sample"
+        elif "judge" in spec:
+            what += " + judge (its config not found: not counted)"
+        rows.append({"stage": f"rl ({spec})", "what": what + (", checkpointing" if rl.gradient_checkpointing else ""), "memory_gb": m,
+                     "minutes": steps * step_s / 60})
+    return rows
+
+
 def run(cfg: EstimateConfig) -> list[dict]:
     from rich.table import Table
 
@@ -259,7 +302,13 @@ def run(cfg: EstimateConfig) -> list[dict]:
         return []
     w, h = (int(x) for x in cfg.image_size.lower().split("x"))
     facts = model_facts(base.replace("{seed}", str(recipe.seeds[0])), Path(cfg.recipe).resolve().parent, (w, h))
-    rows = estimate(recipe, facts, cfg)
+    judge_id = (recipe.sections.get("rl") or {}).get("judge")
+    try:
+        judge = model_facts(judge_id, Path(cfg.recipe).resolve().parent, (w, h)) if judge_id else None
+    except CapalignError as e:  # a judge whose config is not at hand: its rows say it is not counted
+        console.print(f"judge not counted: {e}")
+        judge = None
+    rows = estimate(recipe, facts, cfg, judge)
     g = GPUS[cfg.gpu]
     t = Table(title=f"ESTIMATE for {recipe.name} on one {cfg.gpu} ({g[0]:.0f} TFLOP/s bf16 at {cfg.mfu:.0%}, {g[1]} TB/s, {g[2]} GB), per seed")
     for col in ("stage", "work", "GPU memory", "time"):

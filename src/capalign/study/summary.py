@@ -27,9 +27,11 @@ import numpy as np
 from .. import stats
 from ..io import read_jsonl
 
-METRICS = ["BLEU4", "ROUGE_L", "CIDEr", "precision_name", "recall_name", "recall_attr", "chair_i_name", "chair_i_attr", "chair_s_attr"]
+METRICS = ["BLEU4", "ROUGE_L", "CIDEr", "precision_name", "recall_name", "recall_attr", "chair_i_name", "chair_i_attr", "chair_s_attr",
+           "judge", "words"]  # the last two when evaluated (`--metrics judge,length`): RL's reward and caption length
 SHORT = {"BLEU4": "BLEU4", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr", "precision_name": "P_obj", "recall_name": "R_obj",
-         "recall_attr": "R_attr", "chair_i_name": "CHAIRi", "chair_i_attr": "CHAIRi_attr", "chair_s_attr": "CHAIRs_attr"}
+         "recall_attr": "R_attr", "chair_i_name": "CHAIRi", "chair_i_attr": "CHAIRi_attr", "chair_s_attr": "CHAIRs_attr",
+         "judge": "Judge", "words": "words"}
 LOWER_IS_BETTER = ("chair_",)
 _COUNTS = {"precision": ("grounded", "mentions"), "recall": ("recalled", "annotated"), "chair_i": ("hallucinated", "mentions"), "chair_s": ("hallucinated", None)}
 
@@ -136,7 +138,7 @@ def _fmt(v, sign=False) -> str:
 
 
 def _colour(p: dict, metric: str) -> str:
-    if p.get("lo") is None or not p.get("excludes_zero"):
+    if p.get("lo") is None or not p.get("excludes_zero") or metric == "words":  # longer is neither better nor worse
         return ""
     good = (p["lo"] > 0) == better_if_higher(metric)
     return "green" if good else "red"

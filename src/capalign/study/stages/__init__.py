@@ -7,12 +7,13 @@ from .data import DataStage
 from .evaluate import CaptionStage, EvaluateStage
 from .features import FeaturesStage
 from .style import StyleStage
+from .rl import RLStage
 from .summary import SummaryStage
 from .vizer import MapperStage, VizerStage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    DataStage(), BaseStage(), MapperStage(), VizerStage(),
-    # new training stages (rl) go here: they add systems that caption/evaluate then pick up
+    DataStage(), BaseStage(), MapperStage(), VizerStage(), RLStage(),
+    # new per-seed training stages go here: they add systems that caption/evaluate then pick up
     CaptionStage(), EvaluateStage(), FeaturesStage(),
     StyleStage(),  # study-wide: its own sweep over styles, budgets and seeds from the first seed's Base
     SummaryStage(),

@@ -70,7 +70,7 @@ class EvaluateStage(Stage):
         names = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
         ev._check_models(cfg, names)
         refs = read_references(str(ctx.test_manifest))
-        images, images_from = ev._image_map(cfg, refs) if "clipscore" in names else ({}, "")
+        images, images_from = ev._image_map(cfg, refs) if {"clipscore", "judge"} & set(names) else ({}, "")
         for name, path in ctx.evals.items():
             if path.exists():
                 continue
