@@ -106,6 +106,10 @@ STYLE_TRAIN = "style train --model {model} --data shapes:10 --style humorous --m
 STYLE_SWEEP = ("style sweep --model {model} --data shapes:10 --methods sft --styles humorous --budgets 50%,100% --seeds 1 --n_test 2 "
                "--min_steps 1 --batch_size 2 --max_new_tokens 2 --out {tmp}/ss")
 RL = "rl train --model {model} --data {data} --out {tmp}/rl --batch_size 2 --num_generations 2 --max_new_tokens 2 --max_steps 1 --save_every 0"
+JUDGE = "judge --judge {model} --pred {tmp}/p.jsonl --refs {data}/manifest.jsonl --device cpu --out {tmp}/j.json"
+JUDGE_TRAIN = "judge train --out {tmp}/jt --steps 1 --n_train 4 --n_val 2"
+STUDY_RECIPE = "study {tmp}/run.yaml --out {tmp}/st"
+ESTIMATE = "estimate {tmp}/run.yaml"
 DIAGNOSE = "vizer diagnose --model {model} --mappers {mapper} --data {data} --out {tmp}/diag.json"
 
 
@@ -225,6 +229,23 @@ ROWS = [
     (_with(DIAGNOSE, mappers="{tmp}/nope"), "none", "not a mapper folder (no mapper_meta.json): {tmp}/nope"),
     (_with(DIAGNOSE, mappers="{mapper_other}"), "none", "it was trained on another model"),
     (_with(DIAGNOSE, out="{tmp}/afile/diag.json"), "none", "{tmp}/afile is a file, not a folder"),
+    # ------------------------------------------------------------------ judge, judge train
+    (JUDGE, "pred_bad_json", "{tmp}/p.jsonl line 3: invalid JSON"),
+    (JUDGE, "pred_dup", "{tmp}/p.jsonl: duplicate id '000000' (lines 1 and 3)"),
+    (JUDGE, "pred_not_utf8", "{tmp}/p.jsonl line 1: not UTF-8 text"),
+    (_with(JUDGE, judge="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
+    (_with(JUDGE, prompt="grade"), "none", "judge prompt lacks the {{reference}} and {{caption}} placeholder"),
+    (_with(JUDGE_TRAIN, n_train="1"), "none", "n_train"),
+    (_with(JUDGE_TRAIN, out="{tmp}/afile/jt"), "none", "{tmp}/afile is a file, not a folder"),
+    (JUDGE_TRAIN + " --config {tmp}/run.yaml", "yaml_malformed", "{tmp}/run.yaml"),
+    # ------------------------------------------------------------------ study, estimate (recipes)
+    (STUDY_RECIPE, "yaml_malformed", "{tmp}/run.yaml"),
+    (STUDY_RECIPE, "yaml_list", "{tmp}/run.yaml"),
+    (STUDY_RECIPE, "yaml_unknown", "unknown stage 'bogus_field'"),
+    (_with(STUDY_RECIPE, out="{tmp}/afile/st"), "none", "{tmp}/afile is a file, not a folder"),
+    (ESTIMATE, "yaml_malformed", "{tmp}/run.yaml"),
+    (ESTIMATE, "yaml_unknown", "unknown stage 'bogus_field'"),
+    ("estimate {tmp}/nope.yaml", "none", "{tmp}/nope.yaml"),
     # ------------------------------------------------------------------ rl train
     (_with(RL, num_generations="1"), "none", "num_generations (samples per image) must be >= 2"),
     (_with(RL, reward="bleu"), "none", "unknown reward 'bleu'"),
@@ -388,3 +409,16 @@ def test_environment_oserrors_are_one_line(errno_name, strerror, monkeypatch, tm
     monkeypatch.setattr(shapes, "run", run)
     r = cli("shapes", "--out", tmp_path / "ds")
     assert r.code == 2 and r.error_lines == [f"error: {tmp_path / 'ds' / 'x.png'}: {strerror}"] and "Traceback" not in r.err
+
+
+def test_every_command_has_bad_input_rows():
+    """A command registered in the CLI without a row here would escape the table (issue 10)."""
+    from capalign.cli import COMMANDS
+
+    covered = set()
+    for row in ROWS:
+        row = row.values[0] if hasattr(row, "values") else row
+        words = row[0].split(" --")[0].split()
+        covered.add(tuple(w for w in words if not w.startswith("{") and "/" not in w and not w.endswith((".yaml", ".jsonl"))))
+    missing = [" ".join(c) for c in COMMANDS if c not in covered]
+    assert not missing, f"commands without bad-input rows: {missing}"

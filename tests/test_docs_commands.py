@@ -77,7 +77,9 @@ SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("vizer", "train"): {"--max_steps": "1", "--batch_size": "4", "--max_new_tokens": "4", "--save_every": "0"},
     ("vizer", "sweep"): {"--widths": "8", "--sizes": "8", "--vizer_max_steps": "1", "--vizer_batch_size": "4", "--max_new_tokens": "4"},
     ("vizer", "study"): {"--nano_steps": "2", "--web_steps": "2", "--n_mapper": "8", "--n_unlabeled": "8", "--n_test": "4",
-                         "--mapper_epochs": "1", "--vizer_batch_size": "4", "--vizer_max_steps": "1", "--max_new_tokens": "4"},
+                         "--mapper_epochs": "1", "--vizer_batch_size": "4", "--vizer_max_steps": "1", "--max_new_tokens": "4",
+                         # the budget arms train to the largest step count (400) and caption at each: 1,2 steps, 2 seeds
+                         "--vizer_steps": lambda v: "1,2", "--seeds": lambda v: ",".join(v.split(",")[:2])},
     ("report",): {"--max_images": "4"},
     ("judge", "train"): {"--steps": "2", "--n_train": "8", "--n_val": "2", "--batch_size": "4", "--eval_batch_size": "4"},
     ("rl", "train"): {"--max_steps": "1", "--batch_size": "2", "--num_generations": "2", "--max_new_tokens": "4", "--save_every": "0"},

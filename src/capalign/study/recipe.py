@@ -93,6 +93,8 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise CapalignError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is not None and not isinstance(data, dict):
+        raise CapalignError(f"recipe {path} must be a mapping of stage names to settings, got a {type(data).__name__}")
     return data if data is not None else {}
 
 
