@@ -83,12 +83,11 @@ SHRINK: dict[tuple[str, ...], dict[str, str]] = {
                          # the budget arms train to the largest step count (400) and caption at each: 1,2 steps, 2 seeds
                          "--vizer_steps": lambda v: "1,2", "--seeds": lambda v: ",".join(v.split(",")[:2])},
     ("report",): {"--max_images": "4"},
-    ("judge", "train"): {"--steps": "2", "--n_train": "8", "--n_val": "2", "--batch_size": "4", "--eval_batch_size": "4"},
     ("rl", "train"): {"--max_steps": "1", "--batch_size": "2", "--num_generations": "2", "--max_new_tokens": "4", "--save_every": "0"},
     ("style", "classifier"): {"--data": lambda v: _fewer_shapes(v, 40)},  # shapes:1000: ~2 minutes of MiniLM here
     ("style", "pairs"): {"--data": lambda v: _fewer_shapes(v, 40)},
     ("style", "wrlogp"): {"--data": lambda v: _fewer_shapes(v, 20)},
-    ("judge", "train"): {"--steps": "2", "--n_train": "8", "--n_val": "2", "--batch_size": "4", "--eval_batch_size": "2"},  # default: ~1 h
+    ("judge", "train"): {"--steps": "2", "--n_train": "8", "--n_val": "2", "--batch_size": "4", "--eval_batch_size": "2"},  # default: ~12 min
     ("style", "train"): {"--data": lambda v: _fewer_shapes(v, 40), "--max_steps": "2", "--save_every": "0"},
     ("style", "sweep"): {"--data": lambda v: _fewer_shapes(v, 20), "--methods": "sft", "--styles": "humorous", "--budgets": "50%,100%",
                          "--seeds": "1", "--n_test": "4", "--min_steps": "2", "--epochs": "1", "--batch_size": "4", "--max_new_tokens": "4"},
