@@ -65,9 +65,9 @@ ALLOW_LIST: dict[str, str] = {  # text in the command -> why it cannot run here
                             "tests/test_nano_smollm2.py builds, loads and trains it",
     "capalign study recipes/": "a whole study (minutes on tiny settings, hours on the recipe's); tests/test_study.py and "
                                "tests/test_study_rl.py run tiny recipes through the same command",
+    "benchmarks/rl_step.py": "a benchmark, not a capalign command: SmolVLM-256M-sized steps take minutes; "
+                             "tests/test_rl.py checks the loss and the shared vision pass it times",
 }
-ALLOW_LIST["benchmarks/rl_step.py"] = ("a benchmark, not a capalign command: SmolVLM-256M-sized steps take minutes; "
-                                        "tests/test_rl.py checks the loss and the shared vision pass it times")
 PENDING: dict[str, str] = {  # command words -> where it comes from; warned about until registered
 }
 SHRINK: dict[tuple[str, ...], dict[str, str]] = {
