@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..config import arg
 from ..judge import JUDGE_FIELDS, resolve_prompt
-from ..models.lora import LM_LINEAR
+from ..models.lora import LM_LINEAR, check_lora_training
 
 
 @dataclass
@@ -56,17 +56,9 @@ class RLTrainConfig:
     def __post_init__(self):
         if self.num_generations is None or self.num_generations < 2:
             raise ValueError(f"num_generations (samples per image) must be >= 2 for GRPO's group advantages, got {self.num_generations}")
-        for k in ("batch_size", "grad_accum", "lora_r", "max_new_tokens", "keep_checkpoints", "log_every"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        check_lora_training(self, positive=("max_new_tokens", "keep_checkpoints", "log_every"))
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.loss_type not in ("grpo", "dapo", "dr_grpo", "bnpo"):

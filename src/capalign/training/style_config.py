@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..config import arg
 from ..data.preferences import PreferenceDataArgs, parse_budget
-from ..models.lora import LM_LINEAR
+from ..models.lora import LM_LINEAR, check_lora_training
 
 METHODS = ("zero-shot", "sft", "dpo", "simpo")
 BACKENDS = ("capalign", "trl")
@@ -82,19 +82,11 @@ class StyleTrainConfig(StyleDataArgs):
             self.beta = 2.0 if self.method == "simpo" else 0.1
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-        for k in ("batch_size", "grad_accum", "lora_r", "keep_checkpoints", "log_every"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.batch_size % self.grad_accum:
-            raise ValueError("batch_size must be divisible by grad_accum")
+        check_lora_training(self, positive=("keep_checkpoints", "log_every"))
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("max_steps must be >= 1")
         if self.min_steps < 0 or self.save_every < 0 or self.warmup_steps < 0:
             raise ValueError("min_steps, save_every and warmup_steps must be >= 0")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError("lora_dropout must be in [0, 1)")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
 

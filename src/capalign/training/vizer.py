@@ -34,7 +34,7 @@ from ..config import arg, config_dict, save_config, show_config
 from ..data.sources import batched, open_images
 from ..io import atomic_write_json
 from ..models import lora as models_lora
-from ..models.lora import LM_LINEAR
+from ..models.lora import LM_LINEAR, check_lora_training
 from ..models.mapper import Mapper, cosine_loss
 from ..utils import print0, progress
 
@@ -72,15 +72,7 @@ class VizerTrainConfig:
     device: str = arg("auto", "Device for single-process runs (accelerate picks it under `accelerate launch`).")
 
     def __post_init__(self):
-        for k in ("epochs", "batch_size", "grad_accum", "lora_r", "max_new_tokens"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.batch_size % self.grad_accum:
-            raise ValueError("batch_size must be divisible by grad_accum")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("max_steps must be >= 1")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError("lora_dropout must be in [0, 1)")
+        check_lora_training(self, positive=("epochs", "max_new_tokens"))
         try:
             self.export_list = sorted({int(k) for k in str(self.export_steps or "").split(",") if k.strip()})
         except ValueError:
