@@ -112,6 +112,8 @@ def content_kept(captions: list[str], pairs: list[Pair], bertscore_model: str | 
 
         g = grounding([captions[i] for i in have], [pairs[i].objects for i in have])
         out["grounding"] = {"n": len(have), "name": g["name"], "attr": g["attr"]}
+        if len(have) == len(pairs):  # per-caption rows line up with captions
+            out["grounding"]["per_caption"] = g["per_caption"]
     if bertscore_model:
         from .bertscore import bert_score
 

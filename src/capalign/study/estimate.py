@@ -236,7 +236,7 @@ def _style_rows(c: Costs, sw, prompt: int, cfg: EstimateConfig) -> list[dict]:
         raise CapalignError(f"the style sweep's training pairs per style are unknown for {sw.data}: pass --style_pairs N "
                             "(FlickrStyle10K as distributed: 5600 per style at test_share 0.2)")
     b, tok = sw.batch_size, prompt + cfg.caption_tokens
-    steps = {meth: sum(max(math.ceil(sw.epochs * parse_budget(x, n) / b), sw.min_steps) for x in sw.budget_list) * len(sw.style_list) * sw.seeds
+    steps = {meth: sum(sw.cell_steps(parse_budget(x, n)) for x in sw.budget_list) * len(sw.style_list) * sw.seeds
              for meth in sw.method_list}
     fwd = {"sft": 3 * c.lm_forward(tok, b), "dpo": 4 * c.lm_forward(tok, 2 * b), "simpo": 3 * c.lm_forward(tok, 2 * b)}  # fwd + bwd (~2 fwd)
     train_s = sum(k * (c.vision_s(b) + fwd[meth] / c.rate) for meth, k in steps.items())

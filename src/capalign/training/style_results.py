@@ -30,8 +30,8 @@ def _load_cells(out: Path, cells: list[dict]) -> tuple[dict, list[str]]:
 
 
 def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
-    from ..stats import mean_ci, saturation_budget
-    from .style_sweep import MEASURES, SATURATION
+    from ..stats import mean_ci
+    from .style_sweep import CONTENT, MEASURES, SATURATION
 
     out = Path(cfg.out)
     cells = cfg.cells()
@@ -49,13 +49,10 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
                         for seed in range(cfg.seeds)]  # [seeds, budgets]
                 curves[meas][s][m] = [{"budget": b, "share": sh, **mean_ci([g[j] for g in grid])}
                                       for j, (b, sh) in enumerate(zip(cfg.budget_list, cfg.shares))]
-                full = [g for g in grid if all(v is not None for v in g)]
-                if meas in SATURATION and full and zero[s].get(meas) is not None:
-                    sat = saturation_budget(cfg.shares, full, share=0.95, floor=zero[s][meas])
-                    gain = sat["plateau"] - zero[s][meas]
-                    saturation.append({"measure": meas, "style": s, "method": m, "budget": 100 * sat["budget"], "lo": 100 * sat["lo"],
-                                       "hi": 100 * sat["hi"], "zero_shot": zero[s][meas], "plateau": sat["plateau"], "gain_over_zero_shot": gain,
-                                       "n_seeds": sat["n_seeds"], "note": "" if gain > 0 else "plateau not above zero-shot: nothing saturates"})
+                if meas in SATURATION and zero[s].get(meas) is not None:
+                    row = _saturation_row(cfg, meas, s, m, grid, zero[s][meas], collapsed(cfg, done, s, m, zero[s].get(CONTENT)))
+                    if row:
+                        saturation.append(row)
     clf_cfg = json.loads((Path(clf_path) / "config.json").read_text()) if (Path(clf_path) / "config.json").exists() else {}
     summary = {
         "config": config_dict(cfg), "complete": not missing, "missing": missing,
@@ -66,7 +63,9 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
         "zero_shot": zero, "base": base, "curves": curves, "saturation": saturation,
         "saturation_definition": "budget (% of the training split): the smallest budget whose mean over seeds reaches 95% of the way from the "
                                  "zero-shot level to the plateau (the mean at the largest budget); lo, hi: 2.5-97.5 percentiles over bootstrap "
-                                 "resamples of the seeds",
+                                 "resamples of the seeds. Collapse guard: a budget whose mean recall_attr (objects named with the right colour) "
+                                 f"is below {cfg.collapse_share:g} x the zero-shot level is collapsed (listed in `collapsed`); collapsed budgets are "
+                                 "never a saturation budget, and a collapsed plateau gives none",
         "classifier": {"path": clf_path, "labels": clf_cfg.get("labels"), "heldout": clf_cfg.get("heldout") or clf_cfg.get("capalign_heldout")},
         "plots": {meas: f"plot-{meas}.png" for meas in MEASURES}, "paths_relative_to": "this file's folder",
         "cells": [done[c["name"]] for c in cells if c["name"] in done],
@@ -79,6 +78,39 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
     print_table(summary)
     print0(f"wrote {out / 'sweep.json'}, cells.csv and {len(MEASURES)} plots" + (f"; {len(missing)} cell(s) missing" if missing else ""))
     return summary
+
+
+def collapsed(cfg, done: dict, style: str, method: str, zero_content) -> list[bool]:
+    """Per budget: is the seed-mean content recall below collapse_share x the zero-shot level (the collapse guard)?"""
+    from .style_sweep import CONTENT
+
+    out = []
+    for b in cfg.budget_list:
+        vals = [done.get(f"{method}/{style}/b{b.rstrip('%')}-s{seed}", {}).get("measures", {}).get(CONTENT) for seed in range(cfg.seeds)]
+        vals = [v for v in vals if v is not None]
+        out.append(bool(vals) and zero_content is not None and sum(vals) / len(vals) < cfg.collapse_share * zero_content)
+    return out
+
+
+def _saturation_row(cfg, meas: str, style: str, method: str, grid: list, zero: float, bad: list[bool]) -> dict | None:
+    """One saturation entry: over the budgets that did not collapse, unless the plateau (largest budget) did."""
+    from ..stats import saturation_budget
+
+    full = [g for g in grid if all(v is not None for v in g)]  # seeds with every budget measured
+    if not full:
+        return None
+    row = {"measure": meas, "style": style, "method": method, "budget": None, "lo": None, "hi": None, "zero_shot": zero,
+           "plateau": sum(g[-1] for g in full) / len(full), "gain_over_zero_shot": None, "n_seeds": len(full),
+           "collapsed": ",".join(b for b, x in zip(cfg.budget_list, bad) if x), "note": ""}
+    if bad[-1]:
+        row["note"] = "content collapsed at the largest budget: no saturation budget"
+        return row
+    keep = [j for j, x in enumerate(bad) if not x]
+    sat = saturation_budget([cfg.shares[j] for j in keep], [[g[j] for j in keep] for g in full], share=0.95, floor=zero)
+    gain = sat["plateau"] - zero
+    row.update(budget=100 * sat["budget"], lo=100 * sat["lo"], hi=100 * sat["hi"], gain_over_zero_shot=gain,
+               note="" if gain > 0 else "plateau not above zero-shot: nothing saturates")
+    return row
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -136,7 +168,7 @@ def print_table(summary: dict) -> None:
 
     from .style_sweep import SATURATION
 
-    for meas in ("style_acc", "wr_logp", "recall_attr"):
+    for meas in ("style_acc", "styled_faithful", "wr_logp", "recall_attr"):
         t = Table(title=f"{summary['measures'][meas]['label']} (mean over seeds [95% interval])")
         t.add_column("style / method")
         t.add_column("zero-shot", justify="right")

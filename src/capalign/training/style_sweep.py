@@ -23,6 +23,7 @@ interval comes from resampling seeds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -42,8 +43,10 @@ MEASURES = {  # name -> (label, higher is better)
     "wr_logp_sum": ("WR-LogP (summed log-prob)", True),
     "recall_attr": ("objects named with the right colour (recall)", True),
     "chair_i_attr": ("CHAIR_i (attribute level; lower is better)", False),
+    "styled_faithful": ("styled and faithful: in the style, every object with its colour, no wrong mention", True),
 }
-SATURATION = ("style_acc", "wr_logp", "wr_logp_sum")
+SATURATION = ("style_acc", "wr_logp", "wr_logp_sum", "styled_faithful")
+CONTENT = "recall_attr"  # the collapse guard's measure (capalign.training.style_results)
 
 
 @dataclass
@@ -58,8 +61,10 @@ class StyleSweepConfig(StyleDataArgs):
     budgets: str = arg("1%,2%,5%,10%,20%,50%,100%", "Comma-separated budgets, shares of the training split.")
     seeds: int = arg(3, "Seeds per cell (0..seeds-1): budget subset, LoRA init, data order.")
     n_test: int = arg(50, "Evaluate on at most this many test pairs per style (the same pairs for every cell).")
-    epochs: float = arg(2.0, "Epochs over each budget's pairs.")
-    min_steps: int = arg(20, "At least this many optimizer steps per cell (small budgets repeat their pairs).")
+    steps: int = arg(200, "Optimizer steps per cell, the same for every budget, so cells differ only in their data (small budgets repeat their pairs); 0: --epochs over each budget's pairs, at least --min_steps (then bigger budgets also get more steps).")
+    epochs: float = arg(2.0, "With --steps 0: epochs over each budget's pairs.")
+    min_steps: int = arg(20, "With --steps 0: at least this many optimizer steps per cell (small budgets repeat their pairs).")
+    collapse_share: float = arg(0.5, "Collapse guard: a budget whose mean content recall (recall_attr) is below this share of the zero-shot level is collapsed; style measures there are not counted as gains (see sweep.json's saturation_definition).")
     batch_size: int = arg(8, "Pairs per optimizer step.")
     lr: float = arg(2e-3, "LoRA learning rate.")
     lora_r: int = arg(16, "LoRA rank (alpha = 2 x rank).")
@@ -97,6 +102,14 @@ class StyleSweepConfig(StyleDataArgs):
         for k in ("seeds", "workers", "n_test", "batch_size", "lora_r"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
+        if self.steps < 0 or self.min_steps < 0 or self.epochs <= 0:
+            raise ValueError(f"steps and min_steps must be >= 0 and epochs > 0, got {self.steps}, {self.min_steps}, {self.epochs}")
+        if not 0 <= self.collapse_share <= 1:
+            raise ValueError(f"collapse_share must be in [0, 1], got {self.collapse_share}")
+
+    def cell_steps(self, n_pairs: int) -> int:
+        """Optimizer steps of a cell trained on n_pairs pairs: --steps, or epochs over them (at least --min_steps)."""
+        return self.steps or max(math.ceil(self.epochs * n_pairs / self.batch_size), self.min_steps)
 
     def cells(self) -> list[dict]:
         """Every cell: base, zero-shot per style, then trained cells (largest budgets first, for load balance)."""
@@ -150,11 +163,20 @@ def evaluate(vlm, test: list, style: str | None, prompt: str | None, cfg: StyleS
     m = {"recall_attr": g.get("attr", {}).get("recall"), "chair_i_attr": g.get("attr", {}).get("chair_i"),
          "recall_name": g.get("name", {}).get("recall")}
     for s in [style] if style else cfg.style_list:  # the base cell: how often each style is (wrongly) detected
-        m["style_acc" if style else f"style_acc/{s}"] = style_accuracy(caps, s, clf)["style_accuracy"]
+        acc = style_accuracy(caps, s, clf)
+        m["style_acc" if style else f"style_acc/{s}"] = acc["style_accuracy"]
+        if "per_caption" in g:  # shapes world: the caption is in the style AND names every object with its colour, nothing wrong
+            ok = [lab == s and faithful(row["attr"]) for lab, row in zip(acc["per_caption"], g["per_caption"])]
+            m["styled_faithful" if style else f"styled_faithful/{s}"] = sum(ok) / len(ok) if ok else None
     if style:
         wr = wr_logp(vlm, test)
         m.update(wr_logp=wr["wr_logp"], wr_logp_sum=wr["wr_logp_sum"], margin_mean=wr["margin_mean"])
     return m, caps
+
+
+def faithful(row: dict) -> bool:
+    """One caption's attribute-level grounding row: every annotated object named with its colour, no wrong mention."""
+    return row["recalled"] == row["annotated"] and row["hallucinated"] == 0
 
 
 def run_cell(cell: dict, cfg: StyleSweepConfig, clf_path: str) -> dict:
@@ -182,8 +204,7 @@ def run_cell(cell: dict, cfg: StyleSweepConfig, clf_path: str) -> dict:
         subset = budget_subset(prefs.train, cell["budget"], cell["seed"])
         data_args = {f.name: getattr(cfg, f.name) for f in fields(StyleDataArgs)}  # --data, --split_seed, --prompt, ...
         tcfg = StyleTrainConfig(**data_args, model=cfg.model, out=str(d / "adapter"), method=cell["method"], style=style, budget=cell["budget"],
-                                epochs=cfg.epochs,
-                                min_steps=cfg.min_steps, batch_size=cfg.batch_size, lr=cfg.lr, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
+                                max_steps=cfg.cell_steps(len(subset)), batch_size=cfg.batch_size, lr=cfg.lr, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
                                 beta=cfg.dpo_beta if cell["method"] == "dpo" else cfg.simpo_beta if cell["method"] == "simpo" else None,
                                 gamma=cfg.simpo_gamma, seed=cell["seed"], device=cfg.device, save_every=0, report_to="none",
                                 log_every=10)
