@@ -104,7 +104,7 @@ STYLE_CLASSIFIER = "style classifier --data shapes:4 --out {tmp}/clf"
 STYLE_WRLOGP = "style wrlogp --model {model} --data shapes:4 --style humorous --device cpu --out {tmp}/wr.json"
 STYLE_TRAIN = "style train --model {model} --data shapes:10 --style humorous --max_steps 1 --batch_size 2 --device cpu --report_to none --out {tmp}/st"
 STYLE_SWEEP = ("style sweep --model {model} --data shapes:10 --methods sft --styles humorous --budgets 50%,100% --seeds 1 --n_test 2 "
-               "--min_steps 1 --batch_size 2 --max_new_tokens 2 --out {tmp}/ss")
+               "--steps 1 --batch_size 2 --max_new_tokens 2 --out {tmp}/ss")
 RL = "rl train --model {model} --data {data} --out {tmp}/rl --batch_size 2 --num_generations 2 --max_new_tokens 2 --max_steps 1 --save_every 0"
 JUDGE = "judge --judge {model} --pred {tmp}/p.jsonl --refs {data}/manifest.jsonl --device cpu --out {tmp}/j.json"
 JUDGE_TRAIN = "judge train --out {tmp}/jt --steps 1 --n_train 4 --n_val 2"
@@ -291,6 +291,7 @@ ROWS = [
     (_with(STYLE_TRAIN, budget="ten"), "none", "budget 'ten' is not a percentage like '10%' or a pair count"),
     (_with(STYLE_TRAIN, method="ppo"), "none", "unknown method 'ppo'"),
     (_with(STYLE_TRAIN, method="simpo", backend="trl"), "none", "--backend trl covers sft and dpo only"),
+    (_with(STYLE_TRAIN, method="sft", sft_weight="1"), "none", "sft_weight must be >= 0 and is for dpo and simpo"),
     (_with(STYLE_TRAIN, style="gothic"), "none", "no 'gothic' pairs in shapes:10"),
     (_with(STYLE_TRAIN, data="{tmp}/prefs.jsonl"), "prefs_missing_images", "10 pairs were skipped (e.g. p0: image not found: {tmp}/gone0.png)"),
     (_with(STYLE_TRAIN, data="{tmp}/prefs.jsonl"), "prefs_not_utf8", "{tmp}/prefs.jsonl line 1: not UTF-8 text"),
@@ -308,6 +309,9 @@ ROWS = [
     (_with(STYLE_SWEEP, budgets="50%,20%"), "none", "budgets must be strictly increasing"),
     (_with(STYLE_SWEEP, styles="humorous,gothic"), "none", "no 'gothic' pairs in shapes:10"),
     (_with(STYLE_SWEEP, seeds="0"), "none", "seeds must be >= 1"),
+    (_with(STYLE_SWEEP, steps="-1"), "none", "steps and min_steps must be >= 0"),
+    (_with(STYLE_SWEEP, collapse_share="2"), "none", "collapse_share must be in [0, 1], got 2.0"),
+    (_with(STYLE_SWEEP, sft_weight="-1"), "none", "sft_weight must be >= 0, got -1.0"),
     (_with(STYLE_SWEEP, model="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
     (_with(STYLE_SWEEP, model="{adapter_qwen}"), "none", "cannot load model"),
     (_with(STYLE_SWEEP, classifier="{tmp}/empty"), "empty_dir", "style classifier not found: {tmp}/empty"),

@@ -78,6 +78,13 @@ def test_one_vision_pass_equals_plain_forward_and_trl_dpo(family, request, one_t
     assert abs(trl_loss.item() - our_loss.item()) < 1e-4
     assert abs(our_loss.item() - 0.6931) > 1e-3  # not the trivial policy == reference value
 
+    # 3. --sft_weight 0.5 (+ 0.5 x token NLL of the chosen captions) vs TRL's loss_type=[sigmoid, sft], loss_weights=[1, 0.5]
+    trl.loss_types, trl.loss_weights = ["sigmoid", "sft"], [1.0, 0.5]
+    trl_mix = trl.compute_loss(model, trl.data_collator([dict(r) for r in rows]))
+    st.sft_weight = 0.5
+    our_mix = st.compute_loss(model, collate(pairs))
+    assert abs(trl_mix.item() - our_mix.item()) < 1e-4 and our_mix.item() - our_loss.item() > 0.1
+
 
 def _cfg(model, out, **kw) -> StyleTrainConfig:
     base = dict(model=str(model), data="shapes:16", out=str(out), batch_size=4, lora_r=4, lora_alpha=8, device="cpu", report_to="none",

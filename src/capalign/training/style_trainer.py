@@ -102,9 +102,10 @@ def interleave(a: list, b: list) -> list:
 class StyleTrainer(Trainer):
     """transformers.Trainer with the style losses; `model` is the PEFT-wrapped VLM (vlm.model with LoRA)."""
 
-    def __init__(self, *args, vlm, method: str, beta: float, gamma: float, prompt: str, **kw):
+    def __init__(self, *args, vlm, method: str, beta: float, gamma: float, prompt: str, sft_weight: float = 0.0, **kw):
         super().__init__(*args, **kw)
         self.vlm, self.method, self.beta, self.gamma, self.prompt = vlm, method, beta, gamma, prompt
+        self.sft_weight = sft_weight  # + sft_weight x token NLL of the chosen captions (TRL: CPO's cpo_alpha, DPO's loss_type "sft")
         self._ref_cache: dict[str, torch.Tensor] = {}  # pair id -> [2] reference (chosen, rejected) summed log-probs
         self._metrics: dict[str, list] = defaultdict(list)
         self.images_skipped = 0  # pairs dropped from their batch because the image could not be read
@@ -142,6 +143,10 @@ class StyleTrainer(Trainer):
             raise CapalignError(f"StyleTrainer cannot train method {self.method!r}")
         loss = out.losses.mean()
         m = self._metrics
+        if self.sft_weight:
+            nll = losses.sft_loss(lp[0::2], caps.mask[0::2])
+            loss = loss + self.sft_weight * nll
+            m["nll"].append(nll.item())
         m["rewards/accuracies"].append((out.chosen_rewards > out.rejected_rewards).float().mean().item())
         m["rewards/margins"].append((out.chosen_rewards - out.rejected_rewards).mean().item())
         m["logps/chosen"].append(total[0::2].mean().item())
@@ -225,7 +230,8 @@ def _trl_trainer(cfg: StyleTrainConfig, vlm, args_kw: dict, pairs: list, peft_cf
         from trl import DPOConfig, DPOTrainer
 
         rows = [{"image": im, "prompt": prompt, "chosen": p.chosen + eos, "rejected": p.rejected + eos} for p, im in zip(pairs, images)]
-        args = DPOConfig(**args_kw, beta=cfg.beta, max_length=None, disable_dropout=False)
+        mix = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, cfg.sft_weight]) if cfg.sft_weight else {}
+        args = DPOConfig(**args_kw, beta=cfg.beta, max_length=None, disable_dropout=False, **mix)
         return DPOTrainer(model=vlm.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=vlm.processor, peft_config=peft_cfg)
     from trl import SFTConfig, SFTTrainer
 
@@ -253,7 +259,8 @@ def build(cfg: StyleTrainConfig, subset: list | None = None):
         return _trl_trainer(cfg, vlm, args_kw, subset, peft_cfg), vlm, subset
     set_seed(cfg.seed)  # the LoRA init
     trainer = StyleTrainer(model=get_peft_model(vlm.model, peft_cfg), args=TrainingArguments(**args_kw), train_dataset=subset,
-                           data_collator=collate, vlm=vlm, method=cfg.method, beta=cfg.beta, gamma=cfg.gamma, prompt=cfg.style_prompt)
+                           data_collator=collate, vlm=vlm, method=cfg.method, beta=cfg.beta, gamma=cfg.gamma, prompt=cfg.style_prompt,
+                           sft_weight=cfg.sft_weight)
     return trainer, vlm, subset
 
 
