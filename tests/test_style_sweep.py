@@ -111,20 +111,21 @@ def test_styled_faithful_needs_the_style_and_every_object(tmp_path, monkeypatch)
 
 
 def test_collapse_guard_in_the_saturation_rule(tmp_path):
-    """A budget whose content recall fell below collapse_share x zero-shot is never the saturation budget; a collapsed plateau
+    """A budget whose content recall fell below collapse_share x the factual Base's is never the saturation budget; a collapsed plateau
     gives no budget at all (SimPO's degenerate captions score high on style accuracy and WR-LogP)."""
     from capalign.io import atomic_write_json
     from capalign.training.style_results import aggregate
     from capalign.training.style_sweep import StyleSweepConfig
 
     cfg = StyleSweepConfig(model="x", out=str(tmp_path), methods="sft,simpo", styles="humorous", budgets="10%,50%,100%", seeds=2)
-    cells = {"zero-shot/humorous": (0.2, 0.4)}  # (style_acc, recall_attr)
+    cells = {"zero-shot/humorous": (0.2, 0.0), "base": (None, 0.4)}  # (style_acc, recall_attr); the guard compares with the base
     cells.update({f"sft/humorous/b{b}-s{s}": v for s in (0, 1) for b, v in (("10", (0.8, 0.1)), ("50", (0.51, 0.4)), ("100", (0.52, 0.4)))})
     cells.update({f"simpo/humorous/b{b}-s{s}": v for s in (0, 1) for b, v in (("10", (0.3, 0.35)), ("50", (0.98, 0.05)), ("100", (1.0, 0.0)))})
     for c in cfg.cells():
         if c["name"] in cells:
             acc, rec = cells[c["name"]]
-            atomic_write_json(tmp_path / "cells" / c["name"] / "result.json", {**c, "measures": {"style_acc": acc, "recall_attr": rec}})
+            meas = {"recall_attr": rec} if acc is None else {"style_acc": acc, "recall_attr": rec}
+            atomic_write_json(tmp_path / "cells" / c["name"] / "result.json", {**c, "measures": meas})
     sat = {(r["method"], r["measure"]): r for r in aggregate(cfg, str(tmp_path / "none"))["saturation"]}
     # sft: 10% collapsed (recall 0.1 < 0.5 x 0.4) though its style accuracy 0.8 is above the plateau: the saturation budget is 50%
     assert sat["sft", "style_acc"]["collapsed"] == "10%" and sat["sft", "style_acc"]["budget"] == 50.0

@@ -50,7 +50,7 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
                 curves[meas][s][m] = [{"budget": b, "share": sh, **mean_ci([g[j] for g in grid])}
                                       for j, (b, sh) in enumerate(zip(cfg.budget_list, cfg.shares))]
                 if meas in SATURATION and zero[s].get(meas) is not None:
-                    row = _saturation_row(cfg, meas, s, m, grid, zero[s][meas], collapsed(cfg, done, s, m, zero[s].get(CONTENT)))
+                    row = _saturation_row(cfg, meas, s, m, grid, zero[s][meas], collapsed(cfg, done, s, m, base.get(CONTENT)))
                     if row:
                         saturation.append(row)
     clf_cfg = json.loads((Path(clf_path) / "config.json").read_text()) if (Path(clf_path) / "config.json").exists() else {}
@@ -64,7 +64,7 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
         "saturation_definition": "budget (% of the training split): the smallest budget whose mean over seeds reaches 95% of the way from the "
                                  "zero-shot level to the plateau (the mean at the largest budget); lo, hi: 2.5-97.5 percentiles over bootstrap "
                                  "resamples of the seeds. Collapse guard: a budget whose mean recall_attr (objects named with the right colour) "
-                                 f"is below {cfg.collapse_share:g} x the zero-shot level is collapsed (listed in `collapsed`); collapsed budgets are "
+                                 f"is below {cfg.collapse_share:g} x the factual Base's is collapsed (listed in `collapsed`); collapsed budgets are "
                                  "never a saturation budget, and a collapsed plateau gives none",
         "classifier": {"path": clf_path, "labels": clf_cfg.get("labels"), "heldout": clf_cfg.get("heldout") or clf_cfg.get("capalign_heldout")},
         "plots": {meas: f"plot-{meas}.png" for meas in MEASURES}, "paths_relative_to": "this file's folder",
@@ -80,15 +80,15 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
     return summary
 
 
-def collapsed(cfg, done: dict, style: str, method: str, zero_content) -> list[bool]:
-    """Per budget: is the seed-mean content recall below collapse_share x the zero-shot level (the collapse guard)?"""
+def collapsed(cfg, done: dict, style: str, method: str, base_content) -> list[bool]:
+    """Per budget: is the seed-mean content recall below collapse_share x the factual Base's (the collapse guard)?"""
     from .style_sweep import CONTENT
 
     out = []
     for b in cfg.budget_list:
         vals = [done.get(f"{method}/{style}/b{b.rstrip('%')}-s{seed}", {}).get("measures", {}).get(CONTENT) for seed in range(cfg.seeds)]
         vals = [v for v in vals if v is not None]
-        out.append(bool(vals) and zero_content is not None and sum(vals) / len(vals) < cfg.collapse_share * zero_content)
+        out.append(bool(vals) and base_content is not None and sum(vals) / len(vals) < cfg.collapse_share * base_content)
     return out
 
 

@@ -64,7 +64,7 @@ class StyleSweepConfig(StyleDataArgs):
     steps: int = arg(200, "Optimizer steps per cell, the same for every budget, so cells differ only in their data (small budgets repeat their pairs); 0: --epochs over each budget's pairs, at least --min_steps (then bigger budgets also get more steps).")
     epochs: float = arg(2.0, "With --steps 0: epochs over each budget's pairs.")
     min_steps: int = arg(20, "With --steps 0: at least this many optimizer steps per cell (small budgets repeat their pairs).")
-    collapse_share: float = arg(0.5, "Collapse guard: a budget whose mean content recall (recall_attr) is below this share of the zero-shot level is collapsed; style measures there are not counted as gains (see sweep.json's saturation_definition).")
+    collapse_share: float = arg(0.5, "Collapse guard: a budget whose mean content recall (recall_attr) is below this share of the factual Base's is collapsed; style measures there are not counted as gains (see sweep.json's saturation_definition).")
     batch_size: int = arg(8, "Pairs per optimizer step.")
     lr: float = arg(2e-3, "LoRA learning rate.")
     lora_r: int = arg(16, "LoRA rank (alpha = 2 x rank).")
