@@ -90,7 +90,7 @@ SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("judge", "train"): {"--steps": "2", "--n_train": "8", "--n_val": "2", "--batch_size": "4", "--eval_batch_size": "2"},  # default: ~12 min
     ("style", "train"): {"--data": lambda v: _fewer_shapes(v, 40), "--max_steps": "2", "--save_every": "0"},
     ("style", "sweep"): {"--data": lambda v: _fewer_shapes(v, 20), "--methods": "sft", "--styles": "humorous", "--budgets": "50%,100%",
-                         "--seeds": "1", "--n_test": "4", "--min_steps": "2", "--epochs": "1", "--batch_size": "4", "--max_new_tokens": "4"},
+                         "--seeds": "1", "--n_test": "4", "--steps": "2", "--batch_size": "4", "--max_new_tokens": "4"},
 }
 
 

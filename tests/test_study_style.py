@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,7 +21,7 @@ def test_style_stage_sweep_resume_and_report(tiny_idefics3_path, tmp_path, monke
 
     recipe = {"name": "style-tiny", "seeds": [0], "base": {"model": str(tiny_idefics3_path)},
               "style": {"data": "shapes:12", "methods": "dpo", "styles": "humorous", "budgets": "50%,100%", "seeds": 2, "n_test": 3,
-                        "min_steps": 1, "epochs": 1, "batch_size": 4, "lora_r": 4, "max_new_tokens": 6}}
+                        "steps": 1, "batch_size": 4, "lora_r": 4, "max_new_tokens": 6}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     run = tmp_path / "run"
     argv = ["study", str(tmp_path / "r.yaml"), "--out", str(run)]
@@ -67,3 +68,31 @@ def test_style_stage_sweep_resume_and_report(tiny_idefics3_path, tmp_path, monke
     table = table[: table.index("</table>")]
     for s in sweep["saturation"]:
         assert f"<td>{s['measure']}</td><td>humorous</td><td>dpo</td><td>{s['budget']:.3f}</td>" in table
+
+
+def test_style_stage_base_model_nano_styled(tiny_idefics3_path, tmp_path, monkeypatch):
+    """style.base_model: nano-styled trains the styled nano captioner once into RUN/style/nano-styled and sweeps from it;
+    a path is used as given; unset, the first seed's Base."""
+    from capalign.study.stages import style as stage
+    from capalign.training import nano, style_sweep
+
+    trained, swept = [], []
+
+    def fake_nano(cfg):
+        trained.append((cfg.mode, cfg.out))
+        Path(cfg.out).mkdir(parents=True)
+        (Path(cfg.out) / "nano_result.json").write_text("{}")
+
+    def fake_sweep(cfg):
+        swept.append(cfg.model)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "sweep.json").write_text('{"missing": []}')
+
+    monkeypatch.setattr(nano, "run", fake_nano)
+    monkeypatch.setattr(style_sweep, "run", fake_sweep)
+    for i, (base_model, want) in enumerate(((stage.STYLED_NANO, "nano-styled"), ("some/model", "some/model"), ("", str(tiny_idefics3_path)))):
+        style = {"data": "shapes:12", "styles": "humorous", **({"base_model": base_model} if base_model else {})}
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump({"name": "s", "seeds": [0], "base": {"model": str(tiny_idefics3_path)}, "style": style}))
+        assert main(["study", str(tmp_path / "r.yaml"), "--out", str(tmp_path / f"run{i}")]) == 0
+        assert swept[-1].endswith(want)
+    assert trained == [("styled", str(tmp_path / "run0" / "style" / "nano-styled"))]

@@ -1,7 +1,9 @@
 """Stage `style`: the data-efficiency sweep of stylistic alignment (`capalign style sweep`) into RUN/style/.
 
 Study-wide, not per seed: the sweep has its own seeds (`seeds: 3` = budget subsets, LoRA inits and data
-orders 0..2) and trains every cell from the Base of the study's first seed. Its preference data is its own
+orders 0..2) and trains every cell from the Base of the study's first seed, or from `base_model`
+(`nano-styled`: the nano captioner trained with `--mode styled` into RUN/style/nano-styled, the shapes
+world's stand-in; a clean or web nano Base cannot learn the style words with LoRA alone, docs/style.md). Its preference data is its own
 (`data:`, e.g. a FlickrStyle10K folder or `shapes:500`), not the data stage's captioned images. It writes
 RUN/style/sweep.json (read by `capalign report`: learning curves and saturation table), cells.csv, one plot
 per measure and one folder per cell. The stage is done when sweep.json lists no missing cell; a
@@ -11,15 +13,27 @@ re-run resumes the unfinished cells (the sweep skips cells with a result.json).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from ...training import style_sweep
+from ...config import arg
+from ...training import nano, style_sweep
 from ..stage import Context, Stage
+
+STYLED_NANO = "nano-styled"
+
+
+@dataclass
+class StyleOptions:
+    base_model: str = arg("", "Train the cells from this model (hub id or folder) instead of the first seed's Base; "
+                              f"`{STYLED_NANO}`: the nano captioner trained with `capalign nano train --mode styled` (seed 0) into "
+                              "RUN/style/nano-styled first, the shapes-world stand-in (docs/style.md).")
 
 
 class StyleStage(Stage):
     name, help = "style", "Data-efficiency sweep of SFT/DPO/SimPO over budgets and styles (`capalign style sweep`); style/sweep.json."
     command, owned, needs, per_seed = style_sweep.StyleSweepConfig, ("model", "out"), ("base",), False
+    options = StyleOptions
     placeholders = {"model": "x", "out": "x"}
 
     def outputs(self, ctx: Context) -> list[Path]:
@@ -31,5 +45,10 @@ class StyleStage(Stage):
         return [sweep, *(ctx.root / "style" / "cells" / m / "result.json" for m in missing)]
 
     def run(self, ctx: Context) -> None:
-        first = ctx.seeds[min(ctx.seeds)]
-        style_sweep.run(self.command_config(ctx, model=first.model, out=str(ctx.root / "style")))
+        model = self.opts(self.section(ctx)).base_model or ctx.seeds[min(ctx.seeds)].model
+        if model == STYLED_NANO:
+            folder = ctx.root / "style" / STYLED_NANO
+            if not (folder / "nano_result.json").exists():
+                nano.run(nano.NanoTrainConfig(out=str(folder), mode="styled", seed=0))
+            model = str(folder)
+        style_sweep.run(self.command_config(ctx, model=model, out=str(ctx.root / "style")))
