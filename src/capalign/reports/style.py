@@ -57,7 +57,7 @@ def curves_png(rows: list[dict], measure: str, path: Path, levels: dict | None =
 
 
 def _fmt(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
 
 
 def saturation_table(items: list) -> str:
