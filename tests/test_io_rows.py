@@ -260,3 +260,25 @@ def test_fuzz_predictions(tmp_path, lines, final_newline):
 @given(lines=_file(GOOD_REF, ["id", "captions", "objects", "image"]), final_newline=st.booleans())
 def test_fuzz_references(tmp_path, lines, final_newline):
     _check(tmp_path, lines, final_newline, read_references, _ref_value)
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """mkstemp creates 0600 files; an output written atomically has the permissions open() would give it (0666 & ~umask)."""
+    import os
+
+    from capalign.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.json", "{}")
+    open(tmp_path / "b.json", "w").close()
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777
+    old = os.umask(0o022)  # under the common umask the difference is visible: 0644, not mkstemp's 0600
+    try:
+        from capalign import io
+
+        monkey = io._UMASK
+        io._UMASK = io._umask()
+        atomic_write_text(tmp_path / "c.json", "{}")
+        assert (tmp_path / "c.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+        io._UMASK = monkey

@@ -31,6 +31,15 @@ def check_writable(path: str | Path, what: str = "--out") -> None:
         raise CapalignError(f"cannot write {what} {path}: folder {parent} is not writable")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once at import (os.umask can only be read by setting it)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     tmp = None
@@ -41,6 +50,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions, as open() would give
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:

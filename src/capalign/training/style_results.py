@@ -139,7 +139,8 @@ def plot_png(summary: dict, meas: str) -> bytes:
                 continue
             x = [100 * p["share"] for p in pts]
             line, = ax.plot(x, [p["mean"] for p in pts], marker="o", label=m)
-            ax.fill_between(x, [p["lo"] for p in pts], [p["hi"] for p in pts], color=line.get_color(), alpha=0.2)
+            # every measure is a share in [0, 1]: the t band is clipped there (3 seeds give wide t intervals)
+            ax.fill_between(x, [max(p["lo"], 0.0) for p in pts], [min(p["hi"], 1.0) for p in pts], color=line.get_color(), alpha=0.2)
         z = summary["zero_shot"].get(s, {}).get(meas)
         if z is not None:
             ax.axhline(z, color="k", ls="--", lw=1, label="zero-shot")
@@ -152,9 +153,9 @@ def plot_png(summary: dict, meas: str) -> bytes:
         ax.set_xlabel("budget (% of the training pairs)")
         ax.set_title(s)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(summary["measures"][meas]["label"])
+    axes[0][0].set_ylabel(meas)
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"{summary['measures'][meas]['label']}: mean and 95% interval over {len(summary['seeds'])} seeds")
+    fig.suptitle(f"{summary['measures'][meas]['label']}\nmean and 95% t interval over {len(summary['seeds'])} seeds (clipped to [0, 1])", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
