@@ -186,7 +186,7 @@ ROWS = [
     # ------------------------------------------------------------------ nano train
     (_with(NANO, out="{tmp}/afile/nano"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(NANO, out="{tmp}/afile"), "none", "{tmp}/afile: File exists"),
-    (_with(NANO, mode="fancy"), "none", "mode must be clean or web, got 'fancy'"),
+    (_with(NANO, mode="fancy"), "none", "mode must be clean, web or styled, got 'fancy'"),
     (_with(NANO, steps="0"), "none", "steps must be >= 1"),
     (_with(NANO, text_model="gpt"), "none", "text_model must be nano or smollm2"),
     (_with(NANO, init_from="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),

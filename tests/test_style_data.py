@@ -298,3 +298,26 @@ def test_cli_pairs_round_trip(tmp_path):
         assert back[0].load_image().tobytes() == pairs[0].load_image().tobytes()
     refs = [json.loads(l) for l in (tmp_path / "p" / "test_refs.jsonl").read_text().splitlines()]
     assert [r["id"] for r in refs] == [p.group for p in prefs.test] and refs[0]["objects"] == prefs.test[0].objects
+
+
+def test_caption_frame_masks_every_object_phrase_and_nothing_else():
+    """distinct_frames counts how a caption is said, not what it describes: object phrases (article, size, colour, shape,
+    position) are masked, so one template over two scenes is one frame, and no content word survives the mask."""
+    import random
+
+    from capalign.data.shapes import COLORS, SHAPES, SIZES, scene_from_objects
+    from capalign.data.shapes_style import caption_frame, styled_caption
+    from capalign.metrics.style import distinct_frames
+
+    frame = "ok so {}, secretly plotting to steal the last slice of pizza, what a clown show."
+    one = frame.format("the small purple square in the centre and the large red square at the right")
+    two = frame.format("a large blue circle on the left side")
+    assert caption_frame(one) == caption_frame(two) == frame.format("OBJS")
+    prefs = open_preferences("shapes:150", style="humorous", seed=0, test_share=0.2)
+    content = set(COLORS) | set(SHAPES) | set(SIZES) | {"left", "right", "middle", "centre", "center"}
+    for k, p in enumerate(prefs.train + prefs.test):
+        for style in ("humorous", "romantic"):
+            f = caption_frame(styled_caption(scene_from_objects(p.objects), style, random.Random(k), heldout=k % 2 == 0))
+            assert "OBJ" in f and not content & set(f.replace(".", " ").replace(",", " ").split()), f
+    assert distinct_frames([one, two, two, ""]) == 0.25
+    assert distinct_frames([one, frame.replace("pizza", "cake").format("a small red circle on the left")]) == 1.0

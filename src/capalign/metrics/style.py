@@ -99,6 +99,14 @@ def style_accuracy(captions: list[str], style: str, classifier, device: str = "c
                            "heldout_confusion": h.get("confusion"), "heldout_n": h.get("n"), "heldout_data": h.get("data")}}
 
 
+def distinct_frames(captions: list[str]) -> float:
+    """Shapes world: distinct style frames (`shapes_style.caption_frame`) per caption, empty captions adding none.
+    A model that tells every image the same joke scores 1/n; the test split's own styled captions ~0.95."""
+    from ..data.shapes_style import caption_frame
+
+    return len({caption_frame(c) for c in captions if c and c.strip()}) / len(captions) if captions else 0.0
+
+
 def content_kept(captions: list[str], pairs: list[Pair], bertscore_model: str | None = None, num_layers: int | None = None,
                  device: str = "cpu") -> dict:
     """Grounding (pairs with objects) and, if `bertscore_model` is given, BERTScore F1 against the pairs'

@@ -23,7 +23,13 @@ def _load_cells(out: Path, cells: list[dict]) -> tuple[dict, list[str]]:
     for c in cells:
         f = out / "cells" / c["name"] / "result.json"
         if f.exists():
-            done[c["name"]] = json.loads(f.read_text())
+            done[c["name"]] = r = json.loads(f.read_text())
+            m = r.get("measures", {})
+            caps = out / "cells" / c["name"] / "captions.jsonl"
+            if "distinct_frames" not in m and m.get("recall_attr") is not None and caps.exists():  # cells of an older capalign: from their captions
+                from ..metrics.style import distinct_frames
+
+                m["distinct_frames"] = distinct_frames([json.loads(x)["caption"] for x in caps.read_text().splitlines() if x.strip()])
         else:
             missing.append(c["name"])
     return done, missing
@@ -169,7 +175,7 @@ def print_table(summary: dict) -> None:
 
     from .style_sweep import SATURATION
 
-    for meas in ("style_acc", "styled_faithful", "wr_logp", "recall_attr"):
+    for meas in ("style_acc", "styled_faithful", "wr_logp", "recall_attr", "distinct_frames"):
         t = Table(title=f"{summary['measures'][meas]['label']} (mean over seeds [95% interval])")
         t.add_column("style / method")
         t.add_column("zero-shot", justify="right")

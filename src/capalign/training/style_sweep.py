@@ -44,6 +44,7 @@ MEASURES = {  # name -> (label, higher is better)
     "recall_attr": ("objects named with the right colour (recall)", True),
     "chair_i_attr": ("CHAIR_i (attribute level; lower is better)", False),
     "styled_faithful": ("styled and faithful: in the style, every object with its colour, no wrong mention", True),
+    "distinct_frames": ("distinct style frames per caption (shapes world; object phrases masked)", True),
 }
 SATURATION = ("style_acc", "wr_logp", "wr_logp_sum", "styled_faithful")
 CONTENT = "recall_attr"  # the collapse guard's measure (capalign.training.style_results)
@@ -157,7 +158,7 @@ def _caption(vlm, images: list, prompt: str | None, max_new_tokens: int, batch: 
 
 def evaluate(vlm, test: list, style: str | None, prompt: str | None, cfg: StyleSweepConfig, clf_path: str) -> tuple[dict, list[str]]:
     """Measures of one model on the test pairs: style accuracy and content of its captions, WR-LogP."""
-    from ..metrics.style import content_kept, style_accuracy, wr_logp
+    from ..metrics.style import content_kept, distinct_frames, style_accuracy, wr_logp
 
     vlm.model.eval()
     caps = _caption(vlm, [p.load_image() for p in test], prompt, cfg.max_new_tokens)
@@ -165,6 +166,8 @@ def evaluate(vlm, test: list, style: str | None, prompt: str | None, cfg: StyleS
     g = content_kept(caps, test).get("grounding", {})
     m = {"recall_attr": g.get("attr", {}).get("recall"), "chair_i_attr": g.get("attr", {}).get("chair_i"),
          "recall_name": g.get("name", {}).get("recall")}
+    if "per_caption" in g:
+        m["distinct_frames"] = distinct_frames(caps)
     for s in [style] if style else cfg.style_list:  # the base cell: how often each style is (wrongly) detected
         acc = style_accuracy(caps, s, clf)
         m["style_acc" if style else f"style_acc/{s}"] = acc["style_accuracy"]
