@@ -276,7 +276,7 @@ def test_every_recipe_parses_and_demo_is_vizer_study_defaults():
     from capalign.study.vizer_study import VizerStudyConfig, recipe_from_flags
 
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
-    assert {p.name for p in recipes} >= {"demo.yaml", "smolvlm-base-vizer.yaml", "qwen2-vl-2b-vizer.yaml", "smolvlm-base-rl.yaml"}
+    assert {p.name for p in recipes} >= {"demo.yaml", "smolvlm-base-vizer.yaml", "qwen2-vl-2b-vizer.yaml", "smolvlm-base-rl.yaml", "shapes-style.yaml"}
     for p in recipes:
         r = load_recipe(p)  # unknown stages / fields are errors here
         for stage, section in r.sections.items():

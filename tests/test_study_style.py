@@ -70,7 +70,7 @@ def test_style_stage_sweep_resume_and_report(tiny_idefics3_path, tmp_path, monke
         assert f"<td>{s['measure']}</td><td>humorous</td><td>dpo</td><td>{s['budget']:.3f}</td>" in table
 
 
-def test_style_stage_base_model_nano_styled(tiny_idefics3_path, tmp_path, monkeypatch):
+def test_style_stage_base_model_nano_styled(tiny_idefics3_path, tmp_path, monkeypatch, capsys):
     """style.base_model: nano-styled trains the styled nano captioner once into RUN/style/nano-styled and sweeps from it;
     a path is used as given; unset, the first seed's Base."""
     from capalign.study.stages import style as stage
@@ -96,3 +96,7 @@ def test_style_stage_base_model_nano_styled(tiny_idefics3_path, tmp_path, monkey
         assert main(["study", str(tmp_path / "r.yaml"), "--out", str(tmp_path / f"run{i}")]) == 0
         assert swept[-1].endswith(want)
     assert trained == [("styled", str(tmp_path / "run0" / "style" / "nano-styled"))]
+    # a style-only recipe needs base_model (there is no first-seed Base): one error line, not a traceback
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"name": "s", "seeds": [0], "style": {"data": "shapes:12", "styles": "humorous"}}))
+    assert main(["study", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run9")]) == 2
+    assert "stage style has no model: add a base stage to the recipe or set style.base_model" in capsys.readouterr().err

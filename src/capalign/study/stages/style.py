@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ... import CapalignError
 from ...config import arg
 from ...training import nano, style_sweep
 from ..stage import Context, Stage
@@ -32,7 +33,7 @@ class StyleOptions:
 
 class StyleStage(Stage):
     name, help = "style", "Data-efficiency sweep of SFT/DPO/SimPO over budgets and styles (`capalign style sweep`); style/sweep.json."
-    command, owned, needs, per_seed = style_sweep.StyleSweepConfig, ("model", "out"), ("base",), False
+    command, owned, needs, per_seed = style_sweep.StyleSweepConfig, ("model", "out"), (), False
     options = StyleOptions
     placeholders = {"model": "x", "out": "x"}
 
@@ -46,6 +47,8 @@ class StyleStage(Stage):
 
     def run(self, ctx: Context) -> None:
         model = self.opts(self.section(ctx)).base_model or ctx.seeds[min(ctx.seeds)].model
+        if not model:
+            raise CapalignError("stage style has no model: add a base stage to the recipe or set style.base_model")
         if model == STYLED_NANO:
             folder = ctx.root / "style" / STYLED_NANO
             if not (folder / "nano_result.json").exists():
