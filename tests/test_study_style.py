@@ -96,6 +96,16 @@ def test_style_stage_base_model_nano_styled(tiny_idefics3_path, tmp_path, monkey
         assert main(["study", str(tmp_path / "r.yaml"), "--out", str(tmp_path / f"run{i}")]) == 0
         assert swept[-1].endswith(want)
     assert trained == [("styled", str(tmp_path / "run0" / "style" / "nano-styled"))]
+    # a style-only study (base_model, no base stage) and its report: no gallery, nothing reported missing
+    rows = [{"method": "sft", "style": "humorous", "budget": b, "seed": 0, "style_acc": v} for b, v in ((50, 0.4), (100, 0.6))]
+    monkeypatch.setattr(style_sweep, "run", lambda cfg: (swept.append(cfg.model), Path(cfg.out).mkdir(parents=True, exist_ok=True),
+                                                        (Path(cfg.out) / "sweep.json").write_text(json.dumps({"missing": [], "rows": rows}))))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"name": "s", "seeds": [0], "style": {"data": "shapes:12", "base_model": "some/model"}}))
+    assert main(["study", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "runs")]) == 0 and swept[-1] == "some/model"
+    assert main(["report", str(tmp_path / "runs")]) == 0
+    page = (tmp_path / "runs" / "report" / "index.html").read_text()
+    assert "What is missing" not in page and "no test captions yet" in page, re.findall(r"<li>(.*?)</li>", page)[:5]
+    assert 'alt="style sweep: style_acc"' in page
     # a style-only recipe needs base_model (there is no first-seed Base): one error line, not a traceback
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"name": "s", "seeds": [0], "style": {"data": "shapes:12", "styles": "humorous"}}))
     assert main(["study", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run9")]) == 2

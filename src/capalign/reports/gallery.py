@@ -133,7 +133,7 @@ def build(run: Run, folder: Path, max_images: int, thumb: int) -> tuple[str, dic
     (folder / "assets" / "missing.svg").write_text(MISSING_SVG)
     rows_html, rows, missing, cut = [], [], 0, {}
     systems = run.headline()
-    for seed in run.seeds:
+    for seed in run.seeds if systems else []:  # no systems (e.g. a style-only study): no gallery, nothing missing
         manifest = run.test_manifest(seed)
         test = run.jsonl(manifest, f"test data of seed {seed}")
         if not test:

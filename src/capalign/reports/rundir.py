@@ -107,6 +107,7 @@ def load_run(path: str | Path) -> Run:
             where = f" (seed {st['seed']})" if st.get("seed") is not None else ""
             why = f": {st['error']}" if st.get("error") else ""
             run.note(f"stage {st.get('name', '?')}{where} is {st['status']}{why}")
-    if not systems:
+    stages = [st.get("name") for st in index.get("stages") or [] if isinstance(st, dict)]
+    if not systems and (not stages or set(stages) - {"style"}):  # a style-only study captions nothing: not missing
         run.note("index.json lists no systems yet: no captions to show")
     return run
