@@ -34,6 +34,8 @@ def curves_png(rows: list[dict], measure: str, path: Path, levels: dict | None =
     styles = sorted({str(r.get("style", "")) for r in rows})
     xlabel = (levels or {}).pop("_xlabel", "data budget")
     plt = _plt()
+    vals = [r[measure] for r in rows if isinstance(r.get(measure), (int, float))]
+    lo_clip, hi_clip = (0.0, 1.0) if vals and all(0 <= v <= 1 for v in vals) else (-np.inf, np.inf)  # a share: its band stays in [0, 1]
     fig, axes = plt.subplots(1, len(styles), figsize=(4.2 * len(styles), 3.4), squeeze=False, sharey=True)
     for ax, style in zip(axes[0], styles):
         sub = [r for r in rows if str(r.get("style", "")) == style and isinstance(r.get(measure), (int, float))]
@@ -42,13 +44,16 @@ def curves_png(rows: list[dict], measure: str, path: Path, levels: dict | None =
             ci = [stats.mean_ci([r[measure] for r in sub if str(r.get("method", "")) == method and r["budget"] == b]) for b in budgets]
             x, y = np.array(budgets, float), np.array([c["mean"] for c in ci], float)
             ax.plot(x, y, marker="o", ms=3, label=method)
-            ax.fill_between(x, [c["lo"] for c in ci], [c["hi"] for c in ci], alpha=0.15)
+            ax.fill_between(x, np.clip([c["lo"] for c in ci], lo_clip, hi_clip), np.clip([c["hi"] for c in ci], lo_clip, hi_clip), alpha=0.15)
         for (label, per_style), ls in zip((levels or {}).items(), ("--", ":", "-.")):
             v = per_style.get(style)
             if isinstance(v, (int, float)):
                 ax.axhline(v, color="k" if ls == "--" else "grey", ls=ls, lw=1, label=label)
         if sub and max(r["budget"] for r in sub) > 10 * max(min(r["budget"] for r in sub), 1e-12):
             ax.set_xscale("log")
+            ticks = sorted({r["budget"] for r in sub})
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=7)  # the budgets themselves, not powers of ten
+            ax.minorticks_off()
         ax.set_title(style or "all", fontsize=9)
         ax.set_xlabel(xlabel)
     axes[0][0].set_ylabel(measure)
