@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write_bytes
 from .rundir import Run
 
 
@@ -27,7 +28,7 @@ def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
-    path.write_bytes(buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _img(name: str, alt: str) -> str:

@@ -90,6 +90,11 @@ def _levels(data, measure: str) -> dict:
     return out
 
 
+def sweep_figure(data, measure: str, path: Path) -> None:
+    """One measure of a style sweep's output (rows, and the zero-shot / factual-base levels when it has them)."""
+    curves_png(_rows(data), measure, path, _levels(data, measure))
+
+
 def style_section(run: Run, assets: Path) -> str:
     rel = run.artifact("style_sweep", "style/sweep.json")
     data = run.json(rel, "style sweep", required=bool(run.artifact("style_sweep")))
@@ -100,7 +105,7 @@ def style_section(run: Run, assets: Path) -> str:
     out = []
     for i, m in enumerate(measures):
         name = f"style-{i}.png"
-        curves_png(rows, m, assets / name, _levels(data, m))
+        sweep_figure(data, m, assets / name)
         out.append(f'<figure><img src="assets/{name}" alt="style sweep: {html.escape(m)}"><figcaption>{html.escape(m)} over the data budget '
                    '(mean over seeds, band: 95% t interval)</figcaption></figure>')
     sat = saturation_table(data.get("saturation") if isinstance(data, dict) else None)

@@ -1,4 +1,5 @@
-"""The style sweep's results: cells -> sweep.json, cells.csv, one plot per measure, a terminal table.
+"""The style sweep's results: cells -> sweep.json, cells.csv, one plot per measure (capalign.reports.style, the
+figure the report shows), a terminal table.
 
 Curves: mean over seeds with a 95% Student-t interval (capalign.stats.mean_ci) per method, style, budget.
 Saturation (capalign.stats.saturation_budget): the smallest budget whose seed-mean reaches 95% of the way
@@ -14,7 +15,7 @@ import json
 from pathlib import Path
 
 from ..config import config_dict
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 from ..utils import print0
 
 
@@ -36,6 +37,7 @@ def _load_cells(out: Path, cells: list[dict]) -> tuple[dict, list[str]]:
 
 
 def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
+    from ..reports.style import sweep_figure
     from ..stats import mean_ci
     from .style_sweep import CONTENT, MEASURES, SATURATION
 
@@ -80,7 +82,7 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
     atomic_write_json(out / "sweep.json", summary)
     _write_csv(out / "cells.csv", summary["cells"])
     for meas in MEASURES:
-        atomic_write_bytes(out / f"plot-{meas}.png", plot_png(summary, meas))
+        sweep_figure(summary, meas, out / f"plot-{meas}.png")  # the same figure as the report's style section
     print_table(summary)
     print0(f"wrote {out / 'sweep.json'}, cells.csv and {len(MEASURES)} plots" + (f"; {len(missing)} cell(s) missing" if missing else ""))
     return summary
@@ -128,45 +130,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     for r in rows:
         w.writerow([r.get(k) for k in keys] + [r.get("measures", {}).get(k) for k in meas])
     atomic_write_text(path, buf.getvalue())
-
-
-def plot_png(summary: dict, meas: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    styles = summary["styles"]
-    fig, axes = plt.subplots(1, len(styles), figsize=(5.2 * len(styles), 3.8), squeeze=False)
-    for ax, s in zip(axes[0], styles):
-        for m, pts in summary["curves"][meas][s].items():
-            pts = [p for p in pts if p["mean"] is not None]
-            if not pts:
-                continue
-            x = [100 * p["share"] for p in pts]
-            line, = ax.plot(x, [p["mean"] for p in pts], marker="o", label=m)
-            # every measure is a share in [0, 1]: the t band is clipped there (3 seeds give wide t intervals)
-            ax.fill_between(x, [max(p["lo"], 0.0) for p in pts], [min(p["hi"], 1.0) for p in pts], color=line.get_color(), alpha=0.2)
-        z = summary["zero_shot"].get(s, {}).get(meas)
-        if z is not None:
-            ax.axhline(z, color="k", ls="--", lw=1, label="zero-shot")
-        b = summary["base"].get(meas)
-        if b is not None:
-            ax.axhline(b, color="grey", ls=":", lw=1, label="factual base")
-        ax.set_xscale("log")
-        ax.set_xticks([100 * x for x in summary["shares"]], summary["budgets"])
-        ax.minorticks_off()
-        ax.set_xlabel("budget (% of the training pairs)")
-        ax.set_title(s)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(meas)
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"{summary['measures'][meas]['label']}\nmean and 95% t interval over {len(summary['seeds'])} seeds (clipped to [0, 1])", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def print_table(summary: dict) -> None:
