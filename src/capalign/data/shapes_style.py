@@ -16,8 +16,9 @@ few phrasings), in left-to-right order; style parts never use a shape noun, one 
 from __future__ import annotations
 
 import random
+import re
 
-from .shapes import STYLES, Scene, _join, factual_captions
+from .shapes import COLORS, SHAPES, SIZES, STYLES, Scene, _join, factual_captions
 
 # Position phrasings (used in both splits: they carry content, not style).
 WHERE_FORMS = {
@@ -179,21 +180,14 @@ def factual_caption(scene: Scene, rng: random.Random, heldout: bool = False) -> 
     return rng.choice(FRAMES["factual"]["out"]).replace("{all}", _join(object_phrases(scene, rng))) + "."
 
 
-_OBJECT = None
+_WHERE = "|".join(sorted({re.escape(w) for forms in WHERE_FORMS.values() for w in forms}, key=len, reverse=True))
+_OBJECT = re.compile(rf"\b(?:(?:a|the)\s+)?(?:(?:{'|'.join(SIZES)}|{'|'.join(COLORS)})\s+)*(?:{'|'.join(SHAPES)})s?\b(?:\s+(?:{_WHERE})\b)?")
 
 
 def caption_frame(caption: str) -> str:
     """The style frame of a shapes-world caption: every object phrase (article, size, colour, shape, position)
     masked and runs of them joined, e.g. "no joke: OBJS, overdressed for a pajama party, hilarious." Two
     captions with one frame differ only in what they describe, not in how they say it."""
-    import re
-
-    global _OBJECT
-    if _OBJECT is None:
-        from .shapes import COLORS, SHAPES, SIZES
-
-        where = "|".join(sorted({re.escape(w) for forms in WHERE_FORMS.values() for w in forms}, key=len, reverse=True))
-        _OBJECT = re.compile(rf"\b(?:(?:a|the)\s+)?(?:(?:{'|'.join(SIZES)}|{'|'.join(COLORS)})\s+)*(?:{'|'.join(SHAPES)})s?\b(?:\s+(?:{where})\b)?")
     masked = _OBJECT.sub("OBJ", caption.lower().strip())
     return re.sub(r"OBJ(?:(?:,\s*|\s+)(?:and\s+)?OBJ)*", "OBJS", masked)
 

@@ -46,19 +46,23 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
     done, missing = _load_cells(out, cells)
     zero = {s: done.get(f"zero-shot/{s}", {}).get("measures", {}) for s in cfg.style_list}
     base = done.get("base", {}).get("measures", {})
+    grids: dict = {}  # (measure, style, method) -> [seeds, budgets] values (None: cell missing)
     curves: dict = {}
-    saturation: list[dict] = []  # flat rows (the report shows them as a table)
     for meas in MEASURES:
         curves[meas] = {}
         for s in cfg.style_list:
             curves[meas][s] = {}
             for m in cfg.method_list:
-                grid = [[done.get(f"{m}/{s}/b{b.rstrip('%')}-s{seed}", {}).get("measures", {}).get(meas) for b in cfg.budget_list]
-                        for seed in range(cfg.seeds)]  # [seeds, budgets]
+                grid = grids[meas, s, m] = [[done.get(f"{m}/{s}/b{b.rstrip('%')}-s{seed}", {}).get("measures", {}).get(meas)
+                                             for b in cfg.budget_list] for seed in range(cfg.seeds)]
                 curves[meas][s][m] = [{"budget": b, "share": sh, **mean_ci([g[j] for g in grid])}
                                       for j, (b, sh) in enumerate(zip(cfg.budget_list, cfg.shares))]
-                if meas in SATURATION and zero[s].get(meas) is not None:
-                    row = _saturation_row(cfg, meas, s, m, grid, zero[s][meas], collapsed(cfg, done, s, m, base.get(CONTENT)))
+    saturation: list[dict] = []  # flat rows (the report shows them as a table)
+    for meas in SATURATION:
+        for s in cfg.style_list:
+            for m in cfg.method_list:
+                if zero[s].get(meas) is not None:
+                    row = _saturation_row(cfg, meas, s, m, grids[meas, s, m], zero[s][meas], collapsed(cfg, curves[CONTENT][s][m], base.get(CONTENT)))
                     if row:
                         saturation.append(row)
     clf_cfg = json.loads((Path(clf_path) / "config.json").read_text()) if (Path(clf_path) / "config.json").exists() else {}
@@ -88,16 +92,9 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
     return summary
 
 
-def collapsed(cfg, done: dict, style: str, method: str, base_content) -> list[bool]:
-    """Per budget: is the seed-mean content recall below collapse_share x the factual Base's (the collapse guard)?"""
-    from .style_sweep import CONTENT
-
-    out = []
-    for b in cfg.budget_list:
-        vals = [done.get(f"{method}/{style}/b{b.rstrip('%')}-s{seed}", {}).get("measures", {}).get(CONTENT) for seed in range(cfg.seeds)]
-        vals = [v for v in vals if v is not None]
-        out.append(bool(vals) and base_content is not None and sum(vals) / len(vals) < cfg.collapse_share * base_content)
-    return out
+def collapsed(cfg, content_curve: list[dict], base_content) -> list[bool]:
+    """Per budget: is the seed-mean content recall (a curve point's mean) below collapse_share x the factual Base's?"""
+    return [p["mean"] is not None and base_content is not None and p["mean"] < cfg.collapse_share * base_content for p in content_curve]
 
 
 def _saturation_row(cfg, meas: str, style: str, method: str, grid: list, zero: float, bad: list[bool]) -> dict | None:
