@@ -2,7 +2,7 @@
 
 Policy: random weights with SmolVLM-256M's shapes (SigLIP-B/16 at 512 px, 12 vision layers; 30-layer
 576-wide Llama; one 512-px tile = 64 image tokens per shapes image), LoRA r=32 on the language model.
-Judge: a second random model of the same architecture (seed 1), scored through capalign.rewards' judge
+Judge: a second random model of the same architecture (seed 1), scored through capalign.rl.rewards' judge
 reward (the reward `rl train --reward judge` uses). Data: 8 shapes-world images x 4 samples, exactly
 `--tokens` new tokens per sample (min_new_tokens = max_new_tokens), beta 0, one optimizer step.
   capalign = RLTrainer step (TRL's GRPOTrainer + one vision pass per image for all its samples)
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from capalign.data.shapes import write_dataset  # noqa: E402
 from capalign.io import atomic_write_json  # noqa: E402
 from capalign.models.tiny import SMOLVLM_256M, TINY, build_idefics3  # noqa: E402
-from capalign.rewards import build_reward  # noqa: E402
-from capalign.training.rl_trainer import RLTrainConfig, build_trainer  # noqa: E402
+from capalign.rl.rewards import build_reward  # noqa: E402
+from capalign.rl.train import RLTrainConfig, build_trainer  # noqa: E402
 
 
 class StepTimer(TrainerCallback):

@@ -332,8 +332,8 @@ def env(tmp_path_factory, tiny_idefics3_path, tiny_qwen2_vl_path):
 
     from capalign.data.shapes import write_dataset
     from capalign.models import load_vlm
-    from capalign.models.lora import lora_config
-    from capalign.models.mapper import Mapper
+    from capalign.training.lora import lora_config
+    from capalign.vizer.mapper import Mapper
 
     root = tmp_path_factory.mktemp("bad_input_env")
     data = write_dataset(root / "data", 8)

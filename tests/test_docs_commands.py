@@ -102,7 +102,7 @@ def _fewer_shapes(spec: str, n: int) -> str:
 
 def _small_nano(monkeypatch):
     """vizer study has no flag for its Base's training set (the nano captioner renders 6000 + 200 images)."""
-    from capalign.training import nano
+    from capalign.nano import train as nano
 
     run = nano.run
     monkeypatch.setattr(nano, "run", lambda cfg: run(dataclasses.replace(cfg, n_train=8, n_val=2, eval_batch_size=2)))

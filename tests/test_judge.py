@@ -12,9 +12,9 @@ from PIL import Image
 
 from capalign import CapalignError
 from capalign.cli import main
-from capalign.judge import DEFAULT_PROMPT, LETTER_SCORES, Judge, fill, letter_token_ids
+from capalign.metrics.judge import DEFAULT_PROMPT, LETTER_SCORES, Judge, fill, letter_token_ids
 from capalign.models import load_vlm
-from capalign.rewards import JudgeReward
+from capalign.rl.rewards import JudgeReward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAMILIES = {"idefics3": "tiny_idefics3_path", "qwen2_vl": "tiny_qwen2_vl_path"}

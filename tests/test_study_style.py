@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_style_stage_sweep_resume_and_report(tiny_idefics3_path, tmp_path, monkeypatch, capsys):
-    from capalign.training import style_sweep
+    from capalign.style import sweep as style_sweep
 
     recipe = {"name": "style-tiny", "seeds": [0], "base": {"model": str(tiny_idefics3_path)},
               "style": {"data": "shapes:12", "methods": "dpo", "styles": "humorous", "budgets": "50%,100%", "seeds": 2, "n_test": 3,
@@ -74,7 +74,8 @@ def test_style_stage_base_model_nano_styled(tiny_idefics3_path, tmp_path, monkey
     """style.base_model: nano-styled trains the styled nano captioner once into RUN/style/nano-styled and sweeps from it;
     a path is used as given; unset, the first seed's Base."""
     from capalign.study.stages import style as stage
-    from capalign.training import nano, style_sweep
+    from capalign.nano import train as nano
+    from capalign.style import sweep as style_sweep
 
     trained, swept = [], []
 

@@ -10,7 +10,8 @@ import torch
 
 from capalign import CapalignError
 from capalign.cli import main
-from capalign.data.preferences import Pair, open_preferences
+from capalign.data.pairs import Pair
+from capalign.data.preferences import open_preferences
 from capalign.data.style_fixtures import write_flickrstyle
 from capalign.metrics.style import classifier_data, content_kept, style_accuracy, wr_logp
 from capalign.metrics.style_classifier import StyleClassifier, load_classifier, resolve_encoder
@@ -190,7 +191,7 @@ def test_cli_wrlogp_with_adapter_measures_base_beside_it(tmp_path, tiny_qwen2_vl
     from peft import get_peft_model
 
     from capalign.models import load_vlm
-    from capalign.models.lora import lora_config
+    from capalign.training.lora import lora_config
 
     tuned = load_vlm(str(tiny_qwen2_vl_path), device="cpu")
     peft_model = get_peft_model(tuned.model, lora_config(tuned, r=4, alpha=8))

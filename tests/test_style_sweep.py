@@ -39,7 +39,7 @@ def test_sweep_resumes_and_summarises(tiny_idefics3_path, one_thread, tmp_path, 
     # styled_faithful recomputed from the saved captions: the classifier says the style AND the caption names every object with its colour
     from capalign.metrics.grounding import grounding
     from capalign.metrics.style_classifier import load_classifier
-    from capalign.training.style_sweep import StyleSweepConfig
+    from capalign.style.sweep import StyleSweepConfig
 
     clf = load_classifier(s["classifier"]["path"])
     test = StyleSweepConfig(**{**s["config"], "out": str(out)}).open_data("humorous").test[:3]
@@ -83,7 +83,7 @@ def test_styled_faithful_needs_the_style_and_every_object(tmp_path, monkeypatch)
     from capalign.data.shapes import COLORS
     from capalign.metrics.style import classifier_data
     from capalign.metrics.style_classifier import StyleClassifier
-    from capalign.training import style_sweep
+    from capalign.style import sweep as style_sweep
 
     cfg = style_sweep.StyleSweepConfig(model="x", out=str(tmp_path), data="shapes:60", styles="humorous")
     prefs = cfg.open_data("humorous")
@@ -114,8 +114,8 @@ def test_collapse_guard_in_the_saturation_rule(tmp_path):
     """A budget whose content recall fell below collapse_share x the factual Base's is never the saturation budget; a collapsed plateau
     gives no budget at all (SimPO's degenerate captions score high on style accuracy and WR-LogP)."""
     from capalign.io import atomic_write_json
-    from capalign.training.style_results import aggregate
-    from capalign.training.style_sweep import StyleSweepConfig
+    from capalign.style.results import aggregate
+    from capalign.style.sweep import StyleSweepConfig
 
     cfg = StyleSweepConfig(model="x", out=str(tmp_path), methods="sft,simpo", styles="humorous", budgets="10%,50%,100%", seeds=2)
     cells = {"zero-shot/humorous": (0.2, 0.0), "base": (None, 0.4)}  # (style_acc, recall_attr); the guard compares with the base

@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 
 from capalign.cli import main
-from capalign.training.style_config import StyleTrainConfig
+from capalign.style.config import StyleTrainConfig
 
 FAMILIES = ["tiny_idefics3_path", "tiny_qwen2_vl_path"]
 
 
 def _pairs():
-    from capalign.data.preferences import Pair
+    from capalign.data.pairs import Pair
 
     g = torch.Generator().manual_seed(0)
     ims = [Image.fromarray((torch.rand(40 + 8 * i, 48, 3, generator=g) * 255).byte().numpy()) for i in range(3)]
@@ -35,8 +35,8 @@ def test_one_vision_pass_equals_plain_forward_and_trl_dpo(family, request, one_t
     from trl import DPOConfig, DPOTrainer
 
     from capalign.models import load_vlm
-    from capalign.models.lora import lora_config
-    from capalign.training.style_trainer import StyleTrainer, caption_token_logps, collate, interleave
+    from capalign.training.lora import lora_config
+    from capalign.style.train import StyleTrainer, caption_token_logps, collate, interleave
 
     vlm = load_vlm(str(request.getfixturevalue(family)), device="cpu", dtype="float32", prompt="Write a funny caption.")
     pairs = _pairs()
@@ -94,7 +94,7 @@ def _cfg(model, out, **kw) -> StyleTrainConfig:
 
 @pytest.mark.parametrize("family,method", [("tiny_idefics3_path", "simpo"), ("tiny_qwen2_vl_path", "sft")])
 def test_training_changes_lora_only(family, method, request, one_thread, tmp_path):
-    from capalign.training.style_trainer import build
+    from capalign.style.train import build
 
     trainer, vlm, _ = build(_cfg(request.getfixturevalue(family), tmp_path, method=method, max_steps=2))
     vision = {id(p): p.detach().clone() for p in vlm.vision_parameters()}
@@ -109,7 +109,7 @@ def test_training_changes_lora_only(family, method, request, one_thread, tmp_pat
 def test_killed_run_resumes_to_the_same_adapter(tiny_idefics3_path, one_thread, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from capalign.training import style_trainer
+    from capalign.style import train as style_trainer
 
     kw = dict(method="dpo", max_steps=6, save_every=2, lora_dropout=0.1)  # dropout: the RNG state must be restored too
     style_trainer.run(_cfg(tiny_idefics3_path, tmp_path / "a", **kw))
@@ -135,7 +135,7 @@ def test_killed_run_resumes_to_the_same_adapter(tiny_idefics3_path, one_thread, 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trl_backends_train(family, request, one_thread, tmp_path):
-    from capalign.training import style_trainer
+    from capalign.style import train as style_trainer
 
     for method in ("dpo", "sft"):
         r = style_trainer.run(_cfg(request.getfixturevalue(family), tmp_path / method, method=method, backend="trl", max_steps=1))
@@ -152,7 +152,7 @@ def test_adapter_from_another_base_is_one_line(tiny_idefics3_path, tiny_qwen2_vl
     """(The other bad inputs of style train and sweep are rows of tests/test_cli_bad_input.py.)"""
     # an adapter trained on one base, loaded onto another (same family, other weights; and another family)
     from capalign.models.tiny import build_idefics3
-    from capalign.training import style_trainer
+    from capalign.style import train as style_trainer
 
     style_trainer.run(_cfg(tiny_idefics3_path, tmp_path / "ad", method="sft", max_steps=1))
     other = build_idefics3(tmp_path / "other", seed=1)

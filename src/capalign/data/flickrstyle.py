@@ -109,7 +109,7 @@ def flickrstyle_pairs(root: Path, captions: str | None = None, images: str | Non
     """One pair per line of each style file: chosen = the stylised caption, rejected = the image's Flickr30k
     caption #factual_index, references = all its Flickr30k captions. Lines that cannot be paired are
     returned marked `meta["skip"]` with the reason (open_preferences lists them)."""
-    from .preferences import Pair
+    from .pairs import Pair
 
     token = _find(root, captions, ("results_20130124.token", "*.token", "*/results_20130124.token"), "Flickr30k caption file",
                   "flickr_captions=PATH (results_20130124.token)", False)

@@ -49,7 +49,7 @@ def _group(ref) -> str:
 
 
 def hf_pairs(spec: str, path: Path | None, split: str, style: str | None, columns: dict) -> list:
-    from .preferences import Pair
+    from .pairs import Pair
 
     ds, image_feature = _load(spec, path, split)
     cols = ds.column_names

@@ -234,7 +234,7 @@ def shapes_pairs(spec, seed: int, test_share: float) -> list:
     """Both styles' pairs of every scene, built from its objects: chosen = `styled_caption`, rejected =
     `factual_caption`, held-out templates for the scenes of the test split (the split open_preferences
     makes with the same seed), references = the scene's factual captions, objects for grounding."""
-    from .preferences import Pair, split_groups
+    from .pairs import Pair, split_groups
     from .shapes import scene_from_objects
 
     rows = _rows(spec)

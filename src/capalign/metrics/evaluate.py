@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import CapalignError
 from ..config import arg, save_config, show_config
 from ..io import atomic_write_json, check_prediction, check_reference, read_predictions, read_references
-from ..judge import JUDGE_FIELDS
+from .judge import JUDGE_FIELDS
 
 ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style", "judge", "length")
 
@@ -167,7 +167,7 @@ def evaluate_system(preds: list[dict] | dict[str, str], refs: dict[str, dict], n
         per["words"] = [len(by_id[i].split()) for i in ids]
         corpus["words"] = sum(per["words"]) / len(ids)
     if "judge" in names:
-        from ..judge import evaluate_judge
+        from .judge import evaluate_judge
 
         j = evaluate_judge(cfg, [by_id[i] for i in ids], [refs[i]["captions"] for i in ids], [(images or {}).get(i) for i in ids])
         corpus.update(j["corpus"]), per.update(j["per_caption"]), counts.update(j["counts"])
@@ -242,7 +242,7 @@ def run(cfg: EvaluateConfig) -> dict:
 
         out["definitions"]["style_accuracy"] = style_definition(cfg)
     if "judge" in names:
-        from ..judge import definition
+        from .judge import definition
 
         out["definitions"]["judge"] = definition(cfg)
     if cfg.out:

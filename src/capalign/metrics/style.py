@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .. import CapalignError
-from ..data.preferences import FACTUAL, Pair
+from ..data.pairs import FACTUAL, Pair
 
 
 @torch.no_grad()

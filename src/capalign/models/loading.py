@@ -121,7 +121,7 @@ def load_vlm(
     cls = getattr(importlib.import_module(f".{mod}", __package__), cls_name)
     vlm = cls(model, processor, prompt=prompt, pooling=pooling)
     if adapter:
-        from .lora import check_adapter_base
+        from .adapter import check_adapter_base
 
         check_adapter_base(adapter, vlm, name_or_path)
     return vlm

@@ -114,7 +114,7 @@ def sweep_section(run: Run, assets: Path) -> str:
     res = run.json(rel, "mapper sweep", required=bool(run.artifact("vizer_sweep")))
     if not isinstance(res, dict) or not res.get("cells"):
         return ""
-    from ..training.sweep import heatmap_png  # the sweep's own figure, so the report and `vizer sweep` agree
+    from ..vizer.sweep import heatmap_png  # the sweep's own figure, so the report and `vizer sweep` agree
 
     metric = res.get("metric", "CIDEr")
     cells = {(c["width"], c["samples"]): c for c in res["cells"]}

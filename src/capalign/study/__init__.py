@@ -7,6 +7,6 @@
 - run.py: the orchestrator (`capalign study`): seed by seed, skip stages whose outputs exist, index.json
   after every stage (the run-folder contract the report reads: RUN_LAYOUT.md / docs/study.md).
 - summary.py, plots.py: the multi-seed summary (capalign.stats), its tables and figures.
-- vizer_study.py: `capalign vizer study`, flags -> a ViZer-only recipe (what `make demo` runs).
+- vizer.py: `capalign vizer study`, flags -> a ViZer-only recipe (what `make demo` runs).
 - estimate.py: `capalign estimate RECIPE`, GPU memory and time per stage from parameter/FLOP counts.
 """

@@ -267,7 +267,7 @@ def rl_rows(recipe, c: Costs, f: dict, cfg: EstimateConfig, judge: dict | None) 
     n = rl.limit or _n(getattr(data, o.split), cfg.n_unlabeled)
     steps = rl.max_steps or (int(n * rl.epochs) // rl.batch_size if n else None)
     if steps is None:
-        raise CapalignError(f"the number of RL steps is unknown: set rl.max_steps or rl.limit, or pass --n_unlabeled")
+        raise CapalignError("the number of RL steps is unknown: set rl.max_steps or rl.limit, or pass --n_unlabeled")
     B, G, new = rl.batch_size, rl.num_generations, rl.max_new_tokens
     prompt = f["img_tokens"] + 16
     tok, micro = prompt + new, B * G // rl.grad_accum

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ... import CapalignError
 from ...config import arg
-from ...training import nano
+from ...nano import train as nano
 from ..stage import Context, Stage
 
 

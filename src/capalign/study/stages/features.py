@@ -50,7 +50,7 @@ class FeaturesStage(Stage):
 
         from ...data.sources import batched, open_images
         from ...models import load_vlm
-        from ...models.mapper import Mapper
+        from ...vizer.mapper import Mapper
 
         o = self.opts(self.section(ctx))
         mdir = ctx.mappers[o.variant]

@@ -1,7 +1,7 @@
 """Stage `rl`: the RL baseline (`capalign rl train`: GRPO, LoRA on the language model) from the seed's Base,
 one run per reward, each a system `RL_<reward>` that caption, evaluate, features and summary then pick up.
 
-`rewards: [judge, cider]` lists `capalign.rewards.build_reward` specs (a weighted mix such as
+`rewards: [judge, cider]` lists `capalign.rl.rewards.build_reward` specs (a weighted mix such as
 `cider:1,grounding:0.5` becomes `RL_cider_1_grounding_0_5`). The judge is the `judge` field (a hub id such as
 Qwen/Qwen2.5-VL-3B-Instruct, or a `capalign judge train` folder), the same field `capalign rl train --judge`
 takes. The training images are a data split of the study (`split`, default `unlabeled`: the images ViZer
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ... import CapalignError
 from ...config import arg
-from ...training import rl_trainer
+from ...rl import train as rl_trainer
 from ..stage import Context, Stage
 
 

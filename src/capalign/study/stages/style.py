@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ... import CapalignError
 from ...config import arg
-from ...training import nano, style_sweep
+from ...nano import train as nano
+from ...style import sweep as style_sweep
 from ..stage import Context, Stage
 
 STYLED_NANO = "nano-styled"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ... import CapalignError
 from ...config import arg
-from ...training import mapper as mapper_mod
-from ...training import vizer as vizer_mod
+from ...vizer import mapper as mapper_mod
+from ...vizer import train as vizer_mod
 from ..stage import Context, Stage
 
 

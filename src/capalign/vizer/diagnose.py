@@ -124,7 +124,7 @@ def run(cfg: DiagnoseConfig) -> dict:
     import json
 
     from ..models import load_vlm
-    from ..models.mapper import Mapper
+    from .mapper import Mapper
 
     show_config(cfg)
     metas = []

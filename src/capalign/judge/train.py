@@ -1,7 +1,7 @@
 """`capalign judge train`: a nano VLM judge for the shapes world, used exactly like a hub judge.
 
 The real judge (Qwen2.5-VL-3B-Instruct-AWQ) cannot be downloaded here, so the embedded default is a
-nano VLM of the SmolVLM architecture (the nano captioner's builder and training loop, training/nano.py)
+nano VLM of the SmolVLM architecture (the nano captioner's builder and training loop, nano/train.py, training/loop.py)
 trained on (image, reference, candidate caption) -> letter. The reference is the image's canonical
 caption; candidates come from five sources, and the grade is a function of what the candidate says:
 - factual captions of the image (any phrasing that states positions)        -> usually A
@@ -35,9 +35,10 @@ from .. import CapalignError
 from ..config import arg, save_config, show_config
 from ..data.shapes import CORRUPTIONS, IMAGE_SIZE, Scene, corrupt, factual_captions, scene_from_objects
 from ..io import atomic_write_json
-from ..judge import JUDGE_FILE, LETTER_SCORES, LETTERS, Judge, fill
+from ..metrics.judge import JUDGE_FILE, LETTER_SCORES, LETTERS, Judge, fill
 from ..utils import print0, seed_everything
-from .nano import NanoTrainConfig, _examples, build_nano, fit
+from ..nano.train import NanoTrainConfig, _examples, build_nano
+from ..training.loop import fit
 
 NANO_PROMPT = "reference: {reference}\ncaption: {caption}\ngrade:"
 SOURCES = ("correct", "one_error", "web", "errors", "other_image")

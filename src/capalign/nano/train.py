@@ -19,13 +19,10 @@ training step is one forward/backward of the model.
 
 from __future__ import annotations
 
-import math
 import random
-import time
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image
@@ -34,7 +31,8 @@ from ..config import arg, save_config, show_config
 from ..data import shapes
 from ..data.shapes_style import styled_caption
 from ..io import atomic_write_json
-from ..utils import print0, progress, seed_everything
+from ..training.loop import fit
+from ..utils import print0, seed_everything
 
 
 @dataclass
@@ -113,42 +111,6 @@ def build_nano(cfg: NanoTrainConfig, corpus: list[str], out: Path) -> Path:
     tok = build_tokenizer(IDEFICS3_SPECIALS, corpus, vocab_size=cfg.vocab_size)
     # no splitting: a shapes image is one tile (plus nothing else), as small as the model can see it
     return build_idefics3(out, shape, tokenizer=tok, longest_edge=cfg.image_size, splitting=False, seed=cfg.seed)
-
-
-def fit(model, params, next_batch: Callable[[], dict], steps: int, lr: float, weight_decay: float, desc: str,
-        callback: Callable[[int, float], None] | None = None, loss_fn: Callable | None = None) -> tuple[list[float], float]:
-    """The nano training loop (captioner and judge): AdamW, linear warmup over the first 5% of the steps,
-    cosine decay to zero at the last step, gradients clipped at norm 1. `next_batch()` -> forward kwargs
-    with labels; `loss_fn(model, batch)` replaces the model's own loss. `callback(step, train_seconds)` runs
-    after each step; its time is not training time. Returns (per-step losses, training seconds); the model
-    is left in eval mode."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warm = max(1, steps // 20)
-
-    def lr_factor(s: int) -> float:
-        return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    model.train()
-    t0, losses, other_s = time.time(), [], 0.0
-    with progress() as bar:
-        task = bar.add_task(desc, total=steps, rate="")
-        for step in range(1, steps + 1):
-            batch = next_batch()
-            loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(task, advance=1, rate=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
-            if callback is not None:
-                e0 = time.time()
-                callback(step, e0 - t0 - other_s)
-                other_s += time.time() - e0
-    model.eval()
-    return losses, time.time() - t0 - other_s
 
 
 def exact_match(pred: str, refs: list[str]) -> bool:

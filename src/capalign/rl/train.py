@@ -16,7 +16,7 @@ DDP. `RLTrainer` subclasses it where it falls short:
    Base, the nano captioner) have none. The trainer gives the processor a constant template that renders
    exactly `VLM.prompt_texts()` (what `capalign caption` uses), so training and captioning see the same
    tokens in every family (tested: TRL's prompt ids == `VLM.encode`'s).
-3. Rewards. `--reward` is `capalign.rewards.build_reward`'s spec (`judge`, `cider`, `cider:1,grounding:0.5`);
+3. Rewards. `--reward` is `capalign.rl.rewards.build_reward`'s spec (`judge`, `cider`, `cider:1,grounding:0.5`);
    each part is one TRL reward function (TRL sums them with their weights and logs each). They get plain
    caption strings and the dataset columns `image`, `references`, `objects`, `id`; a reward that returns
    NaN or the wrong number of values stops training with a one-line error instead of TRL's silent NaN skip.
@@ -39,19 +39,19 @@ from trl import GRPOTrainer
 from .. import CapalignError
 from ..config import config_dict, save_config, show_config
 from ..io import atomic_write_json
-from ..models.lora import lora_config
+from ..training.lora import lora_config
 from ..models.shared_vision import SharedVision
 from ..utils import print0
-from .rl_config import RLTrainConfig  # noqa: F401  (the CLI finds the config class here)
+from .config import RLTrainConfig  # noqa: F401  (the CLI finds the config class here)
 
 # reward name -> the dataset column it cannot do without (every row has an image)
 NEEDS = {"cider": "references", "bertscore": "references", "judge": "references", "grounding": "objects"}
 
 
 def reward_parts(cfg: RLTrainConfig, custom: dict | None = None) -> list[tuple[str, object, float]]:
-    """cfg.reward (`capalign.rewards.build_reward`'s spec: 'judge', 'cider:1,grounding:0.5', ...) -> [(name, fn, weight)].
+    """cfg.reward (`capalign.rl.rewards.build_reward`'s spec: 'judge', 'cider:1,grounding:0.5', ...) -> [(name, fn, weight)].
     Each part becomes its own TRL reward function, so TRL logs rewards/<name>/mean beside the weighted sum."""
-    from ..rewards import WeightedReward, build_reward
+    from .rewards import WeightedReward, build_reward
 
     named = {k: _named(k, fn) for k, fn in (custom or {}).items()}  # the spec's name is the logged name
     r = build_reward(cfg.reward, judge=cfg.judge, judge_prompt=cfg.judge_prompt, judge_dtype=cfg.judge_dtype,
@@ -79,7 +79,7 @@ def _named(name: str, fn):
 def checked(name: str, fn):
     """A TRL reward function around a capalign reward: plain-string completions in (TRL passes chat messages for
     chat prompts), one finite float per completion out (TRL would skip a NaN row with a warning)."""
-    from ..rewards import check_rewards, completion_texts
+    from .rewards import check_rewards, completion_texts
 
     def reward(completions, **kw):
         texts = completion_texts(completions)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import arg
-from ..judge import JUDGE_FIELDS, resolve_prompt
-from ..models.lora import LM_LINEAR, check_lora_training
+from ..metrics.judge import JUDGE_FIELDS, resolve_prompt
+from ..training.lora import LM_LINEAR, check_lora_training
 
 
 @dataclass
@@ -16,7 +16,7 @@ class RLTrainConfig:
     model: str = arg(help="VLM to train (policy): hub id or local folder (SmolVLM/Idefics3, Qwen2-VL, Qwen2.5-VL).")
     data: str = arg(help="Training images with references: a shapes-world or other dataset folder, manifest, HF dataset, tar shards.")
     out: str = arg(help="Output folder: the PEFT adapter (for `capalign caption --adapter`), checkpoints, history.json, TensorBoard logs.")
-    reward: str = arg("cider", "Reward (capalign.rewards): judge, cider, bertscore, clipscore, grounding, or a weighted sum such as 'judge:0.7,grounding:0.3'.")
+    reward: str = arg("cider", "Reward (capalign.rl.rewards): judge, cider, bertscore, clipscore, grounding, or a weighted sum such as 'judge:0.7,grounding:0.3'.")
     judge: str = arg("", "Judge VLM for the judge reward (hub id or folder, e.g. the output of `capalign judge train`).")
     judge_prompt: str = arg(*JUDGE_FIELDS["judge_prompt"])
     judge_batch_size: int = arg(*JUDGE_FIELDS["judge_batch_size"])

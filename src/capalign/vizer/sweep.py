@@ -78,7 +78,7 @@ def run(cfg: SweepConfig) -> dict:
     from ..metrics.evaluate import evaluate_system
     from ..models import load_vlm
     from . import mapper as mapper_mod
-    from . import vizer as vizer_mod
+    from . import train as vizer_mod
 
     show_config(cfg)
     test_manifest = Path(cfg.test) / "manifest.jsonl" if Path(cfg.test).is_dir() else Path(cfg.test)

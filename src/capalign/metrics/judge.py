@@ -20,7 +20,6 @@ prefix, which then replace the defaults: a trained nano judge is used exactly li
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -28,8 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import CapalignError
-from .config import arg
+from .. import CapalignError
 
 LETTERS = "ABCDE"
 LETTER_SCORES = (1.0, 0.75, 0.5, 0.25, 0.0)
@@ -138,8 +136,8 @@ class Judge:
     @classmethod
     def load(cls, name_or_path: str, device: str = "auto", dtype: str = "auto", load_in_8bit: bool = False,
              prompt: str | None = None, batch_size: int = 16) -> "Judge":
-        from .models import load_vlm
-        from .models.loading import FAMILIES, _config
+        from ..models import load_vlm
+        from ..models.loading import FAMILIES, _config
 
         family = _config(name_or_path).model_type
         if family not in FAMILIES:
@@ -154,7 +152,7 @@ class Judge:
         """images[k] (PIL image, path or bytes), captions[k], references[k] (a string or a list: the first is used)."""
         import torch
 
-        from .data.images import load_image
+        from ..data.images import load_image
 
         n = len(captions)
         if len(images) != n or len(references) != n:
@@ -191,7 +189,7 @@ def cached_judge(name: str, device: str, dtype: str, load_in_8bit: bool, prompt:
 def evaluate_judge(cfg, captions: list[str], references: list[list[str]], images: list) -> dict:
     """The judge column of `capalign evaluate`: per-caption scores (None where the image is missing or
     unreadable: counted) and their mean. `images[k]`: path, bytes, PIL image, a callable returning one, or None."""
-    from .data.images import BadImage, load_image
+    from ..data.images import BadImage, load_image
 
     judge = cached_judge(cfg.judge, cfg.device, cfg.judge_dtype, cfg.judge_load_in_8bit, cfg.judge_prompt or None, cfg.judge_batch_size)
     pics, errors = [], {}
@@ -228,38 +226,3 @@ JUDGE_FIELDS = dict(
 )
 
 
-@dataclasses.dataclass
-class JudgeConfig:
-    """Score caption files with a VLM judge (JSONL {"id", "caption"} against references {"id", "captions", "image"})."""
-
-    judge: str = arg("", "Judge VLM: hub id or local folder (any family `load_vlm` loads; a `capalign judge train` folder works).")
-    pred: list[str] = arg([], "Prediction JSONL file(s); one row of results per file.")
-    refs: str = arg("", "References JSONL with `captions` and `image` (a shapes-world manifest.jsonl works).")
-    images: str = arg("", "Image source matched by id (default: the refs' `image` paths, relative to the refs file).")
-    out: str = arg("", "Write the mean, per-caption scores, letter probabilities' off-letter mass to this JSON file.")
-    prompt: str = arg(*JUDGE_FIELDS["judge_prompt"])
-    batch_size: int = arg(*JUDGE_FIELDS["judge_batch_size"])
-    dtype: str = arg(*JUDGE_FIELDS["judge_dtype"])
-    load_in_8bit: bool = arg(*JUDGE_FIELDS["judge_load_in_8bit"])
-    device: str = arg("auto", "auto, cpu, cuda, mps")
-
-    def __post_init__(self):
-        if isinstance(self.pred, str):
-            self.pred = [self.pred]
-        if not self.judge:
-            raise ValueError("--judge MODEL is required")
-        if not self.pred or not self.refs:
-            raise ValueError("give --pred captions.jsonl and --refs refs.jsonl")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.prompt:
-            resolve_prompt(self.prompt)
-
-
-def run(cfg: JudgeConfig) -> dict:
-    """`capalign judge`: `capalign evaluate --metrics judge` under its own name (same reading and counting rules)."""
-    from .metrics.evaluate import EvaluateConfig, run as evaluate
-
-    return evaluate(EvaluateConfig(pred=cfg.pred, refs=cfg.refs, images=cfg.images, metrics="judge", out=cfg.out, device=cfg.device,
-                                   judge=cfg.judge, judge_prompt=cfg.prompt, judge_batch_size=cfg.batch_size, judge_dtype=cfg.dtype,
-                                   judge_load_in_8bit=cfg.load_in_8bit))

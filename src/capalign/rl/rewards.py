@@ -21,7 +21,7 @@ Every metric reward calls the metric code of `capalign.metrics`, so training and
 - grounding: per-caption F1 of object precision and recall (level `attr`: stated colours must match;
   `name`: nouns only), from `metrics.grounding` (a caption without annotated objects scores 1 if it
   mentions none, else 0; precision of a caption without mentions is 0).
-- judge: a VLM judge's expected grade (capalign.judge); logs the off-letter mass through TRL's `log_metric`.
+- judge: a VLM judge's expected grade (capalign.metrics.judge); logs the off-letter mass through TRL's `log_metric`.
 `WeightedReward` sums rewards with weights (like GRPOConfig.reward_weights, not normalised).
 Every reward checks its output: a NaN, None or infinite value, or a wrong number of values, is a
 one-line CapalignError naming the reward.
@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from . import CapalignError
+from .. import CapalignError
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ class CiderReward(Reward):
     __name__ = "cider"
 
     def __init__(self, corpus: Sequence[Sequence[str]] | None = None):
-        from .metrics.ptb import tokenize_corpus
+        from ..metrics.ptb import tokenize_corpus
 
         self.corpus = None  # tokenized reference sets that fix the document frequencies
         if corpus is not None:
@@ -138,8 +138,8 @@ class CiderReward(Reward):
                     self.corpus[k] = v
 
     def compute(self, texts, kw):
-        from .metrics.coco import coco_scores
-        from .metrics.ptb import tokenize_corpus
+        from ..metrics.coco import coco_scores
+        from ..metrics.ptb import tokenize_corpus
 
         n = len(texts)
         refs = references_of(kw, n, self.__name__)
@@ -176,7 +176,7 @@ class BertScoreReward(Reward):
         self.model, self.num_layers, self.device = model, num_layers, device
 
     def compute(self, texts, kw):
-        from .metrics.bertscore import bert_score
+        from ..metrics.bertscore import bert_score
 
         refs = references_of(kw, len(texts), self.__name__)
         return bert_score(texts, refs, model=self.model, num_layers=self.num_layers, device=self.device)["F"]
@@ -192,9 +192,9 @@ class ClipScoreReward(Reward):
         self.model, self.kind, self.device = model, kind, device
 
     def compute(self, texts, kw):
-        from .data.images import load_image
-        from .judge import image_key
-        from .metrics.clipscore import clip_score
+        from ..data.images import load_image
+        from ..metrics.judge import image_key
+        from ..metrics.clipscore import clip_score
 
         images = [load_image(im) for im in images_of(kw, len(texts), self.__name__)]
         refs = references_of(kw, len(texts), self.__name__) if self.kind == "refclip_s" else None
@@ -211,7 +211,7 @@ class GroundingReward(Reward):
         self.level = level
 
     def compute(self, texts, kw):
-        from .metrics.grounding import grounding
+        from ..metrics.grounding import grounding
 
         objects = _column(kw, ("objects",), len(texts), self.__name__, "annotated objects")
         return [f1(row[self.level]) for row in grounding(texts, objects)["per_caption"]]
@@ -226,12 +226,12 @@ def f1(row: dict) -> float:
 
 
 class JudgeReward(Reward):
-    """A VLM judge's expected grade in [0, 1] (capalign.judge); `last` keeps the latest JudgeScores."""
+    """A VLM judge's expected grade in [0, 1] (capalign.metrics.judge); `last` keeps the latest JudgeScores."""
 
     __name__ = "judge"
 
     def __init__(self, judge, **load_kw):
-        from .judge import Judge
+        from ..metrics.judge import Judge
 
         self.judge = judge if isinstance(judge, Judge) else Judge.load(judge, **load_kw)
         self.last = None

@@ -34,8 +34,8 @@ from .. import CapalignError
 from ..config import arg, save_config, show_config
 from ..io import atomic_write_json, atomic_write_text
 from ..utils import print0
-from .style_config import METHODS, StyleDataArgs
-from .style_results import aggregate
+from .config import METHODS, StyleDataArgs
+from .results import aggregate
 
 MEASURES = {  # name -> (label, higher is better)
     "style_acc": ("style accuracy of generated captions", True),
@@ -47,7 +47,7 @@ MEASURES = {  # name -> (label, higher is better)
     "distinct_frames": ("distinct style frames per caption (shapes world; object phrases masked)", True),
 }
 SATURATION = ("style_acc", "wr_logp", "wr_logp_sum", "styled_faithful")
-CONTENT = "recall_attr"  # the collapse guard's measure (capalign.training.style_results)
+CONTENT = "recall_attr"  # the collapse guard's measure (capalign.style.results)
 
 
 @dataclass
@@ -188,9 +188,9 @@ def faithful(row: dict) -> bool:
 def run_cell(cell: dict, cfg: StyleSweepConfig, clf_path: str) -> dict:
     """Train (unless base / zero-shot) and evaluate one cell into out/cells/<name>/; result.json is written last."""
     from ..models import load_vlm
-    from .style_config import StyleTrainConfig
+    from .config import StyleTrainConfig
     from ..data.preferences import budget_subset
-    from .style_trainer import train
+    from .train import train
 
     d = Path(cfg.out) / "cells" / cell["name"]
     if (d / "result.json").exists():

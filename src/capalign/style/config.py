@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..config import arg
 from ..data.preferences import PreferenceDataArgs, parse_budget
-from ..models.lora import LM_LINEAR, check_lora_training
+from ..training.lora import LM_LINEAR, check_lora_training
 
 METHODS = ("zero-shot", "sft", "dpo", "simpo")
 BACKENDS = ("capalign", "trl")

@@ -39,7 +39,7 @@ def _load_cells(out: Path, cells: list[dict]) -> tuple[dict, list[str]]:
 def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
     from ..reports.style import sweep_figure
     from ..stats import mean_ci
-    from .style_sweep import CONTENT, MEASURES, SATURATION
+    from .sweep import CONTENT, MEASURES, SATURATION
 
     out = Path(cfg.out)
     cells = cfg.cells()
@@ -133,7 +133,7 @@ def print_table(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .style_sweep import SATURATION
+    from .sweep import SATURATION
 
     for meas in ("style_acc", "styled_faithful", "wr_logp", "recall_attr", "distinct_frames"):
         t = Table(title=f"{summary['measures'][meas]['label']} (mean over seeds [95% interval])")

@@ -33,9 +33,9 @@ from .. import CapalignError
 from ..config import arg, config_dict, save_config, show_config
 from ..data.sources import batched, open_images
 from ..io import atomic_write_json
-from ..models import lora as models_lora
-from ..models.lora import LM_LINEAR, check_lora_training
-from ..models.mapper import Mapper, cosine_loss
+from ..training import lora as models_lora
+from ..training.lora import LM_LINEAR, check_lora_training
+from .mapper import Mapper, cosine_loss
 from ..utils import print0, progress
 
 

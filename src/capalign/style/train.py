@@ -46,8 +46,8 @@ from .. import CapalignError
 from ..config import config_dict, save_config, show_config
 from ..io import atomic_write_json
 from ..utils import print0
-from . import losses
-from .style_config import StyleTrainConfig  # noqa: F401 (StyleTrainConfig: the CLI reads it here)
+from ..training import losses
+from .config import StyleTrainConfig  # noqa: F401 (StyleTrainConfig: the CLI reads it here)
 
 log = logging.getLogger(__name__)
 REF_CACHE = "reference_logps.safetensors"  # in checkpoints: pair id -> [2] reference log-probs (chosen, rejected)
@@ -195,7 +195,6 @@ def complete_checkpoint(out: Path) -> str | None:
 
 
 def training_args(cfg: StyleTrainConfig, steps: int):
-    from transformers import TrainingArguments
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_device = cfg.batch_size // cfg.grad_accum // world
@@ -217,7 +216,7 @@ def _trl_trainer(cfg: StyleTrainConfig, vlm, args_kw: dict, pairs: list, peft_cf
     """TRL's own DPOTrainer / SFTTrainer on the same pairs, prompt and LoRA (`--backend trl`)."""
     from datasets import Dataset
 
-    from ..data.preferences import PreferenceSet
+    from ..data.pairs import PreferenceSet
 
     held = PreferenceSet("budget", pairs, [], [], 0, 0.0)
     pairs, images = held.load_images(pairs)  # unreadable images: skipped and logged, as in the capalign backend
@@ -246,7 +245,7 @@ def build(cfg: StyleTrainConfig, subset: list | None = None):
     from transformers import TrainingArguments, set_seed
 
     from ..models import load_vlm
-    from ..models.lora import lora_config
+    from ..training.lora import lora_config
 
     subset = subset if subset is not None else load_pairs(cfg)[0]
     steps = cfg.max_steps or max(math.ceil(cfg.epochs * len(subset) / cfg.batch_size), cfg.min_steps)
@@ -267,7 +266,7 @@ def build(cfg: StyleTrainConfig, subset: list | None = None):
 def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
     """Train cfg.method on `subset` into cfg.out (resuming from its newest complete checkpoint); returns
     (vlm with the trained LoRA in place, or None for zero-shot, result). `style_result.json` is written last."""
-    from ..models.lora import write_adapter_meta
+    from ..models.adapter import write_adapter_meta
 
     out = Path(cfg.out)
     result = {"method": cfg.method, "style": cfg.style, "budget": cfg.budget, "n_pairs": len(subset), **(info or {}),

@@ -1,0 +1,1 @@
+"""`capalign nano train`: the nano captioner of the shapes world (train.py)."""
