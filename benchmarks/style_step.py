@@ -39,9 +39,9 @@ from capalign.data import shapes  # noqa: E402
 from capalign.data.pairs import Pair  # noqa: E402
 from capalign.io import atomic_write_json  # noqa: E402
 from capalign.models import load_vlm  # noqa: E402
-from capalign.training.lora import lora_config  # noqa: E402
 from capalign.models.tiny import IDEFICS3_SPECIALS, SMOLVLM_256M, TINY, build_idefics3, build_tokenizer  # noqa: E402
 from capalign.style.train import StyleTrainer, caption_token_logps, collate, interleave  # noqa: E402
+from capalign.training.lora import lora_config  # noqa: E402
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from capalign.io import atomic_write_json  # noqa: E402
 from capalign.models import load_vlm  # noqa: E402
-from capalign.vizer.mapper import Mapper  # noqa: E402
 from capalign.models.tiny import SMOLVLM_256M, TINY, build_idefics3  # noqa: E402
+from capalign.vizer.mapper import Mapper  # noqa: E402
 from capalign.vizer.train import VizerObjective, VizerTrainConfig, lora_config  # noqa: E402
 
 

@@ -142,7 +142,7 @@ def test_evaluate_scores_every_repeated_pred(tmp_path, cli):
 
 def test_recipe_values_are_coerced_after_a_command_parsed_its_flags():
     """HfArgumentParser resolves a dataclass's field types in place; the study's coercion must not depend on it."""
-    from capalign.study.recipe import coerce
+    from capalign.config import coerce
     from capalign.vizer.train import VizerTrainConfig
 
     before = coerce(VizerTrainConfig, {"lr": "1e-2", "max_steps": "3", "do_sample": "true"})

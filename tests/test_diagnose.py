@@ -11,8 +11,8 @@ import torch
 
 from capalign.cli import main
 from capalign.data import shapes
-from capalign.vizer.mapper import Mapper
 from capalign.vizer.diagnose import auc, score_mapper
+from capalign.vizer.mapper import Mapper
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

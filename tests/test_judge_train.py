@@ -12,8 +12,19 @@ from PIL import Image
 from capalign.cli import main
 from capalign.data import shapes
 from capalign.data.shapes import CORRUPTIONS, Scene, ShapeObject, corrupt, factual_captions, scene_from_objects
+from capalign.judge.train import (
+    NANO_PROMPT,
+    SOURCES,
+    JudgeTrainConfig,
+    candidate,
+    errors,
+    examples,
+    grade_of,
+    image_expansion,
+    judge_loss,
+    training_inputs,
+)
 from capalign.metrics.judge import LETTERS, Judge, fill
-from capalign.judge.train import NANO_PROMPT, SOURCES, JudgeTrainConfig, candidate, errors, examples, grade_of, image_expansion, judge_loss, run, training_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BOX = (0.0, 0.0, 0.0, 0.0)

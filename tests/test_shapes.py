@@ -5,12 +5,22 @@ import random
 
 import pytest
 
+from capalign import CapalignError
 from capalign.cli import main
 from capalign.config import parse_config
-from capalign import CapalignError
 from capalign.data import shapes
-from capalign.data.shapes import (COLORS, SHAPES, SIZES, ShapesConfig, factual_captions, render, sample_scene,
-                                  styled_captions, web_captions, write_dataset)
+from capalign.data.shapes import (
+    COLORS,
+    SHAPES,
+    SIZES,
+    ShapesConfig,
+    factual_captions,
+    render,
+    sample_scene,
+    styled_captions,
+    web_captions,
+    write_dataset,
+)
 
 
 def _files(d):

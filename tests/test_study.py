@@ -201,8 +201,7 @@ def test_finished_stages_are_skipped_and_an_interrupted_stage_resumes(work, run_
 def write_run(root: Path, seeds: dict[int, dict[str, list[str]]]) -> dict:
     """A hand-made run folder: per seed, a 4-image shapes-world test split and given captions per system."""
     from capalign.data.shapes import write_dataset
-    from capalign.io import atomic_write_json
-    from capalign.io import read_references
+    from capalign.io import atomic_write_json, read_references
     from capalign.metrics.evaluate import evaluate_system
 
     out = {}

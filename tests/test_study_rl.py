@@ -6,7 +6,6 @@ the report draws the reward curves from it."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -73,8 +73,8 @@ def test_style_stage_sweep_resume_and_report(tiny_idefics3_path, tmp_path, monke
 def test_style_stage_base_model_nano_styled(tiny_idefics3_path, tmp_path, monkeypatch, capsys):
     """style.base_model: nano-styled trains the styled nano captioner once into RUN/style/nano-styled and sweeps from it;
     a path is used as given; unset, the first seed's Base."""
-    from capalign.study.stages import style as stage
     from capalign.nano import train as nano
+    from capalign.study.stages import style as stage
     from capalign.style import sweep as style_sweep
 
     trained, swept = [], []

@@ -14,8 +14,8 @@ from capalign import CapalignError
 from capalign.cli import main
 from capalign.data import shapes, shapes_style
 from capalign.data.flickrstyle import read_name_list
-from capalign.data.preferences import budget_subset, open_preferences, parse_budget
 from capalign.data.pairs import split_groups
+from capalign.data.preferences import budget_subset, open_preferences, parse_budget
 from capalign.data.style_fixtures import flickr_name, write_flickrstyle, write_newyorker
 from capalign.metrics.grounding import grounding
 

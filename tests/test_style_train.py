@@ -35,8 +35,8 @@ def test_one_vision_pass_equals_plain_forward_and_trl_dpo(family, request, one_t
     from trl import DPOConfig, DPOTrainer
 
     from capalign.models import load_vlm
-    from capalign.training.lora import lora_config
     from capalign.style.train import StyleTrainer, caption_token_logps, collate, interleave
+    from capalign.training.lora import lora_config
 
     vlm = load_vlm(str(request.getfixturevalue(family)), device="cpu", dtype="float32", prompt="Write a funny caption.")
     pairs = _pairs()

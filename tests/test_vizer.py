@@ -24,8 +24,7 @@ import capalign.vizer.train as vz
 from capalign.cli import main
 from capalign.data.sources import Record, open_images
 from capalign.models import load_vlm
-from capalign.vizer.mapper import Mapper
-from capalign.vizer.mapper import fit_mapper
+from capalign.vizer.mapper import Mapper, fit_mapper
 
 NEW = "6"  # max_new_tokens everywhere
 # the shared Idefics3 run: 4 steps of 4 images, checkpoint at step 2; lr high enough that LoRA B moves

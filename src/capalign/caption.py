@@ -24,10 +24,9 @@ from pathlib import Path
 
 from . import CapalignError
 from .config import arg, save_config, show_config
+from .devices import DTYPE_NAMES
 from .io import JsonlAppender, atomic_write_text, read_jsonl_rows, row_id
 from .utils import print0, progress
-
-_DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 
 @dataclass
@@ -66,8 +65,8 @@ class CaptionConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
-        if self.dtype not in _DTYPE_NAMES:
-            raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if Path(self.out).is_dir():
             raise ValueError(f"out must be a file path (e.g. captions.jsonl), got the folder {self.out}")
 
@@ -194,8 +193,9 @@ def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> Path:
 
 def run(cfg: CaptionConfig) -> CaptionStats:
     from .data.sources import open_images
+    from .devices import resolve_device, resolve_dtype
     from .models.loading import FAMILIES, _config, check_adapter, load_vlm
-    from .utils import resolve_device, resolve_dtype, seed_everything
+    from .utils import seed_everything
 
     # cheap checks first, so bad input fails in one line before any weights are loaded
     device = resolve_device(cfg.device)

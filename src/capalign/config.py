@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import re
 import sys
@@ -61,22 +62,63 @@ class _ConfigFlag(_RaiseErrors, argparse.ArgumentParser):
     pass
 
 
-def make_parser(cls: type, prog: str | None = None):
+@functools.lru_cache(maxsize=1)
+def _parser_class():
     from transformers import HfArgumentParser
 
     class Parser(_RaiseErrors, HfArgumentParser):
         def add_argument(self, *args, **kw):
-            if kw.get("nargs") == "+" and "action" not in kw:  # HfArgumentParser's list fields
-                kw["action"] = ListFlag
-                if "repeat" not in kw.get("help", ""):
-                    kw["help"] = (kw.get("help", "") + " (repeat the flag or give several values)").strip()
-            return super().add_argument(*args, **kw)
+            return super().add_argument(*args, **_list_flag(kw))
 
-    parser = Parser([], prog=prog or "capalign", description=(cls.__doc__ or "").strip())
+    return Parser
+
+
+def make_parser(cls: type, prog: str | None = None):
+    parser = _parser_class()([], prog=prog or "capalign", description=(cls.__doc__ or "").strip())
     parser.add_argument("--config", type=str, default=None, help="YAML file with values for any of the flags below "
                         "(required ones too); flags given on the command line override it.")
-    parser._add_dataclass_arguments(cls)
+    own, groups = _field_groups(cls)
+    for f in own:
+        parser._parse_dataclass_field(parser, f)
+    for title, fields in groups.items():  # the shared argument groups (training/args.py), each under its heading
+        group = parser.add_argument_group(title)
+        add = group.add_argument
+        group.add_argument = lambda *a, _add=add, **kw: _add(*a, **_list_flag(kw))
+        for f in fields:
+            parser._parse_dataclass_field(group, f)
     return parser
+
+
+def _list_flag(kw: dict) -> dict:
+    """HfArgumentParser's keyword arguments for a field's flag, adjusted: list fields take ListFlag, and a bare
+    `%` in a help text ("10%") is escaped, since argparse %-formats help texts (it would crash `--help`)."""
+    if "help" in kw and "%(" not in kw["help"]:
+        kw["help"] = kw["help"].replace("%", "%%")
+    if kw.get("nargs") == "+" and "action" not in kw:  # HfArgumentParser's list fields
+        kw["action"] = ListFlag
+        if "repeat" not in kw.get("help", ""):
+            kw["help"] = (kw.get("help", "") + " (repeat the flag or give several values)").strip()
+    return kw
+
+
+def _field_groups(cls: type) -> tuple[list, dict[str, list]]:
+    """The init fields of `cls` with resolved types: its own first, then those of bases that carry a
+    `group_title` (the shared argument groups), grouped under that title."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    title_of = {}
+    for base in cls.__mro__[1:]:
+        title = base.__dict__.get("group_title")
+        if title and dataclasses.is_dataclass(base):
+            for f in dataclasses.fields(base):
+                title_of.setdefault(f.name, title)
+    own, groups = [], {}
+    for f in dataclasses.fields(cls):
+        if f.init:
+            f.type = hints[f.name]
+            (groups.setdefault(title_of[f.name], []) if f.name in title_of else own).append(f)
+    return own, groups
 
 
 def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | None = None) -> T:
@@ -118,34 +160,63 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(path: str | Path, cls: type, parser=None) -> dict:
-    """The values of a YAML config for `cls`, converted to the fields' types; every problem (missing,
-    not UTF-8, not YAML, not a mapping, unknown field, wrong type) is one CapalignError line."""
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """The mapping in a YAML file (config files and recipes); every problem (missing, not UTF-8, not YAML,
+    a key given twice, not a mapping) is one CapalignError line naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise CapalignError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+        raise CapalignError(f"{what} not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise CapalignError(f"config file {path} is not UTF-8 text (byte at offset {e.start})") from None
+        raise CapalignError(f"{what} {path} is not UTF-8 text (byte at offset {e.start})") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
-        raise CapalignError(f"config file {path} is not valid YAML: {problem}{where}") from None
+        raise CapalignError(f"{what} {path} is not valid YAML: {problem}{where}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise CapalignError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
+        raise CapalignError(f"{what} {path} must hold a mapping of field: value, got {type(data).__name__}")
+    return data
+
+
+def load_yaml(path: str | Path, cls: type, parser=None) -> dict:
+    """The values of a YAML config for `cls`, converted to the fields' types; every problem (missing,
+    not UTF-8, not YAML, not a mapping, unknown field, wrong type) is one CapalignError line."""
+    data = read_yaml_mapping(path)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted((str(k) for k in data if k not in known))
     if unknown:
         raise CapalignError(f"unknown field(s) in {path}: {', '.join(unknown)}; expected some of: {', '.join(sorted(known))}")
-    parser = parser or make_parser(cls)
-    actions = {a.dest: a for a in parser._actions if a.option_strings and a.option_strings[0] == f"--{a.dest}"}
+    actions = _actions(parser or make_parser(cls))
     return {k: _yaml_value(actions[k], v, f"{path}: {k}") for k, v in data.items()}
+
+
+def _actions(parser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.option_strings and a.option_strings[0] == f"--{a.dest}"}
+
+
+def coerce(cls: type, values: dict, where: str = "recipe") -> dict:
+    """Recipe values for the fields of `cls`, converted and checked exactly as `--config` YAML values are
+    (strings such as `1e-3` become numbers, a wrong type is one error line naming the field). Fields whose
+    type no flag can express (a study option such as `int | str`) pass through unchanged."""
+    actions = _field_actions(cls)
+    return {k: _yaml_value(actions[k], v, f"{where}: {k}") if k in actions else v for k, v in values.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _field_actions(cls: type) -> dict[str, argparse.Action]:
+    parser, (own, groups) = _parser_class()([]), _field_groups(cls)
+    for f in [*own, *(f for fs in groups.values() for f in fs)]:
+        try:
+            parser._parse_dataclass_field(parser, f)
+        except (ValueError, TypeError, RuntimeError):  # e.g. a Union field: not a flag type, left as given
+            continue
+    return _actions(parser)
 
 
 def _yaml_value(action: argparse.Action, value: Any, where: str) -> Any:

@@ -1,14 +1,11 @@
-"""Small shared helpers: rank-0 printing, progress bars, seeding, device/dtype resolution."""
+"""Small shared helpers: rank-0 printing, progress bars, seeding (devices and dtypes: devices.py)."""
 
 from __future__ import annotations
 
 import os
-import random
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from . import CapalignError
 
 console = Console(stderr=True)
 
@@ -38,38 +35,7 @@ def progress(disable: bool = False) -> Progress:
 
 
 def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
+    """Python, NumPy and torch (CPU and CUDA) RNGs: transformers' set_seed, which the Trainer-backed commands use too."""
+    from transformers import set_seed
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CapalignError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
-    return device
-
-
-_DTYPES = {"auto": None, "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
-
-
-def resolve_dtype(dtype: str, device: str):
-    """'auto' is bf16 on CUDA and fp32 elsewhere; fp16 on CPU is refused (CPU kernels are missing or slow)."""
-    import torch
-
-    if dtype not in _DTYPES:
-        raise CapalignError(f"unknown dtype {dtype!r}; expected one of {', '.join(_DTYPES)}")
-    name = _DTYPES[dtype] or ("bfloat16" if device.startswith("cuda") else "float32")
-    if device == "cpu" and name == "float16":
-        raise CapalignError("dtype float16 is not supported on CPU; use float32 or bfloat16")
-    return getattr(torch, name)
+    set_seed(seed)

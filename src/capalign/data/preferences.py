@@ -147,7 +147,7 @@ def _raw_pairs(spec: str, style, seed, test_share, hf_split, flickr_captions, fl
         from .pref_hf import hf_pairs
 
         return str(path), hf_pairs(spec, path, hf_split, style, columns)
-    from .flickrstyle import is_flickrstyle, flickrstyle_pairs
+    from .flickrstyle import flickrstyle_pairs, is_flickrstyle
 
     if is_flickrstyle(path):
         return "FlickrStyle10K", flickrstyle_pairs(path, flickr_captions, flickr_images)
@@ -217,6 +217,8 @@ def open_preferences(spec: str, style: str | None = None, *, seed: int = 0, test
 class PreferenceDataArgs:
     """The data flags of every style command: a config dataclass inherits them (all have defaults) and its
     __post_init__ calls super().__post_init__() to validate them."""
+
+    group_title = "data (the same for every style command)"
 
     data: str = arg("", "Preference data: a .jsonl/.csv manifest, a FlickrStyle10K folder, hf:NAME[:CONFIG], a save_to_disk "
                          "folder, shapes:N[:SEED] or a `capalign shapes` folder (docs/style.md).")

@@ -38,7 +38,8 @@ class JudgeConfig:
 
 def run(cfg: JudgeConfig) -> dict:
     """`capalign judge`: `capalign evaluate --metrics judge` under its own name (same reading and counting rules)."""
-    from ..metrics.evaluate import EvaluateConfig, run as evaluate
+    from ..metrics.evaluate import EvaluateConfig
+    from ..metrics.evaluate import run as evaluate
 
     return evaluate(EvaluateConfig(pred=cfg.pred, refs=cfg.refs, images=cfg.images, metrics="judge", out=cfg.out, device=cfg.device,
                                    judge=cfg.judge, judge_prompt=cfg.prompt, judge_batch_size=cfg.batch_size, judge_dtype=cfg.dtype,

@@ -36,9 +36,9 @@ from ..config import arg, save_config, show_config
 from ..data.shapes import CORRUPTIONS, IMAGE_SIZE, Scene, corrupt, factual_captions, scene_from_objects
 from ..io import atomic_write_json
 from ..metrics.judge import JUDGE_FILE, LETTER_SCORES, LETTERS, Judge, fill
-from ..utils import print0, seed_everything
 from ..nano.train import NanoTrainConfig, _examples, build_nano
 from ..training.loop import fit
+from ..utils import print0, seed_everything
 
 NANO_PROMPT = "reference: {reference}\ncaption: {caption}\ngrade:"
 SOURCES = ("correct", "one_error", "web", "errors", "other_image")

@@ -157,7 +157,8 @@ def bert_score(cands: list[str], refs: list[list[str]], model: str = "roberta-la
     """
     import torch
 
-    from ..utils import progress, resolve_device
+    from ..devices import resolve_device
+    from ..utils import progress
 
     if len(cands) != len(refs):
         raise ValueError(f"{len(cands)} candidates but {len(refs)} reference lists")

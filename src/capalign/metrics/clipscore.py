@@ -161,7 +161,8 @@ def clip_score(images: list, cands: list[str], refs: list[list[str]] | None = No
     cache_keys[i] (optional) names it in the in-process image-feature cache (paths are their own key).
     Samples whose image is missing or unreadable get None and are left out of the means (counted in "missing_images").
     """
-    from ..utils import progress, resolve_device
+    from ..devices import resolve_device
+    from ..utils import progress
 
     if len(images) != len(cands):
         raise ValueError(f"{len(images)} images but {len(cands)} captions")

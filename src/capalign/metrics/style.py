@@ -155,7 +155,7 @@ def _classifier(cfg):
 
 def style_for_evaluate(captions: list[str], cfg) -> dict:
     clf = _classifier(cfg)
-    from ..utils import resolve_device
+    from ..devices import resolve_device
 
     r = style_accuracy(captions, cfg.style, clf, device=resolve_device(cfg.device))
     return {"style_accuracy": r["style_accuracy"], "per_caption": r["per_caption"], "counts": {"predicted": r["predicted"], "empty": r["empty"]}}

@@ -83,7 +83,7 @@ from typing import Any
 
 __all__ = [
     "QWEN_VL_PROCESSOR_CLASSES",
-    "VideoProcessorUnavailable",
+    "VideoProcessorUnavailable",  # noqa: F822 (defined at import time, below, when torchvision is missing)
     "is_qwen_vl_processor_dir",
     "load_processor",
     "make_qwen_vl_processor",

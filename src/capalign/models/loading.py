@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from .. import CapalignError
-from ..utils import resolve_device, resolve_dtype
+from ..devices import resolve_device, resolve_dtype
 from .base import VLM, Pooling
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,16 @@ def _tokenizer(max_len: int, corpus: Iterable[str]):
 def build_tiny_clip(out: str | Path, kind: str = "clip", max_len: int = 16, corpus: Iterable[str] = ()) -> str:
     """Save a seeded random CLIP (kind="clip") or SigLIP model + processor to `out`; returns the path."""
     import torch
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, SiglipConfig, SiglipImageProcessor,
-                              SiglipModel, SiglipProcessor)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+        SiglipProcessor,
+    )
 
     tok = _tokenizer(max_len, corpus)
     text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,

@@ -6,29 +6,12 @@ or "" when the run has nothing to draw."""
 from __future__ import annotations
 
 import html
-import io
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..plotting import heatmap_png, pyplot, save
 from .rundir import Run
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _img(name: str, alt: str) -> str:
@@ -83,7 +66,7 @@ def pca_section(run: Run, assets: Path) -> str:
             run.note(f"features of seed {seed}: {rel} lacks 'image' or 'mapped/<System>' tensors")
             continue
         img, mapped, ratio = pca(f, panels)
-        plt = _plt()
+        plt = pyplot()
         from matplotlib.collections import LineCollection
 
         fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), sharex=True, sharey=True, squeeze=False)
@@ -102,7 +85,7 @@ def pca_section(run: Run, assets: Path) -> str:
         axes[0][0].set_ylabel(f"PC2 ({100 * ratio[1]:.0f}%)")
         axes[0][0].legend(fontsize=7, loc="best")
         name = f"pca-seed{seed}.png"
-        _save(fig, assets / name)
+        save(fig, assets / name)
         out.append(_img(name, f"Seed {seed}: PCA of the test images' vision features (grey) and each system's mapped caption features, one basis for all panels")
                    + "<table class='metrics small'><thead><tr><th>system</th><th>mean cosine image–caption</th><th>distance of the means</th></tr></thead>"
                    + f"<tbody>{''.join(rows)}</tbody></table>")
@@ -114,7 +97,6 @@ def sweep_section(run: Run, assets: Path) -> str:
     res = run.json(rel, "mapper sweep", required=bool(run.artifact("vizer_sweep")))
     if not isinstance(res, dict) or not res.get("cells"):
         return ""
-    from ..vizer.sweep import heatmap_png  # the sweep's own figure, so the report and `vizer sweep` agree
 
     metric = res.get("metric", "CIDEr")
     cells = {(c["width"], c["samples"]): c for c in res["cells"]}
@@ -161,7 +143,7 @@ def rl_section(run: Run, assets: Path) -> str:
             curves[label] = rows
     if not curves:
         return ""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for label, rows in curves.items():
         x = np.array([r["step"] for r in rows], dtype=float)
@@ -173,5 +155,5 @@ def rl_section(run: Run, assets: Path) -> str:
     ax.set_xlabel("step")
     ax.set_ylabel("reward (mean ± sd over the batch)")
     ax.legend(fontsize=8)
-    _save(fig, assets / "rl-reward.png")
+    save(fig, assets / "rl-reward.png")
     return _img("rl-reward.png", "RL training reward per step")

@@ -19,15 +19,13 @@ import html
 import re
 from pathlib import Path
 
+from ..metrics import registry
 from ..metrics.grounding import COLOURS, grounded, mention_spans, parse_objects, vocabulary
 from .rundir import Run
 
 _TOKEN = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")
-# per-caption metrics offered for sorting and filtering: key -> (label, higher is better)
-METRICS = {"CIDEr": ("CIDEr", True), "BLEU4": ("BLEU-4", True), "ROUGE_L": ("ROUGE-L", True), "BLEU1": ("BLEU-1", True),
-           "BERTScore_F1": ("BERTScore F1", True), "CLIPScore": ("CLIPScore", True), "RefCLIP_S": ("RefCLIP-S", True),
-           "halluc_obj": ("hallucinated objects", False), "halluc_attr": ("hallucinated objects or attributes", False),
-           "recall_obj": ("object recall", True)}
+# per-caption metrics offered for sorting and filtering (labels and directions: capalign.metrics.registry)
+METRICS = ("CIDEr", "BLEU4", "ROUGE_L", "BLEU1", "BERTScore_F1", "CLIPScore", "RefCLIP_S", "halluc_obj", "halluc_attr", "recall_obj")
 SHOWN = (("CIDEr", "CIDEr"), ("BLEU4", "B4"), ("ROUGE_L", "R-L"), ("BERTScore_F1", "BERTS"), ("CLIPScore", "CLIPS"))
 MISSING_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="144" height="144" viewBox="0 0 144 144">'
                '<rect width="144" height="144" fill="#eee" stroke="#bbb"/><path d="M20 20L124 124M124 20L20 124" stroke="#ccc"/>'
@@ -175,7 +173,7 @@ def build(run: Run, folder: Path, max_images: int, thumb: int) -> tuple[str, dic
     if missing:
         run.note(f"{missing} test image(s) no longer exist or cannot be read: shown as placeholders")
     present_metrics = {m for r in rows for s in r["s"].values() for m in s}
-    metrics = [{"key": k, "label": lab, "higher": hi} for k, (lab, hi) in METRICS.items() if k in present_metrics]
+    metrics = [{"key": k, "label": registry.label(k), "higher": registry.higher_is_better(k)} for k in METRICS if k in present_metrics]
     data = {"systems": systems, "left_out": [s for s in run.systems if s not in systems], "cut": cut, "max_images": max_images, "baseline": run.baseline, "seeds": run.seeds, "metrics": metrics, "rows": rows,
             "images": len(rows), "missing_images": missing}
     if not rows:

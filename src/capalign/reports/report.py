@@ -1,4 +1,4 @@
-"""`capalign report RUN`: a static HTML report of a study run folder (RUN_LAYOUT.md).
+"""`capalign report RUN`: a static HTML report of a study run folder (docs/run-layout.md).
 
 RUN/report/index.html plus its images (assets/): opens from the file system, needs no server and no
 network. It shows what the run has (metrics table, gallery, PCA, sweep heatmap, style curves, RL

@@ -1,4 +1,4 @@
-"""Read a study run folder (the contract in RUN_LAYOUT.md) for the report.
+"""Read a study run folder (capalign.study.layout; the contract in docs/run-layout.md) for the report.
 
 The report shows whatever exists: a file that the index names but that is missing or unreadable
 becomes a note (shown at the top of the page), never an exception. Only a folder that is not a run
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import CapalignError
 from ..io import read_jsonl
+from ..study import layout
 
 
 def _get(d, key):
@@ -63,19 +64,17 @@ class Run:
     def system_file(self, system: str, seed: str, kind: str) -> str | None:
         """The relative path of a system's `captions` or `eval` file for a seed (index first, then the layout's default)."""
         entry = _get(_get(self.index.get("systems"), system), seed)
-        default = f"seed-{seed}/captions/{system}.jsonl" if kind == "captions" else f"seed-{seed}/eval/{system}.json"
+        default = layout.captions(seed, system) if kind == "captions" else layout.eval_file(seed, system)
         return entry.get(kind) or default
 
     def test_manifest(self, seed: str) -> str:
-        return _get(self.index.get("test"), seed) or f"seed-{seed}/data/test/manifest.jsonl"
+        return _get(self.index.get("test"), seed) or layout.test_manifest(seed)
 
     def headline(self, budget: dict | None = None) -> list[str]:
         """The systems the gallery shows: all but the intermediate points of a ViZer budget arm (index.json's
         or summary.json's "budget": {arm: {"steps": [...], "systems": [...]}}), whose largest budget stays.
-        The same rule as the study's table (capalign.study.summary.headline_systems)."""
-        arms = [b for b in (budget if budget is not None else self.index.get("budget") or {}).values() if isinstance(b, dict) and b.get("systems")]
-        hidden = {n for b in arms for n in b["systems"][:-1]}
-        return [s for s in self.systems if s not in hidden]
+        The study's table uses the same rule (capalign.study.layout.headline)."""
+        return layout.headline(self.systems, budget if budget is not None else self.index.get("budget"))
 
     def artifact(self, key: str, default: str | None = None):
         """index.json's artifacts[key] (a path, or a mapping for rl_history), else `default`."""
@@ -94,7 +93,7 @@ def load_run(path: str | Path) -> Run:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CapalignError(f"{idx} is not valid JSON ({e})") from None
     if not isinstance(index, dict) or not isinstance(index.get("systems", {}), dict):
-        raise CapalignError(f"{idx} is not a run index (expected an object with 'systems', see RUN_LAYOUT.md)")
+        raise CapalignError(f"{idx} is not a run index (expected an object with 'systems', see docs/run-layout.md)")
     systems = list(index.get("systems", {}))
     baseline = index.get("baseline") or ("Base" if "Base" in systems else (systems[0] if systems else "Base"))
     systems = [baseline] + [s for s in systems if s != baseline] if baseline in systems else systems

@@ -14,51 +14,10 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import numpy as np
-
-from .. import stats
+from ..plotting import sweep_figure, sweep_rows
 from .rundir import Run
 
 KEYS = ("method", "style", "budget", "seed")
-
-
-def _rows(data) -> list[dict]:
-    rows = data.get("rows") if isinstance(data, dict) else data
-    return [r for r in rows or [] if isinstance(r, dict) and isinstance(r.get("budget"), (int, float))]
-
-
-def curves_png(rows: list[dict], measure: str, path: Path, levels: dict | None = None) -> None:
-    """levels: optional {label: {style: value}} drawn as horizontal lines (the sweep's zero-shot and factual-base levels)."""
-    from .figures import _plt, _save
-
-    styles = sorted({str(r.get("style", "")) for r in rows})
-    xlabel = (levels or {}).pop("_xlabel", "data budget")
-    plt = _plt()
-    vals = [r[measure] for r in rows if isinstance(r.get(measure), (int, float))]
-    lo_clip, hi_clip = (0.0, 1.0) if vals and all(0 <= v <= 1 for v in vals) else (-np.inf, np.inf)  # a share: its band stays in [0, 1]
-    fig, axes = plt.subplots(1, len(styles), figsize=(4.2 * len(styles), 3.4), squeeze=False, sharey=True)
-    for ax, style in zip(axes[0], styles):
-        sub = [r for r in rows if str(r.get("style", "")) == style and isinstance(r.get(measure), (int, float))]
-        for method in sorted({str(r.get("method", "")) for r in sub}):
-            budgets = sorted({r["budget"] for r in sub if str(r.get("method", "")) == method})
-            ci = [stats.mean_ci([r[measure] for r in sub if str(r.get("method", "")) == method and r["budget"] == b]) for b in budgets]
-            x, y = np.array(budgets, float), np.array([c["mean"] for c in ci], float)
-            ax.plot(x, y, marker="o", ms=3, label=method)
-            ax.fill_between(x, np.clip([c["lo"] for c in ci], lo_clip, hi_clip), np.clip([c["hi"] for c in ci], lo_clip, hi_clip), alpha=0.15)
-        for (label, per_style), ls in zip((levels or {}).items(), ("--", ":", "-.")):
-            v = per_style.get(style)
-            if isinstance(v, (int, float)):
-                ax.axhline(v, color="k" if ls == "--" else "grey", ls=ls, lw=1, label=label)
-        if sub and max(r["budget"] for r in sub) > 10 * max(min(r["budget"] for r in sub), 1e-12):
-            ax.set_xscale("log")
-            ticks = sorted({r["budget"] for r in sub})
-            ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=7)  # the budgets themselves, not powers of ten
-            ax.minorticks_off()
-        ax.set_title(style or "all", fontsize=9)
-        ax.set_xlabel(xlabel)
-    axes[0][0].set_ylabel(measure)
-    axes[0][0].legend(fontsize=7)
-    _save(fig, path)
 
 
 def _fmt(v) -> str:
@@ -75,32 +34,12 @@ def saturation_table(items: list) -> str:
             f"<tbody>{body}</tbody></table>")
 
 
-def _levels(data, measure: str) -> dict:
-    """`capalign style sweep` output also holds the zero-shot level per style and the factual base's level."""
-    if not isinstance(data, dict):
-        return {}
-    out = {}
-    zero, base = data.get("zero_shot"), data.get("base")
-    if isinstance(zero, dict):
-        out["zero-shot"] = {s: v.get(measure) for s, v in zero.items() if isinstance(v, dict)}
-    if isinstance(base, dict) and isinstance(base.get(measure), (int, float)):
-        out["factual base"] = {s: base[measure] for s in (zero or {})}
-    if "shares" in data:
-        out["_xlabel"] = "budget (% of the training pairs)"
-    return out
-
-
-def sweep_figure(data, measure: str, path: Path) -> None:
-    """One measure of a style sweep's output (rows, and the zero-shot / factual-base levels when it has them)."""
-    curves_png(_rows(data), measure, path, _levels(data, measure))
-
-
 def style_section(run: Run, assets: Path) -> str:
     rel = run.artifact("style_sweep", "style/sweep.json")
     data = run.json(rel, "style sweep", required=bool(run.artifact("style_sweep")))
     if data is None:
         return ""
-    rows = _rows(data)
+    rows = sweep_rows(data)
     measures = list(dict.fromkeys(k for r in rows for k, v in r.items() if k not in KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)))
     out = []
     for i, m in enumerate(measures):

@@ -11,16 +11,9 @@ from __future__ import annotations
 import html
 
 from .. import stats
+from ..metrics import registry
+from ..metrics.registry import lower_is_better
 from .rundir import Run
-
-# the study's headline metrics, in its table's order (summary.json's "metrics" overrides this)
-DEFAULT_METRICS = ("BLEU4", "ROUGE_L", "CIDEr", "precision_name", "recall_name", "recall_attr", "chair_i_name", "chair_i_attr", "chair_s_attr")
-LABELS = {"ROUGE_L": "ROUGE-L", "precision_name": "P_obj", "recall_name": "R_obj", "recall_attr": "R_attr", "f1_name": "F1_obj",
-          "chair_i_name": "CHAIRi", "chair_s_name": "CHAIRs", "chair_i_attr": "CHAIRi_attr", "chair_s_attr": "CHAIRs_attr"}
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric.startswith("chair_")
 
 
 def summary_from_evals(run: Run, level: float = 0.95) -> dict | None:
@@ -35,7 +28,7 @@ def summary_from_evals(run: Run, level: float = 0.95) -> dict | None:
     if not corpus:
         return None
     have = {k for per in corpus.values() for k in per}
-    metrics = [m for m in DEFAULT_METRICS if m in have] or sorted(have)
+    metrics = [m for m in registry.STUDY_METRICS if m in have] or sorted(have)  # summary.json's "metrics" when it exists
     return {"baseline": run.baseline, "level": level, "seeds": run.seeds, "metrics": metrics, "paired": {},
             "systems": {s: {m: {**stats.mean_ci(per.get(m, []), level), "values": per.get(m, [])} for m in metrics} for s, per in corpus.items()}}
 
@@ -72,7 +65,7 @@ def metrics_table(summary: dict, systems: list[str]) -> str:
         vals = [(summary["systems"][s].get(m) or {}).get("mean") for s in rows]
         vals = [v for v in vals if v is not None]
         best[m] = (min(vals) if lower_is_better(m) else max(vals)) if len(vals) > 1 and min(vals) < max(vals) else None  # no bold for a tie of all
-    head = "<th>system</th>" + "".join(f'<th title="{html.escape(m)}">{html.escape(LABELS.get(m, m))}{" ↓" if lower_is_better(m) else ""}</th>'
+    head = "<th>system</th>" + "".join(f'<th title="{html.escape(m)}">{html.escape(registry.label(m))}{" ↓" if lower_is_better(m) else ""}</th>'
                                        for m in metrics) + "<th>seeds</th>"
     body = []
     for s in rows:
@@ -97,7 +90,7 @@ def _diff_cell(p: dict | None, m: str) -> str:
 
 
 def _diff_table(table_id: str, corner: str, rows: list[tuple[str, dict]], metrics: list[str]) -> str:
-    head = f"<th>{html.escape(corner)}</th>" + "".join(f"<th>{html.escape(LABELS.get(m, m))}</th>" for m in metrics)
+    head = f"<th>{html.escape(corner)}</th>" + "".join(f"<th>{html.escape(registry.label(m))}</th>" for m in metrics)
     body = "".join(f"<tr><th>{html.escape(label)}</th>{''.join(_diff_cell(per.get(m), m) for m in metrics)}</tr>" for label, per in rows)
     return f'<div class="scroll"><table id="{table_id}" class="metrics"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 

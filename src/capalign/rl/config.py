@@ -6,16 +6,16 @@ from dataclasses import dataclass
 
 from ..config import arg
 from ..metrics.judge import JUDGE_FIELDS, resolve_prompt
-from ..training.lora import LM_LINEAR, check_lora_training
+from ..training.args import LoraArgs, OptimArgs, RunArgs, method_defaults
 
 
-@dataclass
-class RLTrainConfig:
+@method_defaults(lr=1e-5)
+@dataclass(kw_only=True)
+class RLTrainConfig(LoraArgs, OptimArgs, RunArgs):
     """GRPO on a VLM's language model (LoRA) with a caption reward: a VLM judge, a metric or a weighted mix."""
 
     model: str = arg(help="VLM to train (policy): hub id or local folder (SmolVLM/Idefics3, Qwen2-VL, Qwen2.5-VL).")
     data: str = arg(help="Training images with references: a shapes-world or other dataset folder, manifest, HF dataset, tar shards.")
-    out: str = arg(help="Output folder: the PEFT adapter (for `capalign caption --adapter`), checkpoints, history.json, TensorBoard logs.")
     reward: str = arg("cider", "Reward (capalign.rl.rewards): judge, cider, bertscore, clipscore, grounding, or a weighted sum such as 'judge:0.7,grounding:0.3'.")
     judge: str = arg("", "Judge VLM for the judge reward (hub id or folder, e.g. the output of `capalign judge train`).")
     judge_prompt: str = arg(*JUDGE_FIELDS["judge_prompt"])
@@ -24,19 +24,7 @@ class RLTrainConfig:
     judge_load_in_8bit: bool = arg(*JUDGE_FIELDS["judge_load_in_8bit"])
     prompt: str = arg(None, "Caption prompt of the policy (default: the family's, as in `capalign caption`; '' for none).")
     limit: int = arg(None, "Use at most this many images.")
-    epochs: float = arg(1.0, "Epochs over the images (the ViZer paper: 1).")
-    max_steps: int = arg(None, "Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = arg(8, "Images per optimizer step over all processes; each gets num_generations samples.")
     num_generations: int = arg(4, "Sampled captions per image (GRPO's group size G); advantages are relative within a group. >= 2.")
-    grad_accum: int = arg(1, "Gradient accumulation micro-steps per optimizer step (batch_size must divide evenly).")
-    lr: float = arg(1e-5, "AdamW learning rate.")
-    warmup_steps: int = arg(0, "Linear warmup steps (then constant).")
-    weight_decay: float = arg(0.01, "AdamW weight decay (ViZer paper: 0.01).")
-    max_grad_norm: float = arg(1.0, "Gradient clipping norm (0: off).")
-    lora_r: int = arg(32, "LoRA rank (ViZer paper: 32).")
-    lora_alpha: int = arg(64, "LoRA alpha (ViZer paper: 64).")
-    lora_dropout: float = arg(0.1, "LoRA dropout (ViZer paper: 0.1).")
-    lora_targets: str = arg(",".join(LM_LINEAR), "Comma-separated linear-layer names to adapt, inside the language model only.")
     beta: float = arg(0.0, "KL coefficient to the base model (the policy with its adapter disabled); 0 skips the reference forward.")
     loss_type: str = arg("grpo", "TRL loss_type: grpo (per-sequence token mean, the DeepSeekMath loss), dapo, dr_grpo, bnpo (see docs/rl.md).")
     epsilon: float = arg(0.2, "PPO clip range of the probability ratio (each sampled batch is used for one optimizer step, so the ratio is 1 and the clip never acts; kept for TRL parity).")
@@ -45,33 +33,22 @@ class RLTrainConfig:
     temperature: float = arg(1.0, "Sampling temperature.")
     top_p: float = arg(1.0, "Nucleus sampling.")
     shared_vision: bool = arg(True, "Run the vision tower once per image for all its samples (off: TRL's one pass per sample and forward).")
-    gradient_checkpointing: bool = arg(False, "Recompute activations in backward (less memory, about a third more compute).")
-    mixed_precision: str = arg("auto", "auto (bf16 on CUDA, none on CPU), no, bf16.")
-    save_every: int = arg(50, "Save a resumable checkpoint every N steps (0: only the final adapter).")
-    keep_checkpoints: int = arg(2, "How many checkpoints to keep.")
-    log_every: int = arg(1, "Log reward mean/std, KL, length to TensorBoard and history.json every N steps.")
-    seed: int = arg(0, "Seed (data order, LoRA init, sampling).")
-    device: str = arg("auto", "auto, cpu or cuda (under `accelerate launch` accelerate picks the device).")
 
     def __post_init__(self):
         if self.num_generations is None or self.num_generations < 2:
             raise ValueError(f"num_generations (samples per image) must be >= 2 for GRPO's group advantages, got {self.num_generations}")
-        check_lora_training(self, positive=("max_new_tokens", "keep_checkpoints", "log_every"))
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        super().__post_init__()
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.loss_type not in ("grpo", "dapo", "dr_grpo", "bnpo"):
             raise ValueError(f"unknown loss_type {self.loss_type!r}; expected grpo, dapo, dr_grpo or bnpo")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"unknown scale_rewards {self.scale_rewards!r}; expected group, batch or none")
-        if self.mixed_precision not in ("auto", "no", "bf16"):
-            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; expected auto, no or bf16")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.judge_prompt:
             resolve_prompt(self.judge_prompt)  # a CapalignError naming a missing placeholder, before any model loads
         if self.judge_batch_size < 1:
             raise ValueError(f"judge_batch_size must be >= 1, got {self.judge_batch_size}")
-        if self.save_every < 0:
-            raise ValueError(f"save_every must be >= 0, got {self.save_every}")

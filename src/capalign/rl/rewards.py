@@ -193,8 +193,8 @@ class ClipScoreReward(Reward):
 
     def compute(self, texts, kw):
         from ..data.images import load_image
-        from ..metrics.judge import image_key
         from ..metrics.clipscore import clip_score
+        from ..metrics.judge import image_key
 
         images = [load_image(im) for im in images_of(kw, len(texts), self.__name__)]
         refs = references_of(kw, len(texts), self.__name__) if self.kind == "refclip_s" else None

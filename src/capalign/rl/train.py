@@ -32,15 +32,16 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from .. import CapalignError
 from ..config import config_dict, save_config, show_config
+from ..devices import resolve_precision
 from ..io import atomic_write_json
-from ..training.lora import lora_config
 from ..models.shared_vision import SharedVision
+from ..training.args import trainer_arguments
+from ..training.checkpoints import last_checkpoint
 from ..utils import print0
 from .config import RLTrainConfig  # noqa: F401  (the CLI finds the config class here)
 
@@ -166,11 +167,6 @@ class History(TrainerCallback):
             atomic_write_json(self.path, rows)
 
 
-def _last_checkpoint(out: Path) -> str | None:
-    ckpts = sorted((p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit()), key=lambda p: int(p.name.split("-")[1]))
-    return str(ckpts[-1]) if ckpts else None
-
-
 def grpo_args(cfg: RLTrainConfig, reward_weights: list[float], world_size: int = 1):
     """RLTrainConfig -> trl.GRPOConfig (batch_size images x num_generations samples per optimizer step)."""
     from trl import GRPOConfig
@@ -179,19 +175,13 @@ def grpo_args(cfg: RLTrainConfig, reward_weights: list[float], world_size: int =
     per_device, rem = divmod(completions, cfg.grad_accum * world_size)
     if rem or per_device < 1:
         raise CapalignError(f"batch_size x num_generations = {completions} completions must split evenly over grad_accum ({cfg.grad_accum}) x processes ({world_size})")
-    cuda = torch.cuda.is_available() and cfg.device != "cpu"
-    bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and cuda)
+    kw = trainer_arguments(cfg, per_device, cfg.max_steps or -1, num_train_epochs=cfg.epochs,
+                           gradient_checkpointing=False, activation_checkpointing=cfg.gradient_checkpointing,
+                           log_completions=False, disable_tqdm=False)
     return GRPOConfig(
-        output_dir=cfg.out, per_device_train_batch_size=per_device, gradient_accumulation_steps=cfg.grad_accum,
-        num_generations=cfg.num_generations, max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
-        top_p=cfg.top_p, top_k=0, learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type="constant_with_warmup", max_grad_norm=cfg.max_grad_norm or None,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, beta=cfg.beta, loss_type=cfg.loss_type,
-        epsilon=cfg.epsilon, scale_rewards=cfg.scale_rewards, reward_weights=reward_weights,
-        activation_checkpointing=cfg.gradient_checkpointing, bf16=bf16, use_cpu=not cuda,
-        save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 500, save_total_limit=cfg.keep_checkpoints,
-        logging_steps=cfg.log_every, report_to=["tensorboard"], seed=cfg.seed, data_seed=cfg.seed,
-        remove_unused_columns=False, dataloader_num_workers=0, log_completions=False, disable_tqdm=False,
+        **kw, num_generations=cfg.num_generations, max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
+        top_p=cfg.top_p, top_k=0, beta=cfg.beta, loss_type=cfg.loss_type, epsilon=cfg.epsilon,
+        scale_rewards=cfg.scale_rewards, reward_weights=reward_weights,
     )
 
 
@@ -206,12 +196,13 @@ def build_trainer(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> RLT
     needs = {NEEDS[n] for n, _, _ in terms if n in NEEDS and n not in custom}
     funcs = [checked(n, fn) for n, fn, _ in terms]
     args = grpo_args(cfg, [w for _, _, w in terms], int(os.environ.get("WORLD_SIZE", "1")))
-    vlm = load_vlm(cfg.model, device="cpu" if args.use_cpu else "auto", dtype="bfloat16" if args.bf16 else "float32", prompt=cfg.prompt)
+    prec = resolve_precision(cfg.mixed_precision, cfg.device)
+    vlm = load_vlm(cfg.model, device=prec.device, dtype=prec.weights, prompt=cfg.prompt)
     dataset = build_dataset(cfg, vlm, needs)
     template = getattr(vlm.processor, "chat_template", None)
     vlm.processor.chat_template = exact_prompt_template(vlm)
     trainer = RLTrainer(model=vlm.model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=vlm.processor,
-                        peft_config=lora_config(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets),
+                        peft_config=cfg.peft_config(vlm),
                         callbacks=[History(Path(cfg.out) / "history.json", [n for n, _, _ in terms])],
                         shared_vision=SharedVision(vlm) if cfg.shared_vision else None)
     trainer.vlm, trainer.model_chat_template = vlm, template
@@ -223,7 +214,7 @@ def run(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> dict:
     show_config(cfg)
     out = Path(cfg.out)
     trainer = build_trainer(cfg, custom_rewards)
-    resume = _last_checkpoint(out)
+    resume = last_checkpoint(out)
     if resume:
         print0(f"resuming from {resume}")
     shared = trainer.shared_vision

@@ -86,16 +86,9 @@ def from_dict(data, where: str = "recipe") -> Recipe:
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CapalignError(f"recipe not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CapalignError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if data is not None and not isinstance(data, dict):
-        raise CapalignError(f"recipe {path} must be a mapping of stage names to settings, got a {type(data).__name__}")
-    return data if data is not None else {}
+    from ..config import read_yaml_mapping
+
+    return read_yaml_mapping(path, "recipe")
 
 
 def apply_overrides(data: dict, overrides) -> dict:
@@ -118,24 +111,3 @@ def apply_overrides(data: dict, overrides) -> dict:
 
 def load_recipe(path: str | Path, overrides=()) -> Recipe:
     return from_dict(apply_overrides(read_yaml(path), overrides), str(path))
-
-
-def coerce(cls: type, values: dict) -> dict:
-    """Convert YAML strings to a dataclass field's simple type (int, float, bool), as argparse does for flags."""
-    import typing
-
-    # resolved hints, not dataclasses.fields(cls)[i].type: that is a string or a class depending on whether
-    # something (HfArgumentParser does) already resolved it in place
-    types = {k: str(v).replace("<class '", "").replace("'>", "").replace("typing.Optional[", "").rstrip("]")
-             for k, v in typing.get_type_hints(cls).items()}
-    out = {}
-    for k, v in values.items():
-        t = types.get(k, "")
-        if isinstance(v, str) and t in ("float", "float | None", "int", "int | None"):
-            v = float(v) if t.startswith("float") else int(v)
-        elif isinstance(v, str) and t == "bool" and v.lower() in ("true", "false", "yes", "no", "1", "0"):
-            v = v.lower() in ("true", "yes", "1")
-        elif isinstance(v, int) and not isinstance(v, bool) and t.startswith("float"):
-            v = float(v)
-        out[k] = v
-    return out

@@ -25,6 +25,7 @@ from .. import CapalignError, __version__
 from ..config import arg, show_config
 from ..io import atomic_write_json, atomic_write_text
 from ..utils import print0
+from . import layout
 from .recipe import Recipe, load_recipe, parse_seeds
 from .stage import Context, Stage
 
@@ -107,18 +108,18 @@ def write_index(root: Path, recipe: Recipe, steps, seeds: dict[int, Context], st
         "seeds": list(seeds), "test": {str(s): rel(c.test_manifest) for s, c in seeds.items() if rel(c.test_manifest)},
         "systems": systems, "baseline": (recipe.sections.get("summary") or {}).get("baseline", "Base"),
         "features": {str(s): rel(c.features) for s, c in seeds.items() if rel(c.features)},
-        "summary": "summary.json" if (root / "summary.json").exists() else None,
+        "summary": layout.SUMMARY if (root / layout.SUMMARY).exists() else None,
         "budget": first.budgets, "artifacts": artifacts,
         "stages": [{"name": st.name, "seed": ctx.seed, **status.get((st.name, ctx.seed), {"status": "missing"}),
                     "outputs": [o.relative_to(root).as_posix() for o in st.outputs(ctx)]} for st, ctx in steps],
     }
-    atomic_write_json(root / "index.json", index)
+    atomic_write_json(root / layout.INDEX, index)
     return index
 
 
 def run_study(recipe: Recipe, root: Path, dry_run: bool = False) -> dict:
     root = Path(root)
-    old = root / "recipe.yaml"
+    old = root / layout.RECIPE
     if old.exists():
         changed = _changed(yaml.safe_load(old.read_text()) or {}, recipe)
         if changed:
@@ -132,10 +133,10 @@ def run_study(recipe: Recipe, root: Path, dry_run: bool = False) -> dict:
         return {}
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(old, recipe.dump())
-    prev = root / "index.json"
+    prev = root / layout.INDEX
     created = json.loads(prev.read_text()).get("created", _now()) if prev.exists() else _now()
     status: dict = {}
-    log = open(root / "study.log", "a")
+    log = open(root / layout.LOG, "a")
 
     def record(st: Stage, ctx: Context, entry: dict) -> None:
         status[(st.name, ctx.seed)] = entry
@@ -165,7 +166,7 @@ def run_study(recipe: Recipe, root: Path, dry_run: bool = False) -> dict:
             record(st, ctx, {"status": "done", "seconds": round(time.perf_counter() - t0, 1)})
     finally:
         log.close()
-    summary = root / "summary.json"
+    summary = root / layout.SUMMARY
     return json.loads(summary.read_text()) if summary.exists() else {}
 
 

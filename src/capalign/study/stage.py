@@ -10,7 +10,7 @@ the model, the data, the seed), plus the stage's study options (e.g. `variants`)
         owned = ("model", "images", "out", "seed")  # filled in by the study
         options = RLOptions                         # extra study fields (a dataclass), or None
         needs = ("base", "data")
-        def publish(self, ctx): ctx.systems["RL_judge"] = ctx.root / "rl" / f"RL_judge-seed{ctx.seed}"  # seen by later stages
+        def publish(self, ctx): ctx.systems["RL_judge"] = ctx.root / layout.rl_dir(ctx.seed, "RL_judge")  # seen by later stages
         def outputs(self, ctx): return [ctx.systems["RL_judge"] / "adapter_model.safetensors"]
         def run(self, ctx): rl.run(self.command_config(ctx, model=ctx.model, ...))
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import CapalignError
-from .recipe import coerce
+from ..config import coerce
 
 
 @dataclass
@@ -48,7 +48,9 @@ class Context:
 
     @property
     def seed_dir(self) -> Path:
-        return self.root / f"seed-{self.seed}"
+        from . import layout
+
+        return self.root / layout.seed_dir(self.seed)
 
     def rel(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()
@@ -101,7 +103,7 @@ class Stage:
             return None
         names = {f.name for f in dataclasses.fields(self.options)}
         try:
-            return self.options(**coerce(self.options, {k: v for k, v in section.items() if k in names}))
+            return self.options(**coerce(self.options, {k: v for k, v in section.items() if k in names}, where))
         except (ValueError, TypeError) as e:
             raise CapalignError(f"{where}: invalid {self.name} options: {e}") from None
 
@@ -112,7 +114,7 @@ class Stage:
         names = {f.name for f in dataclasses.fields(self.command)}
         values = {k: v for k, v in section.items() if k in names and k not in self.owned}
         try:
-            return self.command(**coerce(self.command, values), **owned)
+            return self.command(**coerce(self.command, values, where), **owned)
         except (ValueError, TypeError) as e:
             raise CapalignError(f"{where}: invalid {self.name} settings: {e}") from None
 

@@ -26,18 +26,11 @@ import numpy as np
 
 from .. import stats
 from ..io import read_jsonl
+from ..metrics import registry
+from . import layout
 
-METRICS = ["BLEU4", "ROUGE_L", "CIDEr", "precision_name", "recall_name", "recall_attr", "chair_i_name", "chair_i_attr", "chair_s_attr",
-           "judge", "words"]  # the last two when evaluated (`--metrics judge,length`): RL's reward and caption length
-SHORT = {"BLEU4": "BLEU4", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr", "precision_name": "P_obj", "recall_name": "R_obj",
-         "recall_attr": "R_attr", "chair_i_name": "CHAIRi", "chair_i_attr": "CHAIRi_attr", "chair_s_attr": "CHAIRs_attr",
-         "judge": "Judge", "words": "words"}
-LOWER_IS_BETTER = ("chair_",)
+METRICS = list(registry.STUDY_METRICS)  # judge and words when evaluated (`--metrics judge,length`): RL's reward and caption length
 _COUNTS = {"precision": ("grounded", "mentions"), "recall": ("recalled", "annotated"), "chair_i": ("hallucinated", "mentions"), "chair_s": ("hallucinated", None)}
-
-
-def better_if_higher(metric: str) -> bool:
-    return not metric.startswith(LOWER_IS_BETTER)
 
 
 def item_data(metric: str, ev: dict, captions: dict[str, str], refs: dict[str, dict]):
@@ -127,10 +120,8 @@ def clean(obj):
 
 
 def headline_systems(summary: dict) -> list[str]:
-    """Systems for the main table and forest plot: every non-budget system, and each budget arm's largest count."""
-    in_budget = {n for b in summary["budget"].values() for n in b["systems"]}
-    last = [b["systems"][-1] for b in summary["budget"].values()]
-    return [n for n in summary["paired"] if n not in in_budget] + last
+    """Systems for the main table and forest plot: every system but the intermediate points of a ViZer budget arm."""
+    return layout.headline(summary["paired"], summary["budget"])
 
 
 def _fmt(v, sign=False) -> str:
@@ -138,9 +129,10 @@ def _fmt(v, sign=False) -> str:
 
 
 def _colour(p: dict, metric: str) -> str:
-    if p.get("lo") is None or not p.get("excludes_zero") or metric == "words":  # longer is neither better nor worse
+    direction = registry.higher_is_better(metric)
+    if p.get("lo") is None or not p.get("excludes_zero") or direction is None:  # e.g. longer captions: neither better nor worse
         return ""
-    good = (p["lo"] > 0) == better_if_higher(metric)
+    good = (p["lo"] > 0) == direction
     return "green" if good else "red"
 
 
@@ -154,7 +146,7 @@ def print_summary(summary: dict) -> None:
     t = Table(title=f"Scores on the test images: {'seed ' + str(seeds[0]) if n == 1 else f'mean over {n} seeds (± {level:.0%} t-interval half-width)'}")
     t.add_column("system", no_wrap=True)
     for m in metrics:
-        t.add_column(SHORT.get(m, m), justify="right")
+        t.add_column(registry.label(m), justify="right")
     for name, row in summary["systems"].items():
         cells = []
         for m in metrics:
@@ -179,14 +171,14 @@ def print_summary(summary: dict) -> None:
                 txt = f"{_fmt(p.get('mean_diff'), True)} [{_fmt(p.get('lo'), True)}, {_fmt(p.get('hi'), True)}]" + (f" {p['n_up']}↑{p['n_down']}↓" if n > 1 and p else "")
                 c = _colour(p, m)
                 cells.append(f"[{c}]{txt}[/{c}]" if c else txt)
-            t.add_row(SHORT.get(m, m), *cells)
+            t.add_row(registry.label(m), *cells)
         console.print(t)
 
     for arm, b in summary["budget"].items():
         t = Table(title=f"ViZer budget, {arm} minus {summary['baseline']}: mean difference by training steps (green/red: interval excludes 0)")
         t.add_column("steps", justify="right")
         for m in metrics:
-            t.add_column(SHORT.get(m, m), justify="right")
+            t.add_column(registry.label(m), justify="right")
         for k, name in zip(b["steps"], b["systems"]):
             cells = []
             for m in metrics:

@@ -1,6 +1,7 @@
 """`capalign style train` configuration: one documented dataclass (CLI flags and `--config run.yaml` come from it).
 
-The LoRA / optimizer surface is the one of `capalign vizer train`, so recipes carry over between methods.
+The LoRA, optimizer and run fields are the shared groups of training/args.py (as for `vizer train` and
+`rl train`), so recipes carry over between methods; only the defaults that differ are set here.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 from ..config import arg
 from ..data.preferences import PreferenceDataArgs, parse_budget
-from ..training.lora import LM_LINEAR, check_lora_training
+from ..training.args import LoraArgs, OptimArgs, RunArgs, method_defaults
 
 METHODS = ("zero-shot", "sft", "dpo", "simpo")
 BACKENDS = ("capalign", "trl")
@@ -31,13 +32,13 @@ class StyleDataArgs(PreferenceDataArgs):
             self.prompt = template
 
 
-@dataclass
-class StyleTrainConfig(StyleDataArgs):
+@method_defaults(lr=5e-4, lr_scheduler="cosine", epochs=3.0, log_every=5)
+@dataclass(kw_only=True)
+class StyleTrainConfig(LoraArgs, OptimArgs, RunArgs, StyleDataArgs):
     """Align a VLM to a caption style from preference pairs (chosen = styled, rejected = factual): zero-shot, SFT, DPO or SimPO.
     The data flags (--data, --split_seed, --test_share, ...) are those of every style command."""
 
     model: str = arg("", "Base VLM: hub id or local folder (e.g. a `capalign nano train` output).")
-    out: str = arg("", "Output folder: the PEFT adapter (for `capalign caption --adapter`), checkpoints, TensorBoard logs, style_result.json.")
     method: str = arg("dpo", "zero-shot (style prompt only, no training), sft (NLL of the chosen captions), dpo (sigmoid loss, reference = the base model), simpo (reference-free, length-normalised, margin gamma).")
     style: str = arg("humorous", "Style to align to; only pairs of this style are used.")
     budget: str = arg("100%", "Training pairs: a share of the training split (10%) or a count (500). Budgets are nested: the 5% subset of a seed contains its 2% subset.")
@@ -45,31 +46,11 @@ class StyleTrainConfig(StyleDataArgs):
     beta: float = arg(None, "Preference strength: DPO beta (default 0.1, as TRL) or SimPO beta (default 2.0, SimPO paper).")
     gamma: float = arg(1.0, "SimPO target reward margin gamma (SimPO paper: 0.5-1.6 with beta 2-2.5).")
     sft_weight: float = arg(0.0, "dpo / simpo: add this weight x the SFT loss (token NLL of the chosen captions), as TRL's cpo_alpha (CPO-SimPO) and DPO loss_type=[sigmoid, sft]; keeps the chosen captions likely, against the collapse of reference-free SimPO.")
-    epochs: float = arg(3.0, "Epochs over the budget's pairs.")
     min_steps: int = arg(0, "Train at least this many optimizer steps (small budgets repeat their pairs), so small budgets are not also starved of updates.")
-    max_steps: int = arg(None, "Stop after this many optimizer steps (overrides epochs and min_steps).")
-    batch_size: int = arg(8, "Pairs per optimizer step, over all processes (global batch).")
-    grad_accum: int = arg(1, "Gradient accumulation: micro-batches of batch_size/grad_accum pairs.")
-    lr: float = arg(5e-4, "AdamW learning rate (LoRA).")
-    lr_scheduler: str = arg("cosine", "transformers scheduler name: cosine, linear, constant, constant_with_warmup, ...")
-    warmup_steps: int = arg(0, "Linear warmup steps.")
-    weight_decay: float = arg(0.01, "AdamW weight decay.")
-    lora_r: int = arg(32, "LoRA rank (as vizer train).")
-    lora_alpha: int = arg(64, "LoRA alpha.")
-    lora_dropout: float = arg(0.1, "LoRA dropout.")
-    lora_targets: str = arg(",".join(LM_LINEAR), "Comma-separated linear-layer names to adapt, inside the language model only.")
-    gradient_checkpointing: bool = arg(False, "Recompute activations in backward (less memory).")
-    mixed_precision: str = arg("auto", "auto (bf16 on CUDA, none on CPU), no, bf16, fp16.")
-    save_every: int = arg(50, "Save a resumable checkpoint every N steps (0: only the final adapter).")
-    keep_checkpoints: int = arg(2, "How many checkpoints to keep.")
-    log_every: int = arg(5, "Log loss and reward metrics to TensorBoard every N steps.")
-    seed: int = arg(0, "Seed of the budget subset, LoRA init and data order.")
-    device: str = arg("auto", "Device for single-process runs (auto: cuda > mps > cpu); `accelerate launch`/torchrun pick it per process.")
-    report_to: str = arg("tensorboard", "Trainer loggers (tensorboard, none, wandb, ...).")
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("model", "data", "out"):
+        for name in ("model", "data"):
             if not str(getattr(self, name) or "").strip():
                 raise ValueError(f"--{name} is required")
         if self.method not in METHODS:
@@ -85,13 +66,8 @@ class StyleTrainConfig(StyleDataArgs):
             raise ValueError(f"sft_weight must be >= 0 and is for dpo and simpo (sft is all SFT), got {self.sft_weight} with {self.method}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-        check_lora_training(self, positive=("keep_checkpoints", "log_every"))
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.min_steps < 0 or self.save_every < 0 or self.warmup_steps < 0:
-            raise ValueError("min_steps, save_every and warmup_steps must be >= 0")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
 
     @property
     def style_prompt(self) -> str:

@@ -1,4 +1,4 @@
-"""The style sweep's results: cells -> sweep.json, cells.csv, one plot per measure (capalign.reports.style, the
+"""The style sweep's results: cells -> sweep.json, cells.csv, one plot per measure (capalign.plotting, the
 figure the report shows), a terminal table.
 
 Curves: mean over seeds with a 95% Student-t interval (capalign.stats.mean_ci) per method, style, budget.
@@ -16,7 +16,13 @@ from pathlib import Path
 
 from ..config import config_dict
 from ..io import atomic_write_json, atomic_write_text
+from ..metrics import registry
 from ..utils import print0
+
+# the sweep's measures (labels and directions: capalign.metrics.registry), in plot and table order
+MEASURES = ("style_acc", "wr_logp", "wr_logp_sum", "recall_attr", "chair_i_attr", "styled_faithful", "distinct_frames")
+SATURATION = ("style_acc", "wr_logp", "wr_logp_sum", "styled_faithful")  # measures whose saturation budget is reported
+CONTENT = "recall_attr"  # the collapse guard's measure
 
 
 def _load_cells(out: Path, cells: list[dict]) -> tuple[dict, list[str]]:
@@ -37,9 +43,8 @@ def _load_cells(out: Path, cells: list[dict]) -> tuple[dict, list[str]]:
 
 
 def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
-    from ..reports.style import sweep_figure
+    from ..plotting import sweep_figure
     from ..stats import mean_ci
-    from .sweep import CONTENT, MEASURES, SATURATION
 
     out = Path(cfg.out)
     cells = cfg.cells()
@@ -69,7 +74,7 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
     summary = {
         "config": config_dict(cfg), "complete": not missing, "missing": missing,
         "methods": cfg.method_list, "styles": cfg.style_list, "budgets": cfg.budget_list, "shares": cfg.shares, "seeds": list(range(cfg.seeds)),
-        "measures": {k: {"label": v[0], "higher_is_better": v[1]} for k, v in MEASURES.items()},
+        "measures": {k: {"label": registry.get(k).description, "higher_is_better": registry.higher_is_better(k)} for k in MEASURES},
         "rows": [{"method": r["method"], "style": r["style"], "budget": 100 * r["share"], "seed": r["seed"], **r.get("measures", {})}
                  for r in done.values() if r["method"] not in ("base", "zero-shot")],  # one per trained cell; budget in % of the training split
         "zero_shot": zero, "base": base, "curves": curves, "saturation": saturation,
@@ -133,7 +138,6 @@ def print_table(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .sweep import SATURATION
 
     for meas in ("style_acc", "styled_faithful", "wr_logp", "recall_attr", "distinct_frames"):
         t = Table(title=f"{summary['measures'][meas]['label']} (mean over seeds [95% interval])")

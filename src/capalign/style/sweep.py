@@ -37,18 +37,6 @@ from ..utils import print0
 from .config import METHODS, StyleDataArgs
 from .results import aggregate
 
-MEASURES = {  # name -> (label, higher is better)
-    "style_acc": ("style accuracy of generated captions", True),
-    "wr_logp": ("WR-LogP (mean per-token log-prob)", True),
-    "wr_logp_sum": ("WR-LogP (summed log-prob)", True),
-    "recall_attr": ("objects named with the right colour (recall)", True),
-    "chair_i_attr": ("CHAIR_i (attribute level; lower is better)", False),
-    "styled_faithful": ("styled and faithful: in the style, every object with its colour, no wrong mention", True),
-    "distinct_frames": ("distinct style frames per caption (shapes world; object phrases masked)", True),
-}
-SATURATION = ("style_acc", "wr_logp", "wr_logp_sum", "styled_faithful")
-CONTENT = "recall_attr"  # the collapse guard's measure (capalign.style.results)
-
 
 @dataclass
 class StyleSweepConfig(StyleDataArgs):
@@ -187,9 +175,9 @@ def faithful(row: dict) -> bool:
 
 def run_cell(cell: dict, cfg: StyleSweepConfig, clf_path: str) -> dict:
     """Train (unless base / zero-shot) and evaluate one cell into out/cells/<name>/; result.json is written last."""
+    from ..data.preferences import budget_subset
     from ..models import load_vlm
     from .config import StyleTrainConfig
-    from ..data.preferences import budget_subset
     from .train import train
 
     d = Path(cfg.out) / "cells" / cell["name"]

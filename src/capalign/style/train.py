@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -44,9 +43,12 @@ from transformers import Trainer
 
 from .. import CapalignError
 from ..config import config_dict, save_config, show_config
+from ..devices import resolve_precision
 from ..io import atomic_write_json
-from ..utils import print0
 from ..training import losses
+from ..training.args import trainer_arguments
+from ..training.checkpoints import last_checkpoint
+from ..utils import print0, seed_everything
 from .config import StyleTrainConfig  # noqa: F401 (StyleTrainConfig: the CLI reads it here)
 
 log = logging.getLogger(__name__)
@@ -183,33 +185,13 @@ def quiet() -> bool:
 
 
 # ---- run ----------------------------------------------------------------------------------------
-def complete_checkpoint(out: Path) -> str | None:
-    """Newest checkpoint that was fully written (trainer_state.json is saved last); incomplete ones are removed."""
-    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)
-    for c in reversed(ckpts):
-        if (c / "trainer_state.json").exists():
-            return str(c)
-        if int(os.environ.get("RANK", "0")) == 0:
-            shutil.rmtree(c, ignore_errors=True)
-    return None
-
-
 def training_args(cfg: StyleTrainConfig, steps: int):
-
+    """(TrainingArguments keyword arguments, the resolved Precision) of a run of `steps` optimizer steps."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_device = cfg.batch_size // cfg.grad_accum // world
     if per_device * cfg.grad_accum * world != cfg.batch_size:
         raise CapalignError(f"batch_size {cfg.batch_size} must be divisible by grad_accum x processes ({cfg.grad_accum} x {world})")
-    mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
-    return dict(
-        output_dir=cfg.out, per_device_train_batch_size=per_device, gradient_accumulation_steps=cfg.grad_accum,
-        max_steps=steps, learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed, bf16=mp == "bf16", fp16=mp == "fp16",
-        use_cpu=cfg.device == "cpu", save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 1,
-        save_total_limit=cfg.keep_checkpoints, logging_steps=cfg.log_every, report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        remove_unused_columns=False, gradient_checkpointing=cfg.gradient_checkpointing, dataloader_num_workers=0,
-        disable_tqdm=quiet(),
-    ), mp
+    return trainer_arguments(cfg, per_device, steps, disable_tqdm=quiet()), resolve_precision(cfg.mixed_precision, cfg.device)
 
 
 def _trl_trainer(cfg: StyleTrainConfig, vlm, args_kw: dict, pairs: list, peft_cfg):
@@ -242,21 +224,20 @@ def _trl_trainer(cfg: StyleTrainConfig, vlm, args_kw: dict, pairs: list, peft_cf
 def build(cfg: StyleTrainConfig, subset: list | None = None):
     """(trainer, vlm, pairs) for a training method: the base model, LoRA on its language model, the budget's pairs."""
     from peft import get_peft_model
-    from transformers import TrainingArguments, set_seed
+    from transformers import TrainingArguments
 
     from ..models import load_vlm
-    from ..training.lora import lora_config
 
     subset = subset if subset is not None else load_pairs(cfg)[0]
     steps = cfg.max_steps or max(math.ceil(cfg.epochs * len(subset) / cfg.batch_size), cfg.min_steps)
-    args_kw, mp = training_args(cfg, steps)
+    args_kw, prec = training_args(cfg, steps)
     device = str(TrainingArguments(**args_kw).device)
-    vlm = load_vlm(cfg.model, device=device, dtype="bfloat16" if mp == "bf16" else "float32", prompt=cfg.style_prompt)
+    vlm = load_vlm(cfg.model, device=device, dtype=prec.weights, prompt=cfg.style_prompt)
     vlm.model.requires_grad_(False)
-    peft_cfg = lora_config(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    peft_cfg = cfg.peft_config(vlm)
     if cfg.backend == "trl":
         return _trl_trainer(cfg, vlm, args_kw, subset, peft_cfg), vlm, subset
-    set_seed(cfg.seed)  # the LoRA init
+    seed_everything(cfg.seed)  # the LoRA init
     trainer = StyleTrainer(model=get_peft_model(vlm.model, peft_cfg), args=TrainingArguments(**args_kw), train_dataset=subset,
                            data_collator=collate, vlm=vlm, method=cfg.method, beta=cfg.beta, gamma=cfg.gamma, prompt=cfg.style_prompt,
                            sft_weight=cfg.sft_weight)
@@ -282,7 +263,7 @@ def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # disable_tqdm=True would print every log dict instead of a bar
-    resume = complete_checkpoint(out)
+    resume = last_checkpoint(out)
     if resume:
         print0(f"resuming from {resume}")
     t0 = time.time()

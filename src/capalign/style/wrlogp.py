@@ -36,9 +36,9 @@ class WrLogpConfig(PreferenceDataArgs):
 
 
 def run_wrlogp(cfg: WrLogpConfig) -> dict:
+    from ..metrics.style import wr_logp
     from ..models import load_vlm
     from ..utils import progress
-    from ..metrics.style import wr_logp
 
     show_config(cfg)
     prefs = cfg.open_data(cfg.style)

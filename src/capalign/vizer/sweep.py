@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import arg, save_config, show_config
 from ..io import atomic_write_bytes, atomic_write_json, read_jsonl, read_references
+from ..plotting import heatmap_png
 from ..utils import print0
 
 
@@ -45,31 +46,6 @@ class SweepConfig:
             self.width_list = []
         if not self.width_list or not self.size_list or min(self.width_list + self.size_list) < 1:
             raise ValueError(f"widths and sizes must be comma-separated positive integers, got {self.widths!r} and {self.sizes!r}")
-
-
-def heatmap_png(grid: list[list[float]], widths: list[int], sizes: list[int], title: str) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.4 * len(sizes) + 2, 1.0 * len(widths) + 1.5))
-    im = ax.imshow(grid, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
-    ax.set_yticks(range(len(widths)), [str(w) for w in widths])
-    ax.set_xlabel("mapper data size (pairs)")
-    ax.set_ylabel("mapper width")
-    ax.set_title(title)
-    for i, row in enumerate(grid):
-        for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="w")
-    fig.colorbar(im)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def run(cfg: SweepConfig) -> dict:

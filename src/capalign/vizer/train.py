@@ -21,6 +21,7 @@ save_state) every `save_every` steps; re-running the same command resumes from t
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,53 +33,42 @@ from torch import nn
 from .. import CapalignError
 from ..config import arg, config_dict, save_config, show_config
 from ..data.sources import batched, open_images
+from ..devices import resolve_precision
 from ..io import atomic_write_json
-from ..training import lora as models_lora
-from ..training.lora import LM_LINEAR, check_lora_training
+from ..training.args import LoraArgs, OptimArgs, RunArgs, method_defaults
+from ..training.checkpoints import last_checkpoint, rotate
+from ..utils import print0, progress, seed_everything
 from .mapper import Mapper, cosine_loss
-from ..utils import print0, progress
+
+PROGRESS = "progress.json"  # written last into a checkpoint: step and loss history (its completeness marker)
 
 
-@dataclass
-class VizerTrainConfig:
+@method_defaults(max_grad_norm=0.0)
+@dataclass(kw_only=True)
+class VizerTrainConfig(LoraArgs, OptimArgs, RunArgs):
     """Zero-label LoRA training of a VLM with a frozen ViZer mapper (unlabeled images only)."""
 
     model: str = arg(help="VLM to improve: hub id or local folder.")
     mapper: str = arg(help="Mapper folder from `capalign mapper train` (its pooling and prompt are reused).")
     images: str = arg(help="Unlabeled images: folder, manifest, dataset folder, hf:NAME, tar shards (captions are never read).")
-    out: str = arg(help="Output folder: the PEFT adapter (for `capalign caption --adapter`), checkpoints, logs.")
     limit: int = arg(None, "Use at most this many images.")
-    epochs: int = arg(1, "Epochs over the images (paper: 1).")
-    max_steps: int = arg(None, "Stop after this many optimizer steps (default: epochs over the data).")
-    batch_size: int = arg(8, "Images per optimizer step, over all processes (global batch).")
-    grad_accum: int = arg(1, "Gradient accumulation: micro-batches of batch_size/grad_accum images per process group.")
-    lr: float = arg(1e-4, "AdamW learning rate (constant after warmup).")
-    warmup_steps: int = arg(0, "Linear warmup steps.")
-    weight_decay: float = arg(0.01, "AdamW weight decay (paper: 0.01).")
-    lora_r: int = arg(32, "LoRA rank (paper: 32).")
-    lora_alpha: int = arg(64, "LoRA alpha (paper: 64).")
-    lora_dropout: float = arg(0.1, "LoRA dropout (paper: 0.1).")
-    lora_targets: str = arg(",".join(LM_LINEAR), "Comma-separated linear-layer names to adapt, inside the language model only.")
     max_new_tokens: int = arg(32, "Length of the generated captions.")
     do_sample: bool = arg(False, "Sample captions instead of greedy decoding.")
     temperature: float = arg(1.0, "Sampling temperature.")
-    gradient_checkpointing: bool = arg(False, "Recompute activations in backward (less memory).")
-    mixed_precision: str = arg("auto", "auto (bf16 on CUDA, none on CPU), no, bf16, fp16.")
-    save_every: int = arg(50, "Save a resumable checkpoint every N steps (0: only at the end).")
-    export_steps: str = arg("", "Comma-separated step counts at which to also save the adapter as <out>/step-<k>/ (a budget curve from one run: the learning rate is constant after warmup and the image order does not depend on the total, so step k of a longer run is the adapter a k-step run ends with; tested).")
-    keep_checkpoints: int = arg(2, "How many checkpoints to keep.")
-    log_every: int = arg(1, "Log loss and cosine to TensorBoard every N steps.")
-    seed: int = arg(0, "Seed.")
-    device: str = arg("auto", "Device for single-process runs (accelerate picks it under `accelerate launch`).")
+    export_steps: str = arg("", "Comma-separated step counts at which to also save the adapter as <out>/step-<k>/ (a budget curve from one run: with a constant learning rate after warmup the image order does not depend on the total, so step k of a longer run is the adapter a k-step run ends with; tested).")
 
     def __post_init__(self):
-        check_lora_training(self, positive=("epochs", "max_new_tokens"))
+        super().__post_init__()
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         try:
             self.export_list = sorted({int(k) for k in str(self.export_steps or "").split(",") if k.strip()})
         except ValueError:
             raise ValueError(f"export_steps must be comma-separated integers, got {self.export_steps!r}") from None
         if self.export_list and self.export_list[0] < 1:
             raise ValueError("export_steps must be >= 1")
+        if self.export_list and self.lr_scheduler not in ("constant", "constant_with_warmup"):
+            raise ValueError(f"export_steps needs a constant learning rate after warmup (lr_scheduler constant_with_warmup), got {self.lr_scheduler}")
 
 
 class VizerObjective(nn.Module):
@@ -98,49 +88,38 @@ class VizerObjective(nn.Module):
         return cosine_loss(target, mapped), cos.detach().mean()
 
 
-def lora_config(vlm, cfg: VizerTrainConfig):
-    return models_lora.lora_config(vlm, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    return sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-
-
 def run(cfg: VizerTrainConfig) -> dict:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
     from peft import get_peft_model
+    from transformers import get_scheduler
 
     from ..models import load_vlm
 
-    mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
-    acc = Accelerator(gradient_accumulation_steps=1, mixed_precision=mp, log_with="tensorboard", project_dir=cfg.out, cpu=cfg.device == "cpu")
+    prec = resolve_precision(cfg.mixed_precision, cfg.device)
+    acc = Accelerator(gradient_accumulation_steps=1, mixed_precision=prec.mixed_precision, log_with=cfg.report_list or None,
+                      project_dir=cfg.out, cpu=prec.device == "cpu")
     if acc.is_main_process:
         show_config(cfg)
-    set_seed(cfg.seed)
+    seed_everything(cfg.seed)
     out = Path(cfg.out)
     meta_path = Path(cfg.mapper) / "mapper_meta.json"
     if not meta_path.exists():
         raise CapalignError(f"not a mapper folder (no mapper_meta.json): {cfg.mapper}; train one with `capalign mapper train`")
     meta = json.loads(meta_path.read_text())
-    vlm = load_vlm(cfg.model, device=str(acc.device), dtype="bfloat16" if mp == "bf16" else "float32", prompt=meta.get("prompt") or "", pooling=meta["pooling"])
+    vlm = load_vlm(cfg.model, device=str(acc.device), dtype=prec.weights, prompt=meta.get("prompt") or "", pooling=meta["pooling"])
     mapper = Mapper.from_pretrained(cfg.mapper).to(acc.device).eval().requires_grad_(False)
     if mapper.net[0].in_features != vlm.text_hidden_size or mapper.net[-1].out_features != vlm.vision_hidden_size:
         raise CapalignError(f"mapper {cfg.mapper} maps {mapper.net[0].in_features}->{mapper.net[-1].out_features} but the model has "
                             f"D_t={vlm.text_hidden_size}, D_v={vlm.vision_hidden_size}; train the mapper on this model")
 
     vlm.model.requires_grad_(False)
-    peft_model = get_peft_model(vlm.model, lora_config(vlm, cfg))  # injects LoRA into vlm.model in place
+    peft_model = get_peft_model(vlm.model, cfg.peft_config(vlm))  # injects LoRA into vlm.model in place
     if cfg.gradient_checkpointing:
         vlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable = [p for p in vlm.model.parameters() if p.requires_grad]
     objective = VizerObjective(vlm, mapper)
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
     objective, opt = acc.prepare(objective, opt)
-    # not through prepare(): accelerate's scheduler wrapper steps num_processes times per optimizer step
-    # (it assumes a per-process batch); batch_size here is global, so the schedule follows optimizer steps
-    acc.register_for_checkpointing(sched)
 
     # data: every process reads the same ordered stream and keeps every k-th image (no captions read)
     source = open_images(cfg.images, limit=cfg.limit)
@@ -149,13 +128,17 @@ def run(cfg: VizerTrainConfig) -> dict:
     if per_proc * acc.num_processes != cfg.batch_size:
         raise CapalignError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({acc.num_processes})")
     steps_per_epoch = (n // cfg.batch_size) if n else None
-    total = cfg.max_steps or (steps_per_epoch * cfg.epochs if steps_per_epoch else None)
+    total = cfg.max_steps or (int(steps_per_epoch * cfg.epochs) if steps_per_epoch else None)
     if total is None:
         raise CapalignError("the image source has no known length (streaming): give --max_steps")
     if total < 1 or (n is not None and n < cfg.batch_size):  # (with --max_steps the epoch loop would spin forever)
         raise CapalignError(f"{n} images are fewer than one batch of {cfg.batch_size}")
     if cfg.export_list and cfg.export_list[-1] > total:
         raise CapalignError(f"export step {cfg.export_list[-1]} is beyond the run's {total} steps")
+    # not through prepare(): accelerate's scheduler wrapper steps num_processes times per optimizer step
+    # (it assumes a per-process batch); batch_size here is global, so the schedule follows optimizer steps
+    sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
+    acc.register_for_checkpointing(sched)
 
     # checkpoints hold the LoRA weights only (not the frozen VLM): the diffusers-LoRA pattern of
     # accelerate save/load hooks that replace the model state with the adapter's
@@ -175,16 +158,16 @@ def run(cfg: VizerTrainConfig) -> dict:
     acc.register_load_state_pre_hook(load_hook)
 
     step, history = 0, []
-    ckpts = _checkpoints(out)
-    if ckpts:
-        acc.load_state(str(ckpts[-1]))
-        progress_state = json.loads((ckpts[-1] / "progress.json").read_text())
+    resume = last_checkpoint(out, PROGRESS)
+    if resume:
+        acc.load_state(resume)
+        progress_state = json.loads((Path(resume) / PROGRESS).read_text())
         step, history = progress_state["step"], progress_state["history"]
-        print0(f"resumed from {ckpts[-1]} at step {step}")
+        print0(f"resumed from {resume} at step {step}")
     acc.init_trackers("vizer", config={k: v for k, v in config_dict(cfg).items() if isinstance(v, (int, float, str, bool))})
 
     def batches():
-        for epoch in range(cfg.epochs if not cfg.max_steps else 10**9):
+        for epoch in range(math.ceil(cfg.epochs) if not cfg.max_steps else 10**9):
             stream = (r for i, r in enumerate(source) if i % acc.num_processes == acc.process_index)
             for recs in batched(stream, per_proc):
                 if len(recs) == per_proc:
@@ -212,6 +195,8 @@ def run(cfg: VizerTrainConfig) -> dict:
                     acc.backward(loss / cfg.grad_accum)
                 loss_sum += loss.item() / cfg.grad_accum
                 cos_sum += cos.item() / cfg.grad_accum
+            if cfg.max_grad_norm:
+                acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -251,8 +236,7 @@ def _save_checkpoint(acc, out: Path, step: int, history: list, keep: int) -> Non
     acc.save_state(str(tmp))
     acc.wait_for_everyone()  # every rank has written its RNG state into tmp before it is renamed
     if acc.is_main_process:
-        atomic_write_json(tmp / "progress.json", {"step": step, "history": history})
+        atomic_write_json(tmp / PROGRESS, {"step": step, "history": history})
         tmp.replace(path)  # a checkpoint folder exists only once it is complete
-        for old in _checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        rotate(out, keep)
     acc.wait_for_everyone()

@@ -6,8 +6,8 @@ from .base_model import BaseStage
 from .data import DataStage
 from .evaluate import CaptionStage, EvaluateStage
 from .features import FeaturesStage
-from .style import StyleStage
 from .rl import RLStage
+from .style import StyleStage
 from .summary import SummaryStage
 from .vizer import MapperStage, VizerStage
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from ... import CapalignError
 from ...config import arg
 from ...nano import train as nano
+from .. import layout
 from ..stage import Context, Stage
 
 
@@ -44,7 +45,7 @@ class BaseStage(Stage):
 
     def publish(self, ctx: Context) -> None:
         o = self.opts(self.section(ctx))
-        ctx.model = o.model.replace("{seed}", str(ctx.seed)) if o.model else str(ctx.seed_dir / "base" / "nano-web")
+        ctx.model = o.model.replace("{seed}", str(ctx.seed)) if o.model else str(ctx.root / layout.base_dir(ctx.seed, "nano-web"))
 
     def outputs(self, ctx: Context) -> list[Path]:
         return [] if self.opts(self.section(ctx)).model else [Path(ctx.model) / "nano_result.json"]
@@ -53,7 +54,7 @@ class BaseStage(Stage):
         o = self.opts(self.section(ctx))
         if o.model:
             return
-        base, clean = Path(ctx.model), ctx.seed_dir / "base" / "nano-clean"
+        base, clean = Path(ctx.model), ctx.root / layout.base_dir(ctx.seed, "nano-clean")
         pretrain = not o.web_from_scratch
         if pretrain and not (clean / "nano_result.json").exists():
             nano.run(self.command_config(ctx, out=str(clean), mode="clean", seed=ctx.seed))

@@ -19,6 +19,7 @@ from ...config import arg
 from ...data.shapes import ShapesConfig, write_dataset
 from ...io import atomic_write_bytes, atomic_write_text
 from ...utils import print0
+from .. import layout
 from ..stage import Context, Stage
 
 SPLITS = ("mapper", "unlabeled", "test")
@@ -47,9 +48,9 @@ class DataStage(Stage):
     def _dirs(self, ctx: Context) -> dict[str, Path]:
         """Split -> folder this stage writes (shapes splits, and a test source's copy)."""
         o = self.opts(self.section(ctx))
-        out = {s: ctx.seed_dir / "data" / s for s in SPLITS if isinstance(getattr(o, s), int)}
+        out = {s: ctx.root / layout.data_dir(ctx.seed, s) for s in SPLITS if isinstance(getattr(o, s), int)}
         if isinstance(o.test, str):
-            out["test"] = ctx.root / "data" / "test"
+            out["test"] = ctx.root / layout.SHARED_TEST
         return out
 
     def publish(self, ctx: Context) -> None:

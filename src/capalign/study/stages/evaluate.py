@@ -16,6 +16,7 @@ from ...caption import CaptionConfig, caption_source
 from ...io import atomic_write_json, read_jsonl, read_references
 from ...metrics import evaluate as ev
 from ...utils import print0
+from .. import layout
 from ..stage import Context, Stage
 
 
@@ -28,7 +29,7 @@ class CaptionStage(Stage):
         if ctx.test_manifest is None:
             raise CapalignError("stage caption needs data.test (test images with references) in the recipe")
         ctx.systems = {"Base": None, **ctx.systems}  # the baseline first
-        ctx.captions = {name: ctx.seed_dir / "captions" / f"{name}.jsonl" for name in ctx.systems}
+        ctx.captions = {name: ctx.root / layout.captions(ctx.seed, name) for name in ctx.systems}
 
     def outputs(self, ctx: Context) -> list[Path]:
         return list(ctx.captions.values())
@@ -60,7 +61,7 @@ class EvaluateStage(Stage):
     needs = ("caption",)
 
     def publish(self, ctx: Context) -> None:
-        ctx.evals = {name: ctx.seed_dir / "eval" / f"{name}.json" for name in ctx.systems}
+        ctx.evals = {name: ctx.root / layout.eval_file(ctx.seed, name) for name in ctx.systems}
 
     def outputs(self, ctx: Context) -> list[Path]:
         return list(ctx.evals.values())

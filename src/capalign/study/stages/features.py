@@ -17,6 +17,7 @@ from ... import CapalignError
 from ...config import arg
 from ...io import atomic_write_json, read_jsonl
 from ...utils import print0
+from .. import layout
 from ..stage import Context, Stage
 
 
@@ -39,7 +40,7 @@ class FeaturesStage(Stage):
         v = self.opts(self.section(ctx)).variant
         if v not in ctx.mappers:
             raise CapalignError(f"features.variant {v!r} has no mapper; mapper.variants are {list(ctx.mappers)}")
-        ctx.features = ctx.seed_dir / "features.safetensors"
+        ctx.features = ctx.root / layout.features(ctx.seed)
 
     def outputs(self, ctx: Context) -> list[Path]:
         return [ctx.features, ctx.features.with_suffix(".json")]

@@ -6,7 +6,7 @@ one run per reward, each a system `RL_<reward>` that caption, evaluate, features
 Qwen/Qwen2.5-VL-3B-Instruct, or a `capalign judge train` folder), the same field `capalign rl train --judge`
 takes. The training images are a data split of the study (`split`, default `unlabeled`: the images ViZer
 trains on, so RL and ViZer see the same images and differ in the signal: RL also reads their references).
-Each run writes RUN/rl/<System>-seed<s>/ (RUN_LAYOUT.md): the adapter, checkpoints (a killed study resumes
+Each run writes RUN/rl/<System>-seed<s>/ (docs/run-layout.md): the adapter, checkpoints (a killed study resumes
 from them), history.json (the report's reward curves) and rl_result.json, written last (the done marker).
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from ... import CapalignError
 from ...config import arg
 from ...rl import train as rl_trainer
+from .. import layout
 from ..stage import Context, Stage
 
 
@@ -56,7 +57,7 @@ class RLStage(Stage):
 
     def runs(self, ctx: Context) -> dict[str, tuple[str, Path]]:
         """System -> (reward spec, run folder RUN/rl/<System>-seed<s>)."""
-        return {system_name(r): (r, ctx.root / "rl" / f"{system_name(r)}-seed{ctx.seed}") for r in self.opts(self.section(ctx)).rewards}
+        return {system_name(r): (r, ctx.root / layout.rl_dir(ctx.seed, system_name(r))) for r in self.opts(self.section(ctx)).rewards}
 
     def publish(self, ctx: Context) -> None:
         split = self.opts(self.section(ctx)).split

@@ -20,6 +20,7 @@ from ... import CapalignError
 from ...config import arg
 from ...nano import train as nano
 from ...style import sweep as style_sweep
+from .. import layout
 from ..stage import Context, Stage
 
 STYLED_NANO = "nano-styled"
@@ -39,20 +40,20 @@ class StyleStage(Stage):
     placeholders = {"model": "x", "out": "x"}
 
     def outputs(self, ctx: Context) -> list[Path]:
-        sweep = ctx.root / "style" / "sweep.json"
+        sweep = ctx.root / layout.STYLE_SWEEP
         try:  # an interrupted or partly failed sweep lists its missing cells: their result.json files are outputs still to come
             missing = json.loads(sweep.read_text()).get("missing") or [] if sweep.exists() else []
         except json.JSONDecodeError:
             missing = ["(sweep.json unreadable)"]
-        return [sweep, *(ctx.root / "style" / "cells" / m / "result.json" for m in missing)]
+        return [sweep, *(ctx.root / layout.STYLE / "cells" / m / "result.json" for m in missing)]
 
     def run(self, ctx: Context) -> None:
         model = self.opts(self.section(ctx)).base_model or ctx.seeds[min(ctx.seeds)].model
         if not model:
             raise CapalignError("stage style has no model: add a base stage to the recipe or set style.base_model")
         if model == STYLED_NANO:
-            folder = ctx.root / "style" / STYLED_NANO
+            folder = ctx.root / layout.STYLE / STYLED_NANO
             if not (folder / "nano_result.json").exists():
                 nano.run(nano.NanoTrainConfig(out=str(folder), mode="styled", seed=0))
             model = str(folder)
-        style_sweep.run(self.command_config(ctx, model=model, out=str(ctx.root / "style")))
+        style_sweep.run(self.command_config(ctx, model=model, out=str(ctx.root / layout.STYLE)))

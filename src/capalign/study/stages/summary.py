@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ... import CapalignError
 from ...config import arg
-from ...io import atomic_write_bytes, atomic_write_json, read_jsonl
-from ...io import read_references
+from ...io import atomic_write_bytes, atomic_write_json, read_jsonl, read_references
 from ...utils import print0
+from .. import layout
 from ..stage import Context, Stage
 from ..summary import METRICS, clean, headline_systems, print_summary, summarize
 
@@ -38,10 +38,10 @@ class SummaryStage(Stage):
     options, needs, per_seed, always_run = SummaryOptions, ("evaluate",), False, True
 
     def outputs(self, ctx: Context) -> list[Path]:
-        return [ctx.root / "summary.json", ctx.root / "summary_forest.png"]
+        return [ctx.root / layout.SUMMARY, ctx.root / layout.FOREST]
 
     def run(self, ctx: Context) -> None:
-        from ..plots import budget_png, forest_png
+        from ...plotting import budget_png, forest_png
 
         o = self.opts(self.section(ctx))
         done = {s: c for s, c in ctx.seeds.items() if c.evals and all(p.exists() for p in c.evals.values())}
@@ -53,10 +53,10 @@ class SummaryStage(Stage):
         if o.baseline not in next(iter(files.values())):
             raise CapalignError(f"summary.baseline {o.baseline!r} is not a system of this study ({', '.join(next(iter(files.values())))})")
         summary = clean(summarize(files, refs, o.baseline, o.metrics, o.level, o.n_boot, o.bootstrap_seed, budgets))
-        atomic_write_json(ctx.root / "summary.json", summary)
-        atomic_write_bytes(ctx.root / "summary_forest.png", forest_png(summary))
+        atomic_write_json(ctx.root / layout.SUMMARY, summary)
+        atomic_write_bytes(ctx.root / layout.FOREST, forest_png(summary, headline_systems(summary)))
         if budgets:
-            atomic_write_bytes(ctx.root / "summary_budget.png", budget_png(summary))
+            atomic_write_bytes(ctx.root / layout.BUDGET, budget_png(summary))
         print_summary(summary)
         s0, c0 = next(iter(done.items()))  # a look at what the systems say (first test images of the first seed)
         for name in [o.baseline, *headline_systems(summary)]:
@@ -64,4 +64,4 @@ class SummaryStage(Stage):
             print0(f"{name} (seed {s0}): " + " | ".join(caps))
         missing = sorted(set(ctx.seeds) - set(done))
         print0(f"summary over seeds {', '.join(map(str, sorted(done)))}" + (f" (seeds {missing} not finished)" if missing else "")
-               + f" -> {ctx.root / 'summary.json'}, {ctx.root / 'summary_forest.png'}" + (f", {ctx.root / 'summary_budget.png'}" if budgets else ""))
+               + f" -> {ctx.root / layout.SUMMARY}, {ctx.root / layout.FOREST}" + (f", {ctx.root / layout.BUDGET}" if budgets else ""))

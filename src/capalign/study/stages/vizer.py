@@ -17,6 +17,7 @@ from ... import CapalignError
 from ...config import arg
 from ...vizer import mapper as mapper_mod
 from ...vizer import train as vizer_mod
+from .. import layout
 from ..stage import Context, Stage
 
 
@@ -47,7 +48,7 @@ class MapperStage(Stage):
         if "mapper" not in ctx.data:
             raise CapalignError("stage mapper needs data.mapper (mapper images) in the recipe")
         for v in self.opts(self.section(ctx)).variants:
-            ctx.mappers[v] = ctx.seed_dir / "mappers" / v
+            ctx.mappers[v] = ctx.root / layout.mapper_dir(ctx.seed, v)
 
     def outputs(self, ctx: Context) -> list[Path]:
         return [ctx.mappers[v] / "mapper_meta.json" for v in self.opts(self.section(ctx)).variants]
@@ -56,7 +57,7 @@ class MapperStage(Stage):
         for v in self.opts(self.section(ctx)).variants:
             if not (ctx.mappers[v] / "mapper_meta.json").exists():
                 mapper_mod.run(self.command_config(ctx, model=ctx.model, data=ctx.data["mapper"], out=str(ctx.mappers[v]), variant=v,
-                                                   seed=ctx.seed, cache_dir=str(ctx.seed_dir / "feature-cache")))
+                                                   seed=ctx.seed, cache_dir=str(ctx.root / layout.feature_cache(ctx.seed))))
 
 
 @dataclass
@@ -102,7 +103,7 @@ class VizerStage(Stage):
             raise CapalignError("stage vizer needs data.unlabeled (unlabeled training images) in the recipe")
         steps = self.opts(self.section(ctx)).steps or []
         for arm, v, sampled in self.arms(ctx):
-            d = ctx.seed_dir / "vizer" / arm
+            d = ctx.root / layout.vizer_dir(ctx.seed, arm)
             label = "ViZer_" + v.upper() + ("_sampled" if sampled else "")
             if len(steps) > 1:
                 names = [f"{label}@{k}" for k in steps]
@@ -115,7 +116,7 @@ class VizerStage(Stage):
         steps = self.opts(self.section(ctx)).steps or []
         out = []
         for arm, _, _ in self.arms(ctx):
-            d = ctx.seed_dir / "vizer" / arm
+            d = ctx.root / layout.vizer_dir(ctx.seed, arm)
             # vizer_result.json is written (atomically) after the adapter: it marks a finished run
             out += [d / "vizer_result.json"] + ([d / f"step-{k}" / "adapter_model.safetensors" for k in steps] if len(steps) > 1 else [])
         return out
@@ -123,7 +124,7 @@ class VizerStage(Stage):
     def run(self, ctx: Context) -> None:
         steps = self.opts(self.section(ctx)).steps
         for arm, v, sampled in self.arms(ctx):
-            d = ctx.seed_dir / "vizer" / arm
+            d = ctx.root / layout.vizer_dir(ctx.seed, arm)
             if (d / "vizer_result.json").exists():
                 continue
             cfg = self.command_config(ctx, model=ctx.model, mapper=str(ctx.mappers[v]), images=ctx.data["unlabeled"], out=str(d),
