@@ -24,6 +24,7 @@ import capalign.vizer.train as vz
 from capalign.cli import main
 from capalign.data.sources import Record, open_images
 from capalign.models import load_vlm
+from capalign.training.lora import LM_LINEAR
 from capalign.vizer.mapper import Mapper, fit_mapper
 
 NEW = "6"  # max_new_tokens everywhere
@@ -173,7 +174,7 @@ def check_frozen_and_lora(got: dict, lm_prefix: str, frozen_prefixes: tuple[str,
         assert not changed, f"frozen weights changed under {prefix}: {changed[:3]}"
     # LoRA: only inside the language model, on its linear layers; B starts at zero and was trained
     assert lora and all(n.startswith(lm_prefix + ".") for n in lora), [n for n in lora if not n.startswith(lm_prefix)][:3]
-    assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in lora} == set(vz.LM_LINEAR)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in lora} == set(LM_LINEAR)
     bs = [p for n, p in lora.items() if ".lora_B." in n]
     assert bs and all(p.abs().sum() > 0 for p in bs)
     keys = load_file(str(Path(got["out"]) / "adapter_model.safetensors")).keys()

@@ -210,12 +210,13 @@ def coerce(cls: type, values: dict, where: str = "recipe") -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _field_actions(cls: type) -> dict[str, argparse.Action]:
+    import typing
+
     parser, (own, groups) = _parser_class()([]), _field_groups(cls)
     for f in [*own, *(f for fs in groups.values() for f in fs)]:
-        try:
-            parser._parse_dataclass_field(parser, f)
-        except (ValueError, TypeError, RuntimeError):  # e.g. a Union field: not a flag type, left as given
-            continue
+        if len([t for t in typing.get_args(f.type) if t is not type(None)]) > 1:
+            continue  # a union such as `int | str` (a count or a path): no flag type expresses it, left as given
+        parser._parse_dataclass_field(parser, f)
     return _actions(parser)
 
 

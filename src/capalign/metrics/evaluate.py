@@ -174,17 +174,19 @@ def evaluate_system(preds: list[dict] | dict[str, str], refs: dict[str, dict], n
     return {"counts": counts, "corpus": corpus, "per_caption": {"id": ids, **per}}
 
 
+# the terminal table's columns, in order (labels: capalign.metrics.registry)
+EVALUATE_COLUMNS = ("BLEU1", "BLEU2", "BLEU3", "BLEU4", "BERTScore_F1", "ROUGE_L", "CIDEr", "CLIPScore", "style_accuracy",
+                    "precision_name", "recall_name", "f1_name", "chair_i_name", "chair_s_name", "chair_i_attr", "chair_s_attr",
+                    "judge", "judge_off_letter_mass", "words")
+
+
 def _table(results: dict[str, dict]) -> None:
     from rich.table import Table
 
     from ..utils import console
+    from . import registry
 
-    cols = [("BLEU1", "BLEU1"), ("BLEU2", "BLEU2"), ("BLEU3", "BLEU3"), ("BLEU4", "BLEU4"), ("BERTS", "BERTScore_F1"),
-            ("ROUGE-L", "ROUGE_L"), ("CIDEr", "CIDEr"), ("CLIPS", "CLIPScore"), ("STYLE", "style_accuracy"),
-            ("P_obj", "precision_name"), ("R_obj", "recall_name"), ("F1_obj", "f1_name"), ("CHAIRi", "chair_i_name"),
-            ("CHAIRs", "chair_s_name"), ("CHAIRi_attr", "chair_i_attr"), ("CHAIRs_attr", "chair_s_attr"),
-            ("Judge", "judge"), ("off-letter", "judge_off_letter_mass"), ("words", "words")]
-    cols = [(h, k) for h, k in cols if any(k in r["corpus"] for r in results.values())]
+    cols = [(registry.label(k), k) for k in EVALUATE_COLUMNS if any(k in r["corpus"] for r in results.values())]
     t = Table(title="caption scores (BLEU/ROUGE/CIDEr as pycocoevalcap; BERTS = BERTScore F1; CLIPS = raw image-caption cosine; x100 except CIDEr, CLIPS)")
     t.add_column("system", no_wrap=True)
     for h, _ in cols:

@@ -103,7 +103,7 @@ class Stage:
             return None
         names = {f.name for f in dataclasses.fields(self.options)}
         try:
-            return self.options(**coerce(self.options, {k: v for k, v in section.items() if k in names}, where))
+            return self.options(**coerce(self.options, {k: v for k, v in section.items() if k in names}, f"{where}: invalid {self.name} options"))
         except (ValueError, TypeError) as e:
             raise CapalignError(f"{where}: invalid {self.name} options: {e}") from None
 
@@ -114,7 +114,7 @@ class Stage:
         names = {f.name for f in dataclasses.fields(self.command)}
         values = {k: v for k, v in section.items() if k in names and k not in self.owned}
         try:
-            return self.command(**coerce(self.command, values, where), **owned)
+            return self.command(**coerce(self.command, values, f"{where}: invalid {self.name} settings"), **owned)
         except (ValueError, TypeError) as e:
             raise CapalignError(f"{where}: invalid {self.name} settings: {e}") from None
 

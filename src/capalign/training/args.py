@@ -151,12 +151,12 @@ def method_defaults(**defaults):
 def trainer_arguments(cfg, per_device_batch: int, max_steps: int, **extra) -> dict:
     """The TrainingArguments fields that follow from the groups; `extra` adds or overrides (method-specific)."""
     prec = resolve_precision(cfg.mixed_precision, cfg.device)
-    return dict(
+    return {**dict(
         output_dir=cfg.out, per_device_train_batch_size=per_device_batch, gradient_accumulation_steps=cfg.grad_accum,
         max_steps=max_steps, learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed,
         bf16=prec.bf16, fp16=prec.fp16, use_cpu=prec.device == "cpu",
         save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 1, save_total_limit=cfg.keep_checkpoints,
         logging_steps=cfg.log_every, report_to=cfg.report_list, remove_unused_columns=False,
-        gradient_checkpointing=cfg.gradient_checkpointing, dataloader_num_workers=0, **extra,
-    )
+        gradient_checkpointing=cfg.gradient_checkpointing, dataloader_num_workers=0,
+    ), **extra}

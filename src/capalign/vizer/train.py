@@ -16,6 +16,15 @@ starts a single process unless given an MPI hostfile). Each process takes
 every k-th image and gradients are averaged by DDP over the loss module below.
 Checkpoints (`checkpoint-<step>/`: LoRA, optimizer, scheduler, RNG states via accelerate's
 save_state) every `save_every` steps; re-running the same command resumes from the newest one.
+
+Why an accelerate loop and not a `transformers.Trainer` subclass, as style and rl train are: the loop uses
+the same shared parts (training/args.py groups, devices.resolve_precision, training/checkpoints.py, a
+transformers scheduler, one seeding function), so only the ~40 lines of the step itself are its own. A
+Trainer port keeps the tested behaviours (one vision pass, DDP equal to one process, exact resume, step k
+of a long run = a k-step run) only with extra work and changes every ViZer number: `Trainer.__init__`
+reseeds after the LoRA init, and its DataLoader draws from the global RNG when an epoch starts, so every
+dropout mask and sampled caption moves and the documented ViZer results stop reproducing. Revisit when
+those results are re-measured anyway.
 """
 
 from __future__ import annotations
