@@ -39,6 +39,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("style", "sweep"): ("capalign.training.style_sweep", "StyleSweepConfig", "run", "Data-efficiency sweep: methods x styles x budgets x seeds; curves, saturation, plots."),
     ("style", "wrlogp"): ("capalign.metrics.style_cli", "WrLogpConfig", "run_wrlogp", "WR-LogP of a model (and its base, with --adapter) on the test split of preference data."),
     ("judge",): ("capalign.judge", "JudgeConfig", "run", "Grade caption files A-E with a VLM judge (expected grade from the letter probabilities)."),
+    ("judge", "calibrate"): ("capalign.judge_calibrate", "JudgeCalibrateConfig", "run", "Can a judge be fooled? Grade degenerate captions built from references (non-words, noise, repeats, truncated, empty, ...)."),
     ("judge", "train"): ("capalign.training.judge", "JudgeTrainConfig", "run", "Train a nano VLM judge (SmolVLM architecture) on the shapes world; held-out accuracy."),
     ("rl", "train"): ("capalign.training.rl_trainer", "RLTrainConfig", "run", "GRPO on the language model (LoRA) with a judge or metric reward."),
 }

@@ -21,9 +21,10 @@ definition (tested), so the judge's training data and the degeneracy metric agre
 
 from __future__ import annotations
 
+import functools
 import random
 
-from ..metrics.degenerate import english_words, shapes_words, words
+from ..metrics.degenerate import _WORD, english_words, shapes_words, words
 
 KINDS = ("nonword", "char_noise", "repeat", "truncated", "empty", "other_image", "garbage_tail")
 # Words after which a caption cannot end: cutting there leaves a phrase unfinished.
@@ -36,6 +37,7 @@ _CODAS = ["", "", "b", "ck", "d", "ff", "g", "k", "l", "m", "n", "nt", "p", "r",
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
+@functools.lru_cache(maxsize=1)
 def known_words() -> frozenset[str]:
     """Words a made-up word must not be: English (the degeneracy metric's list) and the shapes world's."""
     return english_words() | shapes_words()
@@ -81,14 +83,14 @@ def degenerate_caption(kind: str, caption: str, rng: random.Random, other: str |
             return " ".join(ws[:3] * rng.randint(2, 3))
         word = rng.choice([w for w in ws if w not in FUNCTION_WORDS] or ws)
         return " ".join([word] * rng.randint(3, 8))
-    if kind == "truncated":
-        half = max(1, len(ws) // 2)
+    if kind == "truncated":  # a prefix of the caption's own text (case and punctuation kept)
+        spans = [m.span() for m in _WORD.finditer(caption)] or [(0, len(caption))]
+        half = max(1, len(spans) // 2)
         cuts = [k for k in range(1, half + 1) if ws[k - 1] in FUNCTION_WORDS]
         if cuts and rng.random() < 0.5:
-            return " ".join(ws[: rng.choice(cuts)])
-        k = rng.randrange(0, half)  # words kept before the cut word
-        cut = ws[k]
-        return " ".join([*ws[:k], cut[: rng.randint(1, max(1, len(cut) - 2))]])
+            return caption[: spans[rng.choice(cuts) - 1][1]]
+        start, end = spans[rng.randrange(0, half)]  # cut inside this word, keeping 1 .. len-2 of its letters
+        return caption[: start + rng.randint(1, max(1, end - start - 2))]
     if kind == "empty":
         return ""
     if kind == "other_image":
