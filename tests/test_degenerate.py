@@ -142,7 +142,7 @@ def test_degenerate_captions_are_what_they_say(kind):
             assert ws[-1] in FUNCTION_WORDS or ws[-1] != cw[len(ws) - 1], out  # ends after a function word or inside a word
         elif kind == "empty":
             assert out == "" and fs["empty"]
-        elif kind == "other_image":
+        elif kind == "unrelated_image":
             assert out == "another image's caption"
         elif kind == "garbage_tail":
             tail = out[len(cap):].strip()  # made-up words or symbol runs, never a word

@@ -9,7 +9,7 @@ in 3 of 5 seeds (docs/rl.md). This command builds, per reference row (its first 
   source the nano judge trains on (correct, one error, web, several errors, another image; expected grade by
   training/judge.py's content rule); for other rows the row's second caption, `other_reference` (expected A);
 - degenerate candidates (data/degenerate_captions.py), expected E: nonword, char_noise, repeat, truncated,
-  empty, other_image (for shapes rows one naming none of the image's objects), garbage_tail.
+  empty, unrelated_image (for shapes rows one naming none of the image's objects), garbage_tail.
 
 It grades them all with the judge (`Judge.score`, the reward's path) and reports per kind the mean score,
 the letter distribution (argmax letter) and the share graded as expected. A degenerate kind "fools" the

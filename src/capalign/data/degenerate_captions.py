@@ -11,7 +11,7 @@ checks any judge (a hub Qwen2.5-VL too) on the user's own references. Kinds, eac
 - `truncated`: the caption cut mid-phrase, keeping at most half its words: after a function word
   ("a small red circle on the") or inside a word ("a small red cir").
 - `empty`: "".
-- `other_image`: a caption of another image (the caller picks it: for the shapes world one that names no
+- `unrelated_image`: a caption of another image (the caller picks it: for the shapes world one that names no
   object of this image, so the content rule of training/judge.py grades it E too).
 - `garbage_tail`: the correct caption followed by 2-5 made-up words or symbol runs.
 
@@ -26,7 +26,7 @@ import random
 
 from ..metrics.degenerate import _WORD, english_words, shapes_words, words
 
-KINDS = ("nonword", "char_noise", "repeat", "truncated", "empty", "other_image", "garbage_tail")
+KINDS = ("nonword", "char_noise", "repeat", "truncated", "empty", "unrelated_image", "garbage_tail")
 # Words after which a caption cannot end: cutting there leaves a phrase unfinished.
 FUNCTION_WORDS = frozenset("a an the of on in at to and or with from by for is are was were its their his her my your this that "
                            "these those there some one two three".split())
@@ -93,9 +93,9 @@ def degenerate_caption(kind: str, caption: str, rng: random.Random, other: str |
         return caption[: start + rng.randint(1, max(1, end - start - 2))]
     if kind == "empty":
         return ""
-    if kind == "other_image":
+    if kind == "unrelated_image":
         if other is None:
-            raise ValueError("kind other_image needs the caption of another image")
+            raise ValueError("kind unrelated_image needs the caption of another image")
         return other
     if kind == "garbage_tail":
         tail = [made_up_word(rng, vocab) if rng.random() < 0.7 else "".join(rng.choice("#@%&*_~^") for _ in range(rng.randint(2, 5)))

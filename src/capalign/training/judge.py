@@ -110,11 +110,11 @@ def candidate(row: dict, source: str, rng: random.Random, other: dict | None = N
 
 def degenerate_candidate(row: dict, kind: str, rng: random.Random, rows: list[dict]) -> dict:
     """A degenerate candidate (data/degenerate_captions.py's `kind`) built from a correct phrasing of the row's
-    scene, graded E. `other_image`: the caption of a row of `rows` that names no object of this one (the content
+    scene, graded E. `unrelated_image`: the caption of a row of `rows` that names no object of this one (the content
     rule grades it E as well; drawn at random, 100 tries, then any other row's)."""
     truth = scene_from_objects(row["objects"])
     other = None
-    if kind == "other_image":
+    if kind == "unrelated_image":
         pick = None
         for _ in range(100):
             cand = rows[rng.randrange(len(rows))]
