@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import random
 
-from ..metrics.degenerate import _WORD, english_words, shapes_words, words
+from ..metrics.degenerate import WORD, english_words, shapes_words, words
 
 KINDS = ("nonword", "char_noise", "repeat", "truncated", "empty", "unrelated_image", "garbage_tail")
 # Words after which a caption cannot end: cutting there leaves a phrase unfinished.
@@ -84,7 +84,7 @@ def degenerate_caption(kind: str, caption: str, rng: random.Random, other: str |
         word = rng.choice([w for w in ws if w not in FUNCTION_WORDS] or ws)
         return " ".join([word] * rng.randint(3, 8))
     if kind == "truncated":  # a prefix of the caption's own text (case and punctuation kept)
-        spans = [m.span() for m in _WORD.finditer(caption)] or [(0, len(caption))]
+        spans = [m.span() for m in WORD.finditer(caption)] or [(0, len(caption))]
         half = max(1, len(spans) // 2)
         cuts = [k for k in range(1, half + 1) if ws[k - 1] in FUNCTION_WORDS]
         if cuts and rng.random() < 0.5:

@@ -25,6 +25,7 @@ it; American spellings: "colour" is not, which alone never makes a caption `nonw
 from __future__ import annotations
 
 import functools
+import random
 import re
 from collections import Counter
 
@@ -36,12 +37,12 @@ COLLAPSE_SHARE = 0.05
 # ... or fewer than this share of them are distinct (one caption for every image; a healthy shapes-world Base
 # greedy-captions 300 test images with >= 20% distinct captions, docs/metrics.md).
 DISTINCT_MIN = 0.05
-_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
+WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 
 
 def words(caption: str) -> list[str]:
     """The caption's words (see the module docstring)."""
-    return _WORD.findall(caption.lower()) if isinstance(caption, str) else []
+    return WORD.findall(caption.lower()) if isinstance(caption, str) else []
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,7 +74,7 @@ def shapes_words() -> frozenset[str]:
     for n in (1, 2, 3):
         ph = ["x"] * n
         texts += shapes._humorous(ph) + shapes._romantic(ph)
-    scene = shapes.sample_scene(__import__("random").Random(0))
+    scene = shapes.sample_scene(random.Random(0))
     texts += shapes.factual_captions(scene) + ["there are two shapes: from left to right: an image of one shape: is a"]
     for name in ("FRAMES", "OPENERS", "CLOSERS", "WHERE_FORMS", "POSITION_WORDS"):
         texts += list(strings(getattr(shapes_style, name, ())))
