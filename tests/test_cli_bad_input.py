@@ -146,6 +146,7 @@ ROWS = [
     (_with(CAPTION, out="{tmp}"), "none", "out must be a file path"),
     (_with(CAPTION, out="{tmp}/afile/caps.jsonl"), "none", "cannot write --out {tmp}/afile/caps.jsonl: {tmp}/afile is a file, not a folder"),
     (_with(CAPTION, out="/sys/capalign-test/caps.jsonl"), "none", "/sys/capalign-test"),
+    (_with(CAPTION, out="/proc/none/x.jsonl"), "none", "cannot write --out /proc/none/x.jsonl"),  # issue 21: a traceback for root
     (CAPTION, "out_not_captions", "cannot resume into --out {tmp}/caps.jsonl: {tmp}/caps.jsonl line 1: invalid JSON"),
     (CAPTION, "out_not_utf8", "cannot resume into --out {tmp}/caps.jsonl: {tmp}/caps.jsonl line 1: not UTF-8 text"),
     (CAPTION + " --config {tmp}/run.yaml", "yaml_malformed", "config file {tmp}/run.yaml is not valid YAML"),
@@ -169,6 +170,7 @@ ROWS = [
     (_with(EVALUATE, refs="{tmp}/nope.jsonl"), "none", "references file not found: {tmp}/nope.jsonl"),
     (_with(EVALUATE, out="{tmp}/afile/res.json"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(EVALUATE, out="{tmp}"), "none", "out must be a file path"),
+    (_with(EVALUATE, out="/proc/none/res.json"), "none", "cannot write --out /proc/none/res.json"),
     (_with(EVALUATE, metrics="bleu,meteor"), "none", "unknown metric(s) meteor"),
     (_with(EVALUATE, metrics="bertscore", bertscore_model="{tmp}/nope"), "none", "bertscore needs model"),
     (EVALUATE + " --config {tmp}/run.yaml", "yaml_unknown", "unknown field(s) in {tmp}/run.yaml: bogus_field"),
@@ -177,6 +179,7 @@ ROWS = [
     # ------------------------------------------------------------------ shapes
     (_with(SHAPES, out="{tmp}/afile/ds"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(SHAPES, out="{tmp}/afile"), "none", "{tmp}/afile/images: Not a directory"),
+    (_with(SHAPES, out="/proc/none/ds"), "none", "cannot write --out /proc/none/ds"),
     (_with(SHAPES, n="0"), "none", "n must be >= 1, got 0"),
     (_with(SHAPES, n="abc"), "none", "argument --n: invalid int value: 'abc'"),
     (_with(SHAPES, image_size="8"), "none", "image_size must be in [16, 4096]"),
@@ -413,6 +416,28 @@ def test_environment_oserrors_are_one_line(errno_name, strerror, monkeypatch, tm
     monkeypatch.setattr(shapes, "run", run)
     r = cli("shapes", "--out", tmp_path / "ds")
     assert r.code == 2 and r.error_lines == [f"error: {tmp_path / 'ds' / 'x.png'}: {strerror}"] and "Traceback" not in r.err
+
+
+@pytest.mark.parametrize("errno_name", ["ENOENT", "EINVAL", "ENAMETOOLONG"])
+def test_any_oserror_on_the_output_path_is_one_line(errno_name, monkeypatch, tmp_path, cli):
+    """Issue 21, item 11: an OSError of any kind on --out (or inside it, or a folder above it) names that path in one
+    line; the same error on another path stays a traceback (test_bugs_keep_their_traceback)."""
+    import errno
+    import os
+
+    import capalign.data.shapes as shapes
+
+    for where in (tmp_path / "ds" / "images" / "x.png", tmp_path / "ds", tmp_path):
+        def run(cfg, where=where):
+            raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)), str(where))
+
+        monkeypatch.setattr(shapes, "run", run)
+        r = cli("shapes", "--out", tmp_path / "ds")
+        assert r.code == 2 and r.error_lines == [f"error: {where}: {os.strerror(getattr(errno, errno_name))}"], r.err
+        assert "Traceback" not in r.err
+    monkeypatch.setattr(shapes, "run", lambda cfg: (_ for _ in ()).throw(OSError(errno.ENOENT, "No such file", str(tmp_path.parent / "elsewhere"))))
+    with pytest.raises(FileNotFoundError):
+        cli("shapes", "--out", tmp_path / "ds")
 
 
 def test_every_command_has_bad_input_rows():
