@@ -32,8 +32,8 @@ class StyleDataArgs(PreferenceDataArgs):
             self.prompt = template
 
 
-@method_defaults(lr=5e-4, lr_scheduler="cosine", epochs=3.0, log_every=5)
 @dataclass(kw_only=True)
+@method_defaults(lr=5e-4, lr_scheduler="cosine", epochs=3.0, log_every=5)  # below @dataclass: it re-declares fields before the dataclass is made
 class StyleTrainConfig(LoraArgs, OptimArgs, RunArgs, StyleDataArgs):
     """Align a VLM to a caption style from preference pairs (chosen = styled, rejected = factual): zero-shot, SFT, DPO or SimPO.
     The data flags (--data, --split_seed, --test_share, ...) are those of every style command."""

@@ -132,6 +132,8 @@ def method_defaults(**defaults):
     there; the field keeps the group's type and help text."""
 
     def apply(cls):
+        if "__dataclass_fields__" in cls.__dict__:  # above @dataclass: the fields exist already, a default set now is ignored
+            raise TypeError(f"{cls.__name__}: put @method_defaults below @dataclass")
         inherited = {}
         for base in reversed(cls.__mro__[1:]):
             if dataclasses.is_dataclass(base):

@@ -52,8 +52,8 @@ from .mapper import Mapper, cosine_loss
 PROGRESS = "progress.json"  # written last into a checkpoint: step and loss history (its completeness marker)
 
 
-@method_defaults(max_grad_norm=0.0)
 @dataclass(kw_only=True)
+@method_defaults(max_grad_norm=0.0)  # below @dataclass: it re-declares fields before the dataclass is made
 class VizerTrainConfig(LoraArgs, OptimArgs, RunArgs):
     """Zero-label LoRA training of a VLM with a frozen ViZer mapper (unlabeled images only)."""
 
