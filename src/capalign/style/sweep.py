@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .. import CapalignError
-from ..config import arg, save_config, show_config
+from ..config import arg, check_resume, save_config, show_config
 from ..io import atomic_write_json, atomic_write_text
 from ..utils import print0
 from .config import METHODS, StyleDataArgs
@@ -65,6 +65,9 @@ class StyleSweepConfig(StyleDataArgs):
     classifier: str = arg("", "Style classifier folder (capalign or any HF sequence-classification model); default: train one on the training split.")
     workers: int = arg(1, "Cells run in this many processes at once (each with cpu_count/workers threads).")
     device: str = arg("cpu", "Device of every cell.")
+    overwrite: bool = arg(False, "Start over: discard the cells and classifier of an earlier sweep in --out instead of reusing them, "
+                                 "also when its settings differ (a re-run may add methods, styles, budgets and seeds; other changes are refused).")
+    resume_free = ("methods", "styles", "budgets", "seeds")  # a re-run may add cells; every other field changes what a cell holds
 
     def __post_init__(self):
         super().__post_init__()
@@ -276,6 +279,9 @@ def run(cfg: StyleSweepConfig) -> dict:
     show_config(cfg)
     check_inputs(cfg)
     out = Path(cfg.out)
+    if check_resume(cfg, out):  # --overwrite: the cells of the earlier sweep go
+        for p in (out / "cells", out / "classifier"):
+            shutil.rmtree(p, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     t0 = time.time()

@@ -40,12 +40,12 @@ import torch
 from torch import nn
 
 from .. import CapalignError
-from ..config import arg, config_dict, save_config, show_config
+from ..config import arg, check_resume, config_dict, save_config, show_config
 from ..data.sources import batched, open_images
 from ..devices import resolve_precision
 from ..io import atomic_write_json
 from ..training.args import LoraArgs, OptimArgs, RunArgs, method_defaults
-from ..training.checkpoints import last_checkpoint, rotate
+from ..training.checkpoints import begin_run, last_checkpoint, rotate
 from ..utils import print0, progress, seed_everything
 from .mapper import Mapper, cosine_loss
 
@@ -111,6 +111,7 @@ def run(cfg: VizerTrainConfig) -> dict:
         show_config(cfg)
     seed_everything(cfg.seed)
     out = Path(cfg.out)
+    overwrite = check_resume(cfg, out)  # an earlier run in --out must have the same settings (or --overwrite)
     meta_path = Path(cfg.mapper) / "mapper_meta.json"
     if not meta_path.exists():
         raise CapalignError(f"not a mapper folder (no mapper_meta.json): {cfg.mapper}; train one with `capalign mapper train`")
@@ -167,7 +168,8 @@ def run(cfg: VizerTrainConfig) -> dict:
     acc.register_load_state_pre_hook(load_hook)
 
     step, history = 0, []
-    resume = last_checkpoint(out, PROGRESS)
+    begin_run(cfg, overwrite, ("vizer_result.json",))
+    resume = None if overwrite else last_checkpoint(out, PROGRESS)
     if resume:
         acc.load_state(resume)
         progress_state = json.loads((Path(resume) / PROGRESS).read_text())
