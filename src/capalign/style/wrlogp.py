@@ -54,7 +54,7 @@ def run_wrlogp(cfg: WrLogpConfig) -> dict:
             task = bar.add_task(f"WR-LogP {name}", total=len(pairs), rate="")
             r = wr_logp(vlm, pairs, cfg.batch_size, on_batch=lambda k: bar.advance(task, k))
         results[name] = r
-        print0(f"{name}: WR-LogP {100 * r['wr_logp']:.1f}% (mean log-prob), {100 * r['wr_logp_sum']:.1f}% (summed), "
+        print0(f"{name}: WR-LogP {r['wr_logp']:.3f} (mean log-prob), {r['wr_logp_sum']:.3f} (summed), "
                f"{r['n']} pairs, {len(r['skipped'])} skipped" + (f" (e.g. {r['skipped'][0][0]}: {r['skipped'][0][1]})" if r["skipped"] else ""))
         del vlm
     out = {"data": cfg.data, "style": cfg.style, "model": cfg.model, "adapter": cfg.adapter, "results": results,
