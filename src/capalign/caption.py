@@ -47,7 +47,9 @@ class CaptionConfig:
     batch_size: int = arg(16, "Images per batch (one vision pass + one generate call per batch).")
     vision_batch_size: int = arg(None, "Images per vision-tower pass inside a batch (default: 1 on CPU, where per-image passes are faster, else the whole batch).")
     max_new_tokens: int = arg(32, "Maximum caption length in tokens.")
-    prompt: str = arg(None, "Text prompt after the image; default: the family's default (none for SmolVLM-Base). '' forces no prompt.")
+    prompt: str = arg(None, "Text prompt after the image; default: with --adapter the prompt it was trained with (capalign adapters record it), "
+                            "else the family's (none for SmolVLM-Base). '' = no text, just the image, in every family. {style} is filled "
+                            "with the adapter's recorded style.")
     do_sample: bool = arg(False, "Sample instead of greedy decoding.")
     temperature: float = arg(1.0, "Sampling temperature (with --do_sample).")
     top_p: float = arg(1.0, "Nucleus sampling mass (with --do_sample).")

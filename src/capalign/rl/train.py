@@ -39,6 +39,7 @@ from .. import CapalignError
 from ..config import check_resume, config_dict, save_config, show_config
 from ..devices import resolve_precision
 from ..io import atomic_write_json
+from ..models.adapter import write_adapter_meta
 from ..models.shared_vision import SharedVision
 from ..training.args import trainer_arguments
 from ..training.checkpoints import begin_run, last_checkpoint
@@ -226,6 +227,7 @@ def run(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> dict:
     trainer.save_model(cfg.out)
     steps, history = trainer.state.global_step, next(c for c in trainer.callback_handler.callbacks if isinstance(c, History)).rows
     if trainer.is_world_process_zero():
+        write_adapter_meta(out, trainer.vlm, cfg.model, prompt=trainer.vlm.prompt or "")  # captioning with it is the default
         save_config(cfg, out)
         atomic_write_json(out / "rl_result.json", {"steps": steps, "history": history, "config": config_dict(cfg),
                                                    "vision": {"requested": shared.requested, "encoded": shared.encoded} if shared else None})

@@ -33,6 +33,7 @@ from pathlib import Path
 from .. import CapalignError
 from ..config import arg, check_resume, save_config, show_config
 from ..io import atomic_write_json, atomic_write_text
+from ..models.prompts import fill_prompt
 from ..utils import print0
 from .config import METHODS, StyleDataArgs
 from .results import aggregate
@@ -193,11 +194,11 @@ def run_cell(cell: dict, cfg: StyleSweepConfig, clf_path: str) -> dict:
     test = prefs.test[: cfg.n_test]
     res = {**cell, "n_test": len(test)}
     if cell["method"] in ("base", "zero-shot"):
-        prompt = cfg.prompt.replace("{style}", style) if style else None
+        prompt = fill_prompt(cfg.prompt, "--prompt", style=style) if style else None
         vlm = load_vlm(cfg.model, device=cfg.device, dtype="float32", prompt=prompt)
         res.update(steps=0, n_pairs=0)
     else:
-        prompt = cfg.prompt.replace("{style}", style)
+        prompt = fill_prompt(cfg.prompt, "--prompt", style=style)
         subset = budget_subset(prefs.train, cell["budget"], cell["seed"])
         data_args = {f.name: getattr(cfg, f.name) for f in fields(StyleDataArgs)}  # --data, --split_seed, --prompt, ...
         tcfg = StyleTrainConfig(**data_args, model=cfg.model, out=str(d / "adapter"), method=cell["method"], style=style, budget=cell["budget"],

@@ -274,7 +274,7 @@ def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
     trainer.save_model(str(out))  # the PEFT adapter: adapter_model.safetensors + adapter_config.json
     vlm.model.eval()
     if trainer.is_world_process_zero():
-        write_adapter_meta(out, vlm, cfg.model, prompt=cfg.style_prompt)
+        write_adapter_meta(out, vlm, cfg.model, prompt=cfg.style_prompt, style=cfg.style)  # caption/wrlogp --adapter default to them
         save_config(cfg, out)
         result.update(adapter=str(out), steps=trainer.state.global_step, train_seconds=round(seconds, 2),
                       images_skipped=getattr(trainer, "images_skipped", 0),

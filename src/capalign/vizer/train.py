@@ -44,6 +44,7 @@ from ..config import arg, check_resume, config_dict, save_config, show_config
 from ..data.sources import batched, open_images
 from ..devices import resolve_precision
 from ..io import atomic_write_json
+from ..models.adapter import write_adapter_meta
 from ..training.args import LoraArgs, OptimArgs, RunArgs, method_defaults
 from ..training.checkpoints import begin_run, last_checkpoint, rotate
 from ..utils import print0, progress, seed_everything
@@ -219,12 +220,13 @@ def run(cfg: VizerTrainConfig) -> dict:
                 acc.log({"train/loss": loss_avg, "train/cos": cos_avg}, step=step)
             bar.update(task, completed=step, rate=f"loss {loss_avg:.4f} cos {cos_avg:.3f}")
             if step in cfg.export_list and acc.is_main_process:
-                _export_adapter(peft_model, out / f"step-{step}")
+                _export_adapter(peft_model, out / f"step-{step}", lambda d: write_adapter_meta(d, vlm, cfg.model, prompt=vlm.prompt or ""))
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 _save_checkpoint(acc, out, step, history, cfg.keep_checkpoints)
     acc.wait_for_everyone()
     if acc.is_main_process:
         peft_model.save_pretrained(out)
+        write_adapter_meta(out, vlm, cfg.model, prompt=vlm.prompt or "")  # the mapper's prompt: captioning with it is the default
         save_config(cfg, out)
         atomic_write_json(out / "vizer_result.json", {"steps": step, "history": history, "mapper_meta": meta})
         print0(f"vizer: {step} steps; adapter saved to {out} (use: capalign caption --model {cfg.model} --adapter {out})")
@@ -232,11 +234,13 @@ def run(cfg: VizerTrainConfig) -> dict:
     return {"steps": step, "history": history}
 
 
-def _export_adapter(peft_model, path: Path) -> None:
+def _export_adapter(peft_model, path: Path, write_meta=None) -> None:
     """The adapter as it is now, as a folder `capalign caption --adapter` accepts; complete or absent."""
     tmp = path.with_name(f".tmp-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(tmp)
+    if write_meta is not None:
+        write_meta(tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.replace(path)
 
