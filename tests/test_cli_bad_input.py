@@ -88,6 +88,7 @@ SETUPS = {
     # configs saved beside earlier outputs (issue 21): another command's, or this command's with other settings
     "caps_other_settings": lambda t: _w(t / "caps.jsonl.config.json", json.dumps({"command": "CaptionConfig", "model": "some/other-model",
                                                                                   "max_new_tokens": 2, "do_sample": True, "temperature": 0.7})),
+    "caps_tokens_2": lambda t: _w(t / "caps.jsonl.config.json", json.dumps({"command": "CaptionConfig", "max_new_tokens": 2})),
     "caps_of_evaluate": lambda t: _w(t / "caps.jsonl.config.json", json.dumps({"command": "EvaluateConfig"})),
     "style_train_lr": lambda t: _w(t / "st" / "capalign_config.json", json.dumps({"command": "StyleTrainConfig", "lr": 0.1})),
     "vizer_steps": lambda t: _w(t / "vz" / "capalign_config.json", json.dumps({"command": "VizerTrainConfig", "max_steps": 5})),
@@ -164,7 +165,7 @@ ROWS = [
     (_with(CAPTION, out="{data}/manifest.jsonl"), "none", "cannot resume into --out {data}/manifest.jsonl: {data}/manifest.jsonl line 1: missing 'caption'"),
     (_with(CAPTION, out="{tmp}/p.jsonl"), "none", "cannot resume into --out {tmp}/p.jsonl: it was not written by `capalign caption`"),
     (CAPTION, "caps_other_settings", 'was made with other settings (model: "some/other-model" before'),
-    (_with(CAPTION, max_new_tokens="3"), "none", "--out {tmp}/caps.jsonl was made with other settings (max_new_tokens: 2 before, 3 now)"),
+    (_with(CAPTION, max_new_tokens="3"), "caps_tokens_2", "--out {tmp}/caps.jsonl was made with other settings (max_new_tokens: 2 before, 3 now)"),
     (CAPTION, "caps_of_evaluate", "--out {tmp}/caps.jsonl holds another command's output"),
     (_with(CAPTION, out="{tmp}/m.jsonl", images="{tmp}/m.jsonl"), "manifest_dup", "--out {tmp}/m.jsonl is also the input --images"),
     (CAPTION + " --config {tmp}/run.yaml", "yaml_malformed", "config file {tmp}/run.yaml is not valid YAML"),
