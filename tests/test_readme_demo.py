@@ -2,7 +2,7 @@
 
 A user compares `make demo`'s table with the README's; the README must say what varies between machines,
 show the seed spread beside the one-seed table, and give the time from the Base's steps/s. Its numbers are
-quoted from docs/vizer.md (five seeds), docs/nano.md (steps/s) and recipes/demo.yaml (steps): checked here
+quoted from docs/results/vizer-five-seeds.md, docs/results/nano-speed.md (steps/s) and recipes/demo.yaml (steps): checked here
 against those files, so a re-measured doc or a changed recipe cannot leave the README behind.
 """
 
@@ -39,8 +39,7 @@ def test_demo_section_says_what_varies_and_what_does_not():
 
 
 def test_five_seed_rows_are_docs_vizer_numbers():
-    docs = (ROOT / "docs" / "vizer.md").read_text()
-    five = docs[docs.index("## Five seeds"):]
+    five = (ROOT / "docs" / "results" / "vizer-five-seeds.md").read_text()
     src = {r[0]: r[1:] for r in _table(five, "metric")[1:]}  # metric -> [Base mean, GT - Base (...), G - Base (...)]
     header, *rows = _table(DEMO, "over 5 seeds")
     by_label = {registry.label(k): k for k in src}
@@ -57,7 +56,7 @@ def test_five_seed_rows_are_docs_vizer_numbers():
 def test_demo_time_is_the_base_steps_at_the_nano_rate():
     recipe = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
     steps = recipe["base"]["steps"] + recipe["base"]["web_steps"]
-    nano = (ROOT / "docs" / "nano.md").read_text()
+    nano = (ROOT / "docs" / "results" / "nano-speed.md").read_text()
     rate = float(next(r for r in _table(nano, "threads")[1:] if r[0] == "2")[1])
     words = " ".join(DEMO.split())
     assert f"The Base is {steps:,} nano steps" in words
