@@ -100,6 +100,49 @@ def test_resume_generates_only_remaining(model_dir, data_dir, tmp_path, capsys, 
     assert counted == [] and len(_ids(out)) == N
 
 
+def test_resume_with_other_settings_is_refused_and_overwrite_starts_over(model_dir, data_dir, tmp_path, counted, cli):
+    """Issue 21, item 3: a resume with another decoding setup would mix two setups in one file under one config."""
+    out = tmp_path / "caps.jsonl"
+    saved = Path(str(out) + ".config.json")
+    base = ["caption", "--model", model_dir, "--images", str(data_dir), "--out", str(out), "--batch_size", "4", "--max_new_tokens", "5"]
+    assert cli(*base, "--limit", "4").code == 0
+    before = out.read_bytes(), saved.read_bytes()
+    for extra, field in ((["--max_new_tokens", "6"], "max_new_tokens: 5 before, 6 now"), (["--do_sample"], "do_sample: false before, true now"),
+                         (["--prompt", "a photo of"], 'prompt: null before, "a photo of" now')):
+        r = cli(*base[:-2], *extra) if extra[0] == "--max_new_tokens" else cli(*base, *extra)
+        assert r.code == 2 and len(r.error_lines) == 1 and field in r.error_lines[0] and "--overwrite" in r.error_lines[0], r.err
+        assert (out.read_bytes(), saved.read_bytes()) == before  # nothing appended, the saved config not replaced
+    counted.clear()
+    assert cli(*base, "--batch_size", "8", "--device", "cpu").code == 0  # batching and device do not change captions: a resume
+    assert counted == [8] and len(_ids(out)) == N
+    counted.clear()
+    assert cli(*base[:-2], "--max_new_tokens", "6", "--overwrite").code == 0  # starts over: every image again, one setup
+    assert counted == [4, 4, 4] and sorted(_ids(out)) == _all_ids(data_dir)
+    assert json.loads(saved.read_text())["max_new_tokens"] == 6
+    vlm = load_vlm(model_dir, device="cpu")
+    recs = list(open_images(str(data_dir)))[:4]
+    assert [r["caption"] for r in list(read_jsonl(out))[:4]] == vlm.generate_captions([r.image for r in recs], max_new_tokens=6)
+
+
+def test_a_file_capalign_did_not_write_is_never_appended_to(model_dir, data_dir, tmp_path, cli):
+    """Issue 21, item 2: references, a manifest, or caption rows without the saved config beside them."""
+    refs = tmp_path / "refs.jsonl"
+    refs.write_bytes((Path(data_dir) / "manifest.jsonl").read_bytes())
+    theirs = tmp_path / "theirs.jsonl"
+    theirs.write_text('{"id": "000000", "caption": "from another tool"}\n')
+    for path, fragment in ((refs, "line 1: missing 'caption'"), (Path(data_dir) / "manifest.jsonl", "line 1: missing 'caption'"),
+                           (theirs, "it was not written by `capalign caption`")):
+        before = path.read_bytes()
+        for extra in ([], ["--overwrite"]):
+            r = cli("caption", "--model", model_dir, "--images", str(data_dir), "--out", str(path), "--max_new_tokens", "2", *extra)
+            assert r.code == 2 and len(r.error_lines) == 1 and fragment in r.error_lines[0], r.err
+            assert path.read_bytes() == before and not Path(str(path) + ".config.json").exists()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")  # nothing in it to harm: captioned into
+    assert cli("caption", "--model", model_dir, "--images", str(data_dir), "--out", str(empty), "--max_new_tokens", "2").code == 0
+    assert len(_ids(empty)) == N
+
+
 def test_torn_last_line_is_repaired_on_resume(model_dir, data_dir, tmp_path, counted):
     out = tmp_path / "caps.jsonl"
     base = ["caption", "--model", model_dir, "--images", str(data_dir), "--out", str(out), "--max_new_tokens", "4"]

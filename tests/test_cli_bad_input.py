@@ -46,7 +46,7 @@ SETUPS = {
     "none": lambda t: None,
     # earlier outputs that a failing command must not touch
     "outputs": lambda t: (_w(t / "caps.jsonl", '{"id": "000000", "caption": "an earlier caption"}\n'),
-                          _w(t / "caps.jsonl.config.json", "{}\n"), _w(t / "res.json", '{"earlier": true}\n'),
+                          _w(t / "caps.jsonl.config.json", '{"command": "CaptionConfig"}\n'), _w(t / "res.json", '{"earlier": true}\n'),
                           _w(t / "p.jsonl", GOOD_PRED), _w(t / "r.jsonl", GOOD_REFS), _w(t / "afile", "a file\n")),
     "empty_dir": lambda t: (t / "empty").mkdir(),
     "notes_txt": lambda t: _w(t / "notes.txt", "not images\n"),
@@ -85,6 +85,17 @@ SETUPS = {
     "prefs_missing_images": lambda t: _w(t / "prefs.jsonl", _rows([{"id": f"p{i}", "image": f"gone{i}.png", "chosen": f"a funny circle {i}",
                                                                     "rejected": f"a circle {i}", "style": "humorous"} for i in range(10)])),
     "shapes_manifest_no_image": lambda t: _w(t / "shapes.jsonl", _rows([{"id": "a", "image": "a.png", "objects": []}, {"id": "b", "objects": []}])),
+    # configs saved beside earlier outputs (issue 21): another command's, or this command's with other settings
+    "caps_other_settings": lambda t: _w(t / "caps.jsonl.config.json", json.dumps({"command": "CaptionConfig", "model": "some/other-model",
+                                                                                  "max_new_tokens": 2, "do_sample": True, "temperature": 0.7})),
+    "caps_tokens_2": lambda t: _w(t / "caps.jsonl.config.json", json.dumps({"command": "CaptionConfig", "max_new_tokens": 2})),
+    "caps_of_evaluate": lambda t: _w(t / "caps.jsonl.config.json", json.dumps({"command": "EvaluateConfig"})),
+    "style_train_lr": lambda t: _w(t / "st" / "capalign_config.json", json.dumps({"command": "StyleTrainConfig", "lr": 0.1})),
+    "vizer_steps": lambda t: _w(t / "vz" / "capalign_config.json", json.dumps({"command": "VizerTrainConfig", "max_steps": 5})),
+    "vizer_of_rl": lambda t: _w(t / "vz" / "capalign_config.json", json.dumps({"command": "RLTrainConfig"})),
+    "rl_generations": lambda t: _w(t / "rl" / "capalign_config.json", json.dumps({"command": "RLTrainConfig", "num_generations": 4})),
+    "style_sweep_lr": lambda t: _w(t / "ss" / "capalign_config.json", json.dumps({"command": "StyleSweepConfig", "lr": 0.5})),
+    "sweep_lr": lambda t: _w(t / "sw" / "capalign_config.json", json.dumps({"command": "SweepConfig", "vizer_lr": 0.5})),
     "run_broken_index": lambda t: _w(t / "run" / "index.json", "{broken\n"),
     "test_refs_bad": lambda t: (shutil.copytree(DATA_DIR[0], t / "test"),
                                 _w(t / "test" / "manifest.jsonl", _rows([{"id": "000000", "image": "images/000000.png", "captions": "a dog"}]))),
@@ -147,8 +158,18 @@ ROWS = [
     (_with(CAPTION, out="{tmp}"), "none", "out must be a file path"),
     (_with(CAPTION, out="{tmp}/afile/caps.jsonl"), "none", "cannot write --out {tmp}/afile/caps.jsonl: {tmp}/afile is a file, not a folder"),
     (_with(CAPTION, out="/sys/capalign-test/caps.jsonl"), "none", "/sys/capalign-test"),
+    (_with(CAPTION, out="/proc/none/x.jsonl"), "none", "cannot write --out /proc/none/x.jsonl"),  # issue 21: a traceback for root
     (CAPTION, "out_not_captions", "cannot resume into --out {tmp}/caps.jsonl: {tmp}/caps.jsonl line 1: invalid JSON"),
     (CAPTION, "out_not_utf8", "cannot resume into --out {tmp}/caps.jsonl: {tmp}/caps.jsonl line 1: not UTF-8 text"),
+    # issue 21: an existing --out is resumed only when it is this command's, with the same settings
+    (_with(CAPTION, out="{tmp}/r.jsonl"), "none", "cannot resume into --out {tmp}/r.jsonl: {tmp}/r.jsonl line 1: missing 'caption'"),
+    (_with(CAPTION, out="{data}/manifest.jsonl"), "none", "cannot resume into --out {data}/manifest.jsonl: {data}/manifest.jsonl line 1: missing 'caption'"),
+    (_with(CAPTION, out="{tmp}/p.jsonl"), "none", "cannot resume into --out {tmp}/p.jsonl: it was not written by `capalign caption`"),
+    (CAPTION, "caps_other_settings", 'was made with other settings (model: "some/other-model" before'),
+    (_with(CAPTION, max_new_tokens="3"), "caps_tokens_2", "--out {tmp}/caps.jsonl was made with other settings (max_new_tokens: 2 before, 3 now)"),
+    (CAPTION, "caps_of_evaluate", "--out {tmp}/caps.jsonl holds another command's output"),
+    (_with(CAPTION, prompt="a_{{style}}_one"), "none", "--prompt 'a_{{style}}_one' has {{style}}, but nothing here fills it"),
+    (_with(CAPTION, out="{tmp}/m.jsonl", images="{tmp}/m.jsonl"), "manifest_dup", "--out {tmp}/m.jsonl is also the input --images"),
     (CAPTION + " --config {tmp}/run.yaml", "yaml_malformed", "config file {tmp}/run.yaml is not valid YAML"),
     (CAPTION + " --config {tmp}/run.yaml", "yaml_not_utf8", "config file {tmp}/run.yaml is not UTF-8 text"),
     (CAPTION + " --config {tmp}/run.yaml", "yaml_bad_type", "{tmp}/run.yaml: batch_size: expected an integer, got [16]"),
@@ -171,6 +192,9 @@ ROWS = [
     (_with(EVALUATE, refs="{tmp}/nope.jsonl"), "none", "references file not found: {tmp}/nope.jsonl"),
     (_with(EVALUATE, out="{tmp}/afile/res.json"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(EVALUATE, out="{tmp}"), "none", "out must be a file path"),
+    (_with(EVALUATE, out="{tmp}/r.jsonl"), "none", "--out {tmp}/r.jsonl is also the input --refs"),
+    (_with(EVALUATE, out="{tmp}/p.jsonl"), "none", "--out {tmp}/p.jsonl is also the input --pred"),
+    (_with(EVALUATE, out="/proc/none/res.json"), "none", "cannot write --out /proc/none/res.json"),
     (_with(EVALUATE, metrics="bleu,meteor"), "none", "unknown metric(s) meteor"),
     (_with(EVALUATE, metrics="bertscore", bertscore_model="{tmp}/nope"), "none", "bertscore needs model"),
     (EVALUATE + " --config {tmp}/run.yaml", "yaml_unknown", "unknown field(s) in {tmp}/run.yaml: bogus_field"),
@@ -179,6 +203,7 @@ ROWS = [
     # ------------------------------------------------------------------ shapes
     (_with(SHAPES, out="{tmp}/afile/ds"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(SHAPES, out="{tmp}/afile"), "none", "{tmp}/afile/images: Not a directory"),
+    (_with(SHAPES, out="/proc/none/ds"), "none", "cannot write --out /proc/none/ds"),
     (_with(SHAPES, n="0"), "none", "n must be >= 1, got 0"),
     (_with(SHAPES, n="abc"), "none", "argument --n: invalid int value: 'abc'"),
     (_with(SHAPES, image_size="8"), "none", "image_size must be in [16, 4096]"),
@@ -215,6 +240,8 @@ ROWS = [
     (_with(VIZER, batch_size="3", grad_accum="2"), "none", "batch_size must be divisible by grad_accum"),
     (_with(VIZER, out="{tmp}/afile/vz"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(VIZER, model="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
+    (VIZER, "vizer_steps", "--out {tmp}/vz was made with other settings (max_steps: 5 before, 1 now)"),
+    (VIZER, "vizer_of_rl", "--out {tmp}/vz holds another command's output"),
     ("vizer train --config {tmp}/run.yaml", "yaml_model_only", "the following arguments are required: --mapper, --images, --out"),
     # ------------------------------------------------------------------ vizer sweep
     (_with(SWEEP, test="{tmp}/nope"), "none", "references file not found: {tmp}/nope"),
@@ -222,6 +249,7 @@ ROWS = [
     (_with(SWEEP, widths="8,x"), "none", "widths and sizes must be comma-separated positive integers"),
     (_with(SWEEP, out="{tmp}/afile/sw"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(SWEEP, images="{tmp}/nope"), "none", "image source not found: {tmp}/nope"),
+    (SWEEP, "sweep_lr", "--out {tmp}/sw was made with other settings (vizer_lr: 0.5 before, 0.0001 now)"),
     # ------------------------------------------------------------------ vizer study
     (_with(STUDY, out="{tmp}/afile/st"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(STUDY, out="{tmp}/afile"), "none", "{tmp}/afile: File exists"),
@@ -236,6 +264,8 @@ ROWS = [
     (JUDGE, "pred_dup", "{tmp}/p.jsonl: duplicate id '000000' (lines 1 and 3)"),
     (JUDGE, "pred_not_utf8", "{tmp}/p.jsonl line 1: not UTF-8 text"),
     (_with(JUDGE, judge="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
+    (_with(JUDGE, out="{tmp}/p.jsonl"), "none", "--out {tmp}/p.jsonl is also the input --pred"),
+    (_with(JUDGE, prompt="{{reference}}:{{caption}}:{{style}}"), "none", "judge prompt '{{reference}}:{{caption}}:{{style}}' has {{style}}"),
     (_with(JUDGE, prompt="grade"), "none", "judge prompt lacks the {{reference}} and {{caption}} placeholder"),
     (_with(JUDGE_TRAIN, n_train="1"), "none", "n_train"),
     (_with(JUDGE_TRAIN, out="{tmp}/afile/jt"), "none", "{tmp}/afile is a file, not a folder"),
@@ -272,6 +302,7 @@ ROWS = [
     (_with(RL, batch_size="64"), "none", "8 images are fewer than one batch of 64"),
     (_with(RL, out="{tmp}/afile/rl"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(RL, out="{tmp}/afile"), "none", "{tmp}/afile: File exists"),
+    (RL, "rl_generations", "--out {tmp}/rl was made with other settings (num_generations: 4 before, 2 now)"),
     (RL + " --config {tmp}/run.yaml", "yaml_unknown", "unknown field(s) in {tmp}/run.yaml: bogus_field"),
     # ------------------------------------------------------------------ report
     ("report {tmp}/nope", "none", "{tmp}/nope is not a folder"),
@@ -312,6 +343,7 @@ ROWS = [
     (_with(STYLE_TRAIN, out="{tmp}/afile/st"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(STYLE_TRAIN, batch_size="3", grad_accum="2"), "none", "batch_size must be divisible by grad_accum"),
     (_with(STYLE_TRAIN, beta="-1"), "none", "beta must be > 0"),
+    (STYLE_TRAIN, "style_train_lr", "--out {tmp}/st was made with other settings (lr: 0.1 before, 0.0005 now)"),
     (STYLE_TRAIN + " --config {tmp}/run.yaml", "yaml_unknown", "unknown field(s) in {tmp}/run.yaml: bogus_field"),
     # ------------------------------------------------------------------ style sweep
     (_with(STYLE_SWEEP, methods="sft,ppo"), "none", "unknown method(s) ppo"),
@@ -331,6 +363,7 @@ ROWS = [
     (_with(STYLE_SWEEP, data="{tmp}/prefs.jsonl"), "prefs_bad_json", "{tmp}/prefs.jsonl line 2: invalid JSON"),
     (_with(STYLE_SWEEP, out="{tmp}/afile/ss"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(STYLE_SWEEP, test_share="0"), "none", "no 'humorous' test pairs"),
+    (STYLE_SWEEP, "style_sweep_lr", "--out {tmp}/ss was made with other settings (lr: 0.5 before, 0.002 now)"),
     # ------------------------------------------------------------------ no command
     ("vizer fly", "none", "unknown command 'vizer fly'"),
 ]
@@ -425,6 +458,28 @@ def test_environment_oserrors_are_one_line(errno_name, strerror, monkeypatch, tm
     monkeypatch.setattr(shapes, "run", run)
     r = cli("shapes", "--out", tmp_path / "ds")
     assert r.code == 2 and r.error_lines == [f"error: {tmp_path / 'ds' / 'x.png'}: {strerror}"] and "Traceback" not in r.err
+
+
+@pytest.mark.parametrize("errno_name", ["ENOENT", "EINVAL", "ENAMETOOLONG"])
+def test_any_oserror_on_the_output_path_is_one_line(errno_name, monkeypatch, tmp_path, cli):
+    """Issue 21, item 11: an OSError of any kind on --out (or inside it, or a folder above it) names that path in one
+    line; the same error on another path stays a traceback (test_bugs_keep_their_traceback)."""
+    import errno
+    import os
+
+    import capalign.data.shapes as shapes
+
+    for where in (tmp_path / "ds" / "images" / "x.png", tmp_path / "ds", tmp_path):
+        def run(cfg, where=where):
+            raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)), str(where))
+
+        monkeypatch.setattr(shapes, "run", run)
+        r = cli("shapes", "--out", tmp_path / "ds")
+        assert r.code == 2 and r.error_lines == [f"error: {where}: {os.strerror(getattr(errno, errno_name))}"], r.err
+        assert "Traceback" not in r.err
+    monkeypatch.setattr(shapes, "run", lambda cfg: (_ for _ in ()).throw(OSError(errno.ENOENT, "No such file", str(tmp_path.parent / "elsewhere"))))
+    with pytest.raises(FileNotFoundError):
+        cli("shapes", "--out", tmp_path / "ds")
 
 
 def test_every_command_has_bad_input_rows():

@@ -150,3 +150,32 @@ def test_recipe_values_are_coerced_after_a_command_parsed_its_flags():
         parse_config(VizerTrainConfig, ["--help"])
     after = coerce(VizerTrainConfig, {"lr": "1e-2", "max_steps": "3", "do_sample": "true"})
     assert before == after == {"lr": 0.01, "max_steps": 3, "do_sample": True}
+
+
+@pytest.mark.parametrize("module,cls,field,value", [
+    ("capalign.style.config", "StyleTrainConfig", "lr", 5e-4), ("capalign.style.config", "StyleTrainConfig", "lr_scheduler", "cosine"),
+    ("capalign.style.config", "StyleTrainConfig", "epochs", 3.0), ("capalign.rl.config", "RLTrainConfig", "lr", 1e-5),
+    ("capalign.vizer.train", "VizerTrainConfig", "max_grad_norm", 0.0)])
+def test_method_defaults_reach_the_config_and_its_flags(module, cls, field, value):
+    """A method's own default of a shared group field (training/args.method_defaults) is the default of the
+    dataclass and of its flag. Applied above @dataclass it was silently ignored: style train ran at lr 1e-4."""
+    import dataclasses
+    import importlib
+
+    from capalign.config import make_parser
+
+    cfg_cls = getattr(importlib.import_module(module), cls)
+    assert next(f for f in dataclasses.fields(cfg_cls) if f.name == field).default == value
+    assert make_parser(cfg_cls).get_default(field) == value
+
+
+def test_method_defaults_above_dataclass_is_an_error():
+    from dataclasses import dataclass
+
+    from capalign.training.args import OptimArgs, method_defaults
+
+    with pytest.raises(TypeError, match="below @dataclass"):
+        @method_defaults(lr=1.0)
+        @dataclass(kw_only=True)
+        class Wrong(OptimArgs):
+            pass

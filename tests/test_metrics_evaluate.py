@@ -74,3 +74,42 @@ def test_cli_errors(files, capsys):
     other = _jsonl(tmp / "other.jsonl", [{"id": "x", "caption": "hi"}])
     assert main(["evaluate", "--pred", other, "--refs", refs]) == 2
     assert "no prediction id matches" in capsys.readouterr().err
+
+
+def test_terminal_tables_fit_80_columns_on_the_json_scale_with_coverage(files, capsys):
+    """Issue 21, item 6: the table printed x100 scores (JSON, summary and report are 0-1), ran past 80 columns, and
+    said only in the JSON that grounding covered some captions; `--metrics BLEU` (its own column name) was refused."""
+    tmp, refs, a, b = files
+    rows = [json.loads(ln) for ln in open(refs)]
+    rows[1].pop("objects"), rows[2].pop("objects")  # grounding can score 1 caption of sysA's 3
+    refs = _jsonl(tmp / "refs1.jsonl", rows)
+    long_name = _jsonl(tmp / "a_system_with_a_rather_long_name.jsonl", [json.loads(ln) for ln in open(a)])
+    out = tmp / "res.json"
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", a, b, long_name, "--refs", refs, "--out", str(out),
+                 "--metrics", "BLEU,ROUGE-L,Cider,GROUNDING,length"]) == 0
+    err = capsys.readouterr().err
+    data = json.loads(out.read_text())
+    assert data["metrics"] == ["bleu", "rouge", "cider", "grounding", "length"]
+    lines = err.splitlines()
+    assert max(len(ln.rstrip()) for ln in lines) <= 80, max(lines, key=len)
+    table = [ln.split() for ln in lines]
+    for system in ("sysA", "sysB"):
+        mine = [w for w in table if w and w[0] == system]  # one row per table it appears in
+        shown = [x for row in mine for x in row[1:]]
+        corpus, counts = data["systems"][system]["corpus"], data["systems"][system]["counts"]
+        for key in ("BLEU1", "BLEU4", "ROUGE_L", "CIDEr", "precision_name", "chair_i_attr"):
+            assert f"{corpus[key]:.3f}" in shown, (system, key, shown)  # 0-1, as the JSON: 1.000, never 100.00
+        assert f"{corpus['words']:.1f}" in shown
+        assert " ".join(shown).count(f"{counts['with_objects']} of {counts['scored']}") == 2  # both grounding tables
+    assert "1.000" in [w for w in table if w and w[0] == "sysA"][0] and "100.00" not in err
+    assert any(w[:1] == ["a_system_with_a_"] for w in table)  # a long name folds instead of widening the table
+
+
+@pytest.mark.parametrize("spec,names", [("BLEU", ["bleu"]), ("bleu4,ROUGE-L,CIDEr-D", ["bleu", "rouge", "cider"]), ("CHAIRi,words", ["grounding", "length"])])
+def test_metric_names_are_case_insensitive_and_take_table_labels(spec, names):
+    from capalign.metrics.evaluate import metric_names
+
+    assert metric_names(spec) == names
+    with pytest.raises(ValueError, match="unknown metric"):
+        metric_names(spec + ",meteor")

@@ -153,7 +153,7 @@ def test_cli_classifier_evaluate_and_wrlogp(tmp_path, capsys, tiny_idefics3_path
     cfg = json.loads((tmp_path / "clf" / "config.json").read_text())
     assert cfg["labels"] == ["factual", "humorous"] and cfg["heldout"]["n"] == 12 and (tmp_path / "clf" / "model.safetensors").is_file()
     assert main(["style", "classifier", "--data", str(root), "--classifier", str(tmp_path / "clf"), "--styles", "humorous"]) == 0
-    assert f"held-out accuracy {100 * cfg['heldout']['accuracy']:.2f}%" in capsys.readouterr().err
+    assert f"held-out accuracy {cfg['heldout']['accuracy']:.3f} on" in capsys.readouterr().err  # 0-1, as every score
     # a classifier trained on other styles than asked: one line, exit 2
     assert main(["style", "classifier", "--data", str(root), "--classifier", str(tmp_path / "clf")]) == 2
     lines, err = _errors(capsys)

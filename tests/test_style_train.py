@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -131,6 +133,38 @@ def test_killed_run_resumes_to_the_same_adapter(tiny_idefics3_path, one_thread, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ref = load_file(tmp_path / "a" / "checkpoint-2" / "adapter_model.safetensors") if (tmp_path / "a" / "checkpoint-2").exists() else None
     assert ref is None or any(not torch.equal(a[k], ref[k]) for k in a)  # training moved on after step 2
+
+
+def test_resume_with_other_settings_is_refused_and_overwrite_starts_over(tiny_idefics3_path, one_thread, tmp_path, monkeypatch):
+    """Issue 21, item 3 for the training commands: the config is saved when the run starts, so a killed run carries
+    the settings of its checkpoints; a resume with others is refused, --overwrite trains from scratch."""
+    from safetensors.torch import load_file
+
+    from capalign import CapalignError
+    from capalign.style import train as style_trainer
+
+    kw = dict(method="sft", max_steps=4, save_every=2, lora_dropout=0.0)
+    style_trainer.run(_cfg(tiny_idefics3_path, tmp_path / "a", **kw))
+    original = style_trainer.StyleTrainer.training_step
+
+    def killed(self, *a, **k):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(style_trainer.StyleTrainer, "training_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        style_trainer.run(_cfg(tiny_idefics3_path, tmp_path / "b", lr=0.05, **kw))  # checkpoint-2 made at lr 0.05
+    monkeypatch.setattr(style_trainer.StyleTrainer, "training_step", original)
+    saved = (tmp_path / "b" / "capalign_config.json").read_bytes()
+    assert json.loads(saved)["lr"] == 0.05 and (tmp_path / "b" / "checkpoint-2").is_dir()
+    with pytest.raises(CapalignError, match=r"other settings \(lr: 0.05 before, 0.01 now\).*--overwrite"):
+        style_trainer.run(_cfg(tiny_idefics3_path, tmp_path / "b", **kw))
+    assert (tmp_path / "b" / "capalign_config.json").read_bytes() == saved
+    style_trainer.run(_cfg(tiny_idefics3_path, tmp_path / "b", overwrite=True, **kw))  # from scratch at lr 0.01
+    a, b = load_file(tmp_path / "a" / "adapter_model.safetensors"), load_file(tmp_path / "b" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # = the uninterrupted run, nothing of lr 0.05 left
+    assert json.loads((tmp_path / "b" / "capalign_config.json").read_text())["lr"] == 1e-2
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -221,6 +221,18 @@ def test_fit_mapper_learns_linear_map():
     with torch.no_grad():
         cos = torch.nn.functional.cosine_similarity(mapper(x), x @ W + 0.5, dim=-1).mean()
     assert cos > 0.95
+    assert stats["beats_mean_feature_baseline"] is True
+
+
+def test_fit_mapper_flags_a_mapper_below_the_mean_feature_baseline():
+    """Issue 21, item 8: captions that carry nothing about the features (independent noise) beside features that
+    share a large common component: no mapper beats predicting the mean feature, and the stats say so."""
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(400, 16, generator=g)
+    feats = 5.0 + 0.3 * torch.randn(400, 8, generator=g)  # cosines between images ~0.99, as pooled patch features
+    _, stats = fit_mapper(states, feats, width=32, epochs=3, batch_size=32, lr=3e-3, seed=0)
+    assert stats["val_cos"] < stats["val_cos_mean_feature_baseline"]  # measured here, independently of the flag
+    assert stats["beats_mean_feature_baseline"] is False
 
 
 def test_mapper_train_cli_and_feature_cache(work, shapes, tiny_idefics3_path, mapper_g, capsys):
@@ -232,25 +244,29 @@ def test_mapper_train_cli_and_feature_cache(work, shapes, tiny_idefics3_path, ma
     m = Mapper.from_pretrained(out)
     assert (m.net[0].in_features, m.net[0].out_features, m.net[-1].out_features) == (64, 16, 32)  # D_t, w, D_v
     assert first.encode == 3 and first.generate == 3  # 24 images / feature_batch_size 8
-    cache = work / "mappers" / "feature-cache"
-    assert len(list(cache.glob("features-*.safetensors"))) == 1
+    cache = out / "feature-cache"  # under --out by default, never beside it (issue 21)
+    assert len(list(cache.glob("features-*.safetensors"))) == 1 and not (work / "mappers" / "feature-cache").exists()
+    assert meta["beats_mean_feature_baseline"] == (meta["val_cos"] > meta["val_cos_mean_feature_baseline"])
 
     # same data/variant, other width (and same too-large sample count): no VLM call, same cache file
+    capsys.readouterr()
     with pytest.MonkeyPatch.context() as mp:
         again = Calls(mp)
         rc = cli("mapper", "train", "--model", tiny_idefics3_path, "--data", shapes, "--out", work / "mappers" / "g8",
-                 "--variant", "g", "--width", 8, "--samples", 100, "--max_new_tokens", NEW, "--device", "cpu")
+                 "--variant", "g", "--width", 8, "--samples", 100, "--max_new_tokens", NEW, "--device", "cpu", "--cache_dir", cache)
     assert rc == 0 and (again.encode, again.generate) == (0, 0)
     assert len(list(cache.glob("features-*.safetensors"))) == 1
     meta8 = json.loads((work / "mappers" / "g8" / "mapper_meta.json").read_text())
     assert meta8["width"] == 8 and meta8["samples"] == 24
+    warned = "does not beat the mean-feature baseline" in " ".join(capsys.readouterr().err.split())
+    assert warned == (not meta8["beats_mean_feature_baseline"])  # a warning line exactly when the flag says so
     assert Mapper.from_pretrained(work / "mappers" / "g8").net[0].out_features == 8
 
     # variant gt: human captions, no generation; a new cache entry
     with pytest.MonkeyPatch.context() as mp:
         gt = Calls(mp)
         rc = cli("mapper", "train", "--model", tiny_idefics3_path, "--data", shapes, "--out", work / "mappers" / "gt",
-                 "--variant", "gt", "--width", 16, "--samples", 24, "--feature_batch_size", 12, "--device", "cpu")
+                 "--variant", "gt", "--width", 16, "--samples", 24, "--feature_batch_size", 12, "--device", "cpu", "--cache_dir", cache)
     assert rc == 0 and (gt.encode, gt.generate) == (2, 0)
     assert json.loads((work / "mappers" / "gt" / "mapper_meta.json").read_text())["variant"] == "gt"
     assert len(list(cache.glob("features-*.safetensors"))) == 2

@@ -5,6 +5,13 @@ leaves a partial line; a torn last line from a killed run is cut on the next ope
 same command skips the ids already in the output file without decoding their images. Images that
 cannot be read are listed in `<out>.skipped.jsonl`; the resolved config goes to `<out>.config.json`.
 
+An existing `--out` is resumed only when it is this command's own: every row a caption row, and its
+`<out>.config.json` beside it, saved by `capalign caption` (the saved config is the mark, not a header
+line, so caption files stay plain `{"id", "caption"}` rows that any JSONL reader takes). Anything else
+(a references file, a manifest, captions of another tool) is refused before anything is written. A
+resume must repeat the settings that change captions (model, adapter, prompt, decoding, dtype); other
+settings are refused with the fields named, unless `--overwrite`, which starts the file over.
+
 Under `accelerate launch` (several processes) each rank captions the entries whose index in the
 source is congruent to its rank modulo the world size, into `<out>.rank{k}`; rank 0 merges those
 files into `<out>` at the end (and so does any later run, so a crashed multi-process run resumes
@@ -23,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import CapalignError
-from .config import arg, save_config, show_config
+from .config import arg, check_resume, config_path, save_config, show_config
 from .devices import DTYPE_NAMES
-from .io import JsonlAppender, atomic_write_text, read_jsonl_rows, row_id
+from .io import JsonlAppender, atomic_write_text, check_prediction, read_jsonl_rows
 from .utils import print0, progress
 
 
@@ -35,12 +42,14 @@ class CaptionConfig:
 
     model: str = arg(help="Model: a hub id (e.g. HuggingFaceTB/SmolVLM-256M-Base) or a local model folder (checkpoint, nano captioner).")
     images: str = arg(help="Image source: folder, dataset folder with manifest.jsonl, .jsonl/.csv manifest, save_to_disk folder, .tar shards or hf:NAME (see docs/data.md).")
-    out: str = arg(help="Output JSONL file ({'id', 'caption'} per line). Re-running resumes: ids already in it are skipped.")
+    out: str = arg(help="Output JSONL file ({'id', 'caption'} per line). Re-running with the same settings resumes: ids already in it are skipped.")
     adapter: str = arg("", "Optional PEFT adapter folder (e.g. the output of `capalign vizer train`).")
     batch_size: int = arg(16, "Images per batch (one vision pass + one generate call per batch).")
     vision_batch_size: int = arg(None, "Images per vision-tower pass inside a batch (default: 1 on CPU, where per-image passes are faster, else the whole batch).")
     max_new_tokens: int = arg(32, "Maximum caption length in tokens.")
-    prompt: str = arg(None, "Text prompt after the image; default: the family's default (none for SmolVLM-Base). '' forces no prompt.")
+    prompt: str = arg(None, "Text prompt after the image; default: with --adapter the prompt it was trained with (capalign adapters record it), "
+                            "else the family's (none for SmolVLM-Base). '' = no text, just the image, in every family. {style} is filled "
+                            "with the adapter's recorded style.")
     do_sample: bool = arg(False, "Sample instead of greedy decoding.")
     temperature: float = arg(1.0, "Sampling temperature (with --do_sample).")
     top_p: float = arg(1.0, "Nucleus sampling mass (with --do_sample).")
@@ -48,6 +57,12 @@ class CaptionConfig:
     dtype: str = arg("auto", "Weights dtype: auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16, float16 (not on CPU).")
     limit: int = arg(None, "Caption only the first N images of the source (resumed runs cover the same N).")
     seed: int = arg(0, "Random seed (matters with --do_sample).")
+    overwrite: bool = arg(False, "Start over: replace an earlier output of `capalign caption` at --out (recognised by its .config.json) "
+                                 "instead of resuming it, also when its settings differ. A file capalign did not write is never replaced.")
+
+    def resume_fields(self) -> tuple[str, ...]:
+        """The settings a resume must repeat: those that change the captions (sampling ones only when sampling)."""
+        return ("model", "adapter", "prompt", "max_new_tokens", "do_sample", "dtype") + (("temperature", "top_p", "seed") if self.do_sample else ())
 
     def __post_init__(self):
         for name in ("model", "images", "out"):
@@ -93,12 +108,33 @@ def _rank_files(out: Path) -> list[Path]:
 
 def _file_ids(path: Path) -> list[str]:
     """Ids of a caption file this command wrote (a torn last line is ignored: the appender cuts it);
-    anything else in it is an error, so we never append to, or cut, a file that is not ours."""
+    anything else in it (a row without a caption, e.g. a references file) is an error, so we never
+    append to, or cut, a file that is not ours."""
     hint = "it is not a caption file of `capalign caption`; choose another --out"
     try:
-        return [row_id(r, f"{path} line {n}") for n, r in read_jsonl_rows(path, "output file", torn_ok=True)]
+        return [check_prediction(r, f"{path} line {n}")[0] for n, r in read_jsonl_rows(path, "output file", torn_ok=True)]
     except CapalignError as e:
         raise CapalignError(f"cannot resume into --out {path}: {e}; {hint}") from None
+
+
+def claim_output(cfg: CaptionConfig) -> bool:
+    """Check that an existing --out (and per-rank leftovers) may be resumed, before anything is written:
+    caption rows only, saved config of `capalign caption` beside it, same settings (config.check_resume).
+    True: --overwrite, the earlier output is to be removed. Reads only."""
+    out = Path(cfg.out)
+    written = [p for p in [out, *_rank_files(out)] if p.is_file() and p.stat().st_size]
+    for p in written:
+        _file_ids(p)
+    if written and not config_path(out).is_file():
+        raise CapalignError(f"cannot resume into --out {out}: it was not written by `capalign caption` (no {config_path(out).name} "
+                            "beside it), and capalign never appends to a file it did not write; choose another --out")
+    return check_resume(cfg, out)
+
+
+def discard_output(out: Path) -> None:
+    """Remove an earlier output of this command (--overwrite): the captions, per-rank leftovers, the skipped list."""
+    for p in [out, *_rank_files(out), out.with_name(out.name + ".skipped.jsonl")]:
+        p.unlink(missing_ok=True)
 
 
 def done_ids(out: str | Path) -> set[str]:
@@ -207,7 +243,7 @@ def run(cfg: CaptionConfig) -> CaptionStats:
     if cfg.adapter:
         check_adapter(cfg.adapter)
     out = Path(cfg.out)
-    done_ids(out)  # an existing --out must be a caption file (we resume into it)
+    overwrite = claim_output(cfg)  # an existing --out must be this command's, with the same settings
 
     from accelerate import PartialState
 
@@ -219,6 +255,8 @@ def run(cfg: CaptionConfig) -> CaptionStats:
     vlm = load_vlm(cfg.model, device=device, dtype=cfg.dtype, adapter=cfg.adapter or None, prompt=cfg.prompt)
     vlm.vision_batch_size = cfg.vision_batch_size
     if rank == 0:
+        if overwrite:
+            discard_output(out)
         save_config(cfg, out)
         merge_rank_files(out)  # leftovers of an interrupted multi-process run
     if state:

@@ -7,7 +7,9 @@ flags and `--config run.yaml` come from the dataclass (see config.py). Modules i
   malformed files, wrong types, unwritable outputs, models/adapters/mappers that do not fit);
 - OSErrors that name a file and can only come from the user's environment, never from a bug:
   permission denied, read-only file system, disk full, a file where a folder should be (or the
-  reverse), e.g. from a library's save_pretrained into `--out`.
+  reverse), e.g. from a library's save_pretrained into `--out`;
+- any OSError on the command's output path (`--out`, a file inside it, or a folder above it that
+  cannot be created, e.g. under /proc), which names that path.
 Every other exception is a bug and keeps its traceback.
 """
 
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if path in POSITIONAL and argv and not argv[0].startswith("-"):
         argv = [POSITIONAL[path], *argv]
 
+    cfg = None
     try:
         cfg_cls, run = _load(path)
         cfg = parse_config(cfg_cls, argv, prog="capalign " + " ".join(path))
@@ -83,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except CapalignError as e:
         return _error(str(e))
     except OSError as e:
-        if e.errno not in _ENVIRONMENT_ERRNOS or not e.filename:
+        if not e.filename or (e.errno not in _ENVIRONMENT_ERRNOS and not _under_out(e.filename, cfg)):
             raise
-        return _error(f"{e.filename}: {e.strerror}")
+        return _error(f"{e.filename}: {e.strerror or e}")
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
@@ -94,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
 
 # errno values of OSErrors that only the user's file system can cause (see the module docstring)
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+
+
+def _under_out(filename, cfg) -> bool:
+    """Whether `filename` is the command's output path (its `out` field) or lies inside it: any OSError there
+    (a folder that cannot be created, e.g. under /proc) comes from where the user asked us to write."""
+    from pathlib import Path
+
+    out = getattr(cfg, "out", None)
+    if not isinstance(out, str) or not out.strip():
+        return False
+    out_path, f = Path(out).expanduser().absolute(), Path(str(filename)).expanduser().absolute()
+    return f == out_path or out_path in f.parents or f in out_path.parents
 
 
 def _error(message: str) -> int:

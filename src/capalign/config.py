@@ -144,7 +144,21 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | No
     out = getattr(cfg, "out", None)  # every command's output path is its `out` field
     if isinstance(out, str) and out.strip():
         check_writable(out, "--out")
+        _check_not_an_input(cfg, out)
     return cfg
+
+
+def _check_not_an_input(cfg: Any, out: str) -> None:
+    """An output file is never one of the command's inputs (`evaluate --refs r.jsonl --out r.jsonl` would replace
+    the references with the scores)."""
+    target = Path(out).expanduser()
+    if not target.is_file():
+        return
+    for f in dataclasses.fields(cfg):
+        values = getattr(cfg, f.name)
+        for v in values if isinstance(values, list) else [values]:
+            if f.name != "out" and isinstance(v, str) and v.strip() and Path(v).expanduser().is_file() and Path(v).expanduser().samefile(target):
+                raise CapalignError(f"--out {out} is also the input --{f.name}; an output never replaces an input: choose another --out")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -275,17 +289,74 @@ def show_config(cfg: Any) -> None:
     print0(f"[bold]{type(cfg).__name__}[/bold] " + json.dumps(config_dict(cfg), indent=1))
 
 
-def save_config(cfg: Any, path: str | Path) -> Path:
-    """Save the resolved config as JSON beside an output: `<dir>/capalign_config.json` for a folder
-    (not config.json: model folders already have one), `<file>.config.json` for a file, or `path`
-    itself when it ends in .json."""
+def config_path(path: str | Path) -> Path:
+    """Where `save_config` keeps the config of the output `path`: `<dir>/capalign_config.json` for a folder
+    (not config.json: model folders already have one), `<file>.config.json` for a file, or `path` itself
+    when it ends in .json."""
     path = Path(path)
     if path.suffix == ".json":
-        target = path
-    elif path.is_dir() or not path.suffix:
-        target = path / "capalign_config.json"
-    else:
-        target = path.with_name(path.name + ".config.json")
+        return path
+    if path.is_dir() or not path.suffix:
+        return path / "capalign_config.json"
+    return path.with_name(path.name + ".config.json")
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Save the resolved config as JSON beside an output (`config_path`); it names the command's config class."""
+    target = config_path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, json.dumps({"command": type(cfg).__name__, **config_dict(cfg)}, indent=2) + "\n")
     return target
+
+
+# fields a resumed run may change, for every command: they decide where and how it runs and logs, never what it writes
+RESUME_FREE = frozenset({"out", "overwrite", "device", "save_every", "keep_checkpoints", "log_every", "report_to", "workers"})
+
+
+def check_resume(cfg: Any, out: str | Path, what: str = "--out") -> bool:
+    """Before a command appends to or resumes from an earlier output at `out` (a caption file, a checkpoint
+    folder, a sweep's cells): the config saved beside it (`config_path`) must be this command's, with the
+    same settings in every field that changes the output, so one output never mixes two setups. Returns
+    True when the earlier output is to be replaced instead (`cfg.overwrite`; the caller removes it); False
+    for a resume or a new output. Compared: `cfg.resume_fields()` if the config defines it, else every field
+    except RESUME_FREE and the class's `resume_free`; a field the saved config lacks (an older version) is
+    not compared. Paths count as equal when they name the same existing file or folder. Reads only."""
+    saved = config_path(out)
+    if not saved.is_file():
+        return False
+    try:
+        prev = json.loads(saved.read_bytes())
+    except (ValueError, OSError):
+        prev = None
+    name = type(cfg).__name__
+    if not isinstance(prev, dict) or prev.get("command") != name:
+        whose = f"of {prev['command']}" if isinstance(prev, dict) and isinstance(prev.get("command"), str) else "that is not a capalign config"
+        raise CapalignError(f"{what} {out} holds another command's output ({saved} is a config {whose}, not of {name}); "
+                            f"choose another {what}")
+    if getattr(cfg, "overwrite", False):
+        return True
+    diff = changed_settings(cfg, prev)
+    if diff:
+        raise CapalignError(f"{what} {out} was made with other settings ({'; '.join(diff)}); resuming would mix them in one output. "
+                            f"Re-run with the settings saved in {saved} to resume, or add --overwrite to start over")
+    return False
+
+
+def changed_settings(cfg: Any, prev: dict) -> list[str]:
+    """'field: before -> now' for the output-changing fields of `cfg` whose value differs from the saved config `prev`."""
+    now = config_dict(cfg)
+    if hasattr(cfg, "resume_fields"):
+        names = list(cfg.resume_fields())
+    else:
+        free = RESUME_FREE | set(getattr(cfg, "resume_free", ()))
+        names = [k for k in now if k not in free]
+    return [f"{k}: {json.dumps(prev[k])} before, {json.dumps(now[k])} now" for k in names if k in prev and not _same_value(prev[k], now[k])]
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str) and a and b:  # runs/nano and ./runs/nano/ are the same model
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    return False

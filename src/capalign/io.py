@@ -20,7 +20,8 @@ from . import CapalignError
 
 def check_writable(path: str | Path, what: str = "--out") -> None:
     """Fail early, before any work, when `path` cannot be created: its nearest existing ancestor must be
-    a folder we may write into. Creates nothing."""
+    a folder we may write into, and one where a folder (or the file) can really be created. Leaves nothing
+    behind (the probe entry is removed at once)."""
     p = Path(path).expanduser().absolute()
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
@@ -29,6 +30,17 @@ def check_writable(path: str | Path, what: str = "--out") -> None:
         raise CapalignError(f"cannot write {what} {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CapalignError(f"cannot write {what} {path}: folder {parent} is not writable")
+    # os.access says yes to root everywhere, also where nothing can be created (/proc, /sys, some mounts):
+    # create and remove one temporary entry there, the kind the command will create (a folder or a file)
+    try:
+        if parent != p.parent:
+            os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".capalign-check-"))
+        else:
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=".capalign-check-")
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as e:
+        raise CapalignError(f"cannot write {what} {path}: nothing can be created in {parent} ({e.strerror or e})") from None
 
 
 def _umask() -> int:

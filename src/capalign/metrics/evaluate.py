@@ -17,6 +17,23 @@ from ..io import atomic_write_json, check_prediction, check_reference, read_pred
 from .judge import JUDGE_FIELDS
 
 ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style", "judge", "length", "degenerate")
+# what --metrics also takes (case-insensitive, like the names): the tables' labels and the JSON's corpus keys
+_ALIASES = {**{f"bleu{n}": "bleu" for n in range(1, 5)}, "rouge-l": "rouge", "rouge_l": "rouge", "cider-d": "cider",
+            "berts": "bertscore", "bertscore_f1": "bertscore", "clips": "clipscore", "chair": "grounding", "chairi": "grounding",
+            "chairs": "grounding", "p_obj": "grounding", "r_obj": "grounding", "words": "length",
+            **{k: "degenerate" for k in ("empty", "nonword", "repeat", "distinct")}}
+
+
+def metric_names(spec: str) -> list[str]:
+    """The metrics of a --metrics value ("BLEU,ROUGE-L,cider"), case-insensitive, as ALL_METRICS names, each once."""
+    names, bad = [], []
+    for m in (m.strip() for m in spec.split(",")):
+        if m:
+            key = _ALIASES.get(m.lower(), m.lower())
+            (names if key in ALL_METRICS else bad).append(key if key in ALL_METRICS else m)
+    if bad:
+        raise ValueError(f"unknown metric(s) {', '.join(bad)}; choose from {','.join(ALL_METRICS)} (any case; table labels such as BLEU4 or ROUGE-L work too)")
+    return list(dict.fromkeys(names))
 
 
 @dataclasses.dataclass
@@ -26,7 +43,7 @@ class EvaluateConfig:
     pred: list[str] = arg([], "prediction JSONL file(s); repeat the flag or give several paths; one table row per file")
     refs: str = arg("", "references JSONL (a shapes-world manifest.jsonl works)")
     images: str = arg("", "image source for CLIPScore (default: the refs' `image` paths, relative to the refs file)")
-    metrics: str = arg("bleu,rouge,cider,grounding", f"comma-separated subset of {','.join(ALL_METRICS)}")
+    metrics: str = arg("bleu,rouge,cider,grounding", f"comma-separated subset of {','.join(ALL_METRICS)} (any case)")
     out: str = arg("", "write corpus and per-caption scores to this JSON file (config saved beside it)")
     bertscore_model: str = arg("roberta-large", "BERTScore model: hub id or local folder")
     bertscore_layer: int = arg(17, "BERTScore hidden layer")
@@ -45,10 +62,8 @@ class EvaluateConfig:
     def __post_init__(self):
         if isinstance(self.pred, str):
             self.pred = [self.pred]
-        names = [m.strip() for m in self.metrics.split(",") if m.strip()]
-        bad = [m for m in names if m not in ALL_METRICS]
-        if bad:
-            raise ValueError(f"unknown metric(s) {', '.join(bad)}; choose from {','.join(ALL_METRICS)}")
+        names = metric_names(self.metrics)
+        self.metrics = ",".join(names)  # canonical: every reader of cfg.metrics splits it on commas
         if not self.pred:
             raise ValueError("give at least one --pred file")
         if not self.refs:
@@ -186,32 +201,73 @@ def evaluate_system(preds: list[dict] | dict[str, str], refs: dict[str, dict], n
     return {"counts": counts, "corpus": corpus, "per_caption": {"id": ids, **per}}
 
 
-# the terminal table's columns, in order (labels: capalign.metrics.registry)
-EVALUATE_COLUMNS = ("BLEU1", "BLEU2", "BLEU3", "BLEU4", "BERTScore_F1", "ROUGE_L", "CIDEr", "CLIPScore", "style_accuracy",
-                    "precision_name", "recall_name", "f1_name", "chair_i_name", "chair_s_name", "chair_i_attr", "chair_s_attr",
-                    "judge", "judge_off_letter_mass", "words", "empty", "nonword", "repeat", "distinct")
+# the terminal tables, one per group of metrics, in this order: (title, corpus keys, the count of captions the group
+# covered; None: every scored caption). Labels come from capalign.metrics.registry; scores are on the JSON's scale
+# (0-1, CIDEr-D as pycocoevalcap, words per caption), so terminal, JSON, study summary and report agree.
+TABLE_GROUPS = (
+    ("text vs references", ("BLEU1", "BLEU2", "BLEU3", "BLEU4", "ROUGE_L", "CIDEr", "BERTScore_F1", "words"), None),
+    ("objects named (grounding)", ("precision_name", "recall_name", "f1_name", "chair_i_name", "chair_s_name"), "with_objects"),
+    ("objects named with their colours", ("recall_attr", "chair_i_attr", "chair_s_attr"), "with_objects"),
+    ("image-caption cosine", ("CLIPScore",), "clipscore_scored"),
+    ("style", ("style_accuracy",), None),
+    ("VLM judge", ("judge", "judge_off_letter_mass"), "judge_scored"),
+    ("degenerate captions (shares)", ("empty", "nonword", "repeat", "distinct"), None),
+)
+EVALUATE_COLUMNS = tuple(k for _, keys, _ in TABLE_GROUPS for k in keys)
+TABLE_WIDTH = 80  # a terminal's or a log's width; every table fits it (a group too wide is split in parts)
+TABLE_NOTE = ("scores as in the JSON: 0-1 (CIDEr-D 0-10, words per caption); BLEU/ROUGE-L/CIDEr-D as pycocoevalcap, "
+              "BERTS = BERTScore F1, CLIPS = raw image-caption cosine, CHAIR lower is better; captions: how many the scores cover")
+
+
+def _cell(key: str, v) -> str:
+    return "-" if v is None else f"{v:.1f}" if key == "words" else f"{v:.3f}"
+
+
+def _tables(results: dict[str, dict], width: int = TABLE_WIDTH) -> list:
+    """rich Tables of the corpus scores: one per group that some system has, each at most `width` columns wide
+    (measured; a group too wide is split), with a `captions` column: how many captions the group's scores
+    cover, "1 of 4" where not every scored caption (grounding needs objects, CLIPScore an image)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import registry
+
+    measure = Console(width=10 * width)
+    name_w = min(max(len(n) for n in results), 16)  # longer system names fold onto a second line
+
+    def table(title: str, keys: list[str], covered: dict) -> Table:
+        t = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False, title_justify="left")
+        t.add_column("system", max_width=name_w, overflow="fold")
+        for k in keys:
+            t.add_column(registry.label(k), justify="right", no_wrap=True)
+        t.add_column("captions", justify="right", no_wrap=True)
+        for name, r in results.items():
+            c, total = covered[name]
+            t.add_row(name, *(_cell(k, r["corpus"].get(k)) for k in keys), f"{c} of {total}" if c != total else str(total))
+        return t
+
+    tables = []
+    for title, keys, count in TABLE_GROUPS:
+        keys = [k for k in keys if any(k in r["corpus"] for r in results.values())]
+        if not keys:
+            continue
+        covered = {n: (r["counts"].get(count, 0) if count else r["counts"]["scored"], r["counts"]["scored"]) for n, r in results.items()}
+        parts = [[]]
+        for k in keys:
+            if parts[-1] and measure.measure(table(title, [*parts[-1], k], covered)).maximum > width:
+                parts.append([])
+            parts[-1].append(k)
+        tables += [table(title + (f" ({i + 1}/{len(parts)})" if len(parts) > 1 else ""), ks, covered) for i, ks in enumerate(parts)]
+    return tables
 
 
 def _table(results: dict[str, dict]) -> None:
-    from rich.table import Table
-
     from ..utils import console
-    from . import registry
 
-    cols = [(registry.label(k), k) for k in EVALUATE_COLUMNS if any(k in r["corpus"] for r in results.values())]
-    t = Table(title="caption scores (BLEU/ROUGE/CIDEr as pycocoevalcap; BERTS = BERTScore F1; CLIPS = raw image-caption cosine; x100 except CIDEr, CLIPS)")
-    t.add_column("system", no_wrap=True)
-    for h, _ in cols:
-        t.add_column(h, justify="right", no_wrap=True)
-    t.add_column("scored", justify="right")
-    for name, r in results.items():
-        row = [name]
-        for _, k in cols:
-            v = r["corpus"].get(k)
-            row.append("-" if v is None else f"{v:.3f}" if k in ("CIDEr", "CLIPScore", "judge", "judge_off_letter_mass") else f"{v:.1f}" if k == "words" else f"{100 * v:.2f}")
-        row.append(str(r["counts"]["scored"]))
-        t.add_row(*row)
-    console.print(t)
+    for t in _tables(results):
+        console.print(t, width=TABLE_WIDTH)
+    console.print(TABLE_NOTE, width=TABLE_WIDTH)
 
 
 def run(cfg: EvaluateConfig) -> dict:

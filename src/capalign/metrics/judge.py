@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +41,13 @@ C) Fair - Correct general scene but lacks specificity
 D) Poor - Some correct elements but major inaccuracies
 E) Wrong - Completely incorrect or irrelevant
 Answer with just the letter (A, B, C, D, or E):"""
-_SLOT = re.compile(r"\{(reference|caption)\}")
 
 
 def check_prompt(prompt: str) -> str:
     missing = [f"{{{k}}}" for k in ("reference", "caption") if f"{{{k}}}" not in prompt]
     if missing:
         raise CapalignError(f"judge prompt lacks the {' and '.join(missing)} placeholder(s); it needs both {{reference}} and {{caption}}")
+    fill(prompt, "", "")  # any other placeholder ({style}) is refused here, before a judge is loaded
     return prompt
 
 
@@ -61,8 +60,11 @@ def resolve_prompt(prompt: str | None) -> str | None:
 
 
 def fill(prompt: str, reference: str, caption: str) -> str:
-    """One pass, so braces inside the caption or reference are left alone."""
-    return _SLOT.sub(lambda m: reference if m.group(1) == "reference" else caption, prompt)
+    """The prompt rule of every command (models/prompts.py): one pass, so braces inside the caption or reference
+    are left alone; a placeholder a judge cannot fill ({style}) is an error."""
+    from ..models.prompts import fill_prompt
+
+    return fill_prompt(prompt, "judge prompt", reference=reference, caption=caption)
 
 
 def reference_text(refs, k: int) -> str:

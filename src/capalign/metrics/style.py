@@ -148,7 +148,7 @@ def _classifier(cfg):
         _CLASSIFIERS[cfg.style_classifier] = clf
         h = clf.heldout or {}
         print0(f"style classifier {cfg.style_classifier}: labels {', '.join(clf.labels)}; "
-               + (f"held-out accuracy {100 * h['accuracy']:.2f}% on {h['n']} captions ({h.get('data', '')}), confusion {h['confusion']}"
+               + (f"held-out accuracy {h['accuracy']:.3f} on {h['n']} captions ({h.get('data', '')}), confusion {h['confusion']}"
                   if h.get("accuracy") is not None else "no held-out accuracy recorded (measure it with `capalign style classifier --classifier`)"))
     return _CLASSIFIERS[cfg.style_classifier]
 

@@ -2,7 +2,8 @@
 
 An adapter trained on one base loads without complaint onto another base of the same architecture (or
 fails deep inside peft with a size mismatch for another one). capalign adapters carry a probe of their
-base: a few weights that LoRA never changes (input/output embeddings, the first vision weight).
+base: a few weights that LoRA never changes (input/output embeddings, the first vision weight), and the
+prompt they were trained with, which `load_vlm` uses when no other prompt is asked for (models/prompts.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,20 @@ def write_adapter_meta(folder, vlm, base_model: str, **extra) -> None:
     from ..io import atomic_write_json
 
     atomic_write_json(Path(folder) / ADAPTER_META, {"base_model": base_model, "family": vlm.family, "base_probe": base_probe(vlm), **extra})
+
+
+def adapter_meta(folder) -> dict:
+    """What capalign recorded about an adapter (base model, family, probe, and the prompt it was trained with:
+    "" for no text; a style adapter also its style); {} for an adapter capalign did not write."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / ADAPTER_META
+    try:
+        meta = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def check_adapter_base(folder, vlm, model_name: str) -> None:

@@ -4,7 +4,8 @@ SmolVLM's processor splits a large image into tiles plus a downscaled global ima
 several sub-images: `pool` averages the SigLIP patch states of all of an image's sub-images (only
 real patches, by the same pixel_attention_mask rule the model uses), or only the global one.
 SmolVLM-Base takes no text prompt (the image alone); a prompt, if given, goes through the
-processor's chat template when it has one (Instruct checkpoints), else follows the image tokens.
+processor's chat template when it has one (Instruct checkpoints), else follows the image tokens. No
+text (None or "") is the image tokens alone in either case.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Idefics3VLM(VLM):
     vision_keys = ("pixel_values", "pixel_attention_mask")
 
     def prompt_texts(self, n: int, prompt: str | None) -> list[str]:
-        if prompt is None:
+        if not prompt:  # None and "": no text, the image tokens alone (models/prompts.py), chat template or not
             text = "<image>"
         elif getattr(self.processor, "chat_template", None):
             msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]

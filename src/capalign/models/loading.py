@@ -50,6 +50,19 @@ def check_adapter(adapter: str) -> None:
         raise CapalignError(f"{adapter} is not a PEFT adapter (no adapter_config.json); {hint}")
 
 
+def resolve_prompt(prompt: str | None, adapter: str | None = None) -> str | None:
+    """The prompt a model loaded with `adapter` is run under (models/prompts.py): `prompt` with {style} filled
+    from the adapter's record, or, when prompt is None, the prompt the adapter was trained with; None: the
+    family's default."""
+    from .adapter import adapter_meta
+    from .prompts import fill_prompt
+
+    meta = adapter_meta(adapter) if adapter else {}
+    if prompt is None:
+        prompt = meta.get("prompt") if isinstance(meta.get("prompt"), str) else None
+    return None if prompt is None else fill_prompt(prompt, "--prompt", style=meta.get("style"))
+
+
 def load_processor(path: str, family: str):
     from transformers import AutoProcessor
 
@@ -74,7 +87,9 @@ def load_vlm(
 
     `adapter`: a PEFT adapter folder (e.g. the output of `capalign vizer train`), merged for inference
     speed only when asked by the caller; here it is loaded unmerged so it can keep training.
-    `prompt`: overrides the family default ("" forces no prompt).
+    `prompt`: the text prompt after the image; None: the adapter's training prompt (a capalign adapter records
+    it), else the family default; "": no text, just the image (models/prompts.py). `{style}` in it is filled
+    with the adapter's recorded style.
     `load_in_8bit`: bitsandbytes LLM.int8 weights (CUDA only). Checkpoints saved quantised (AWQ, GPTQ,
     bitsandbytes: a `quantization_config` in config.json) load through transformers' own integration,
     on CUDA only here; on other devices both are a clear error instead of a failure deep in a kernel.
@@ -119,7 +134,7 @@ def load_vlm(
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CapalignError(f"adapter {adapter} does not fit model {name_or_path}: {first[:200]}") from None
     cls = getattr(importlib.import_module(f".{mod}", __package__), cls_name)
-    vlm = cls(model, processor, prompt=prompt, pooling=pooling)
+    vlm = cls(model, processor, prompt=resolve_prompt(prompt, adapter), pooling=pooling)
     if adapter:
         from .adapter import check_adapter_base
 

@@ -26,6 +26,7 @@ class Qwen2VLM(VLM):
     image_count_key = "image_grid_thw"  # pixel_values holds the patches of all images: [sum_i t*h*w, C*patch^2]
 
     def prompt_texts(self, n: int, prompt: str | None) -> list[str]:
+        # no text (None or ""): the user turn holds the image alone (models/prompts.py); the system turn stays
         user = [{"type": "image"}] + ([{"type": "text", "text": prompt}] if prompt else [])
         msgs = [{"role": "system", "content": [{"type": "text", "text": self.system}]}, {"role": "user", "content": user}]
         return [self.processor.apply_chat_template(msgs, add_generation_prompt=True)] * n

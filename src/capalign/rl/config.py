@@ -9,8 +9,8 @@ from ..metrics.judge import JUDGE_FIELDS, resolve_prompt
 from ..training.args import LoraArgs, OptimArgs, RunArgs, method_defaults
 
 
-@method_defaults(lr=1e-5)
 @dataclass(kw_only=True)
+@method_defaults(lr=1e-5)  # below @dataclass: it re-declares fields before the dataclass is made
 class RLTrainConfig(LoraArgs, OptimArgs, RunArgs):
     """GRPO on a VLM's language model (LoRA) with a caption reward: a VLM judge, a metric or a weighted mix."""
 

@@ -36,12 +36,13 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from .. import CapalignError
-from ..config import config_dict, save_config, show_config
+from ..config import check_resume, config_dict, save_config, show_config
 from ..devices import resolve_precision
 from ..io import atomic_write_json
+from ..models.adapter import write_adapter_meta
 from ..models.shared_vision import SharedVision
 from ..training.args import trainer_arguments
-from ..training.checkpoints import last_checkpoint
+from ..training.checkpoints import begin_run, last_checkpoint
 from ..utils import print0
 from .config import RLTrainConfig  # noqa: F401  (the CLI finds the config class here)
 
@@ -224,8 +225,10 @@ def run(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> dict:
     """Train (resuming from the newest checkpoint in cfg.out); returns {"steps", "history", "adapter"}."""
     show_config(cfg)
     out = Path(cfg.out)
+    overwrite = check_resume(cfg, out)  # an earlier run in --out must have the same settings (or --overwrite)
     trainer = build_trainer(cfg, custom_rewards)
-    resume = last_checkpoint(out)
+    begin_run(cfg, overwrite, ("rl_result.json", "history.json"))
+    resume = None if overwrite else last_checkpoint(out)
     if resume:
         print0(f"resuming from {resume}")
     shared = trainer.shared_vision
@@ -235,6 +238,7 @@ def run(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> dict:
     trainer.save_model(cfg.out)
     steps, history = trainer.state.global_step, next(c for c in trainer.callback_handler.callbacks if isinstance(c, History)).rows
     if trainer.is_world_process_zero():
+        write_adapter_meta(out, trainer.vlm, cfg.model, prompt=trainer.vlm.prompt or "")  # captioning with it is the default
         save_config(cfg, out)
         atomic_write_json(out / "rl_result.json", {"steps": steps, "history": history, "config": config_dict(cfg),
                                                    "vision": {"requested": shared.requested, "encoded": shared.encoded} if shared else None})

@@ -77,10 +77,15 @@ class Stage:
     placeholders: dict = {}  # values for owned fields that their command requires, used to validate a section
 
     # ---- the recipe side --------------------------------------------------------------------------
+    @property
+    def study_owned(self) -> tuple[str, ...]:
+        """The owned fields plus `overwrite`: a study resumes by its own rule (run.py: a changed recipe is refused)."""
+        return (*self.owned, "overwrite")
+
     def fields(self) -> dict[str, str]:
         """Field name -> help, for every field a recipe section may set."""
         out = {}
-        for cls, skip in ((self.command, self.owned), (self.options, ())):
+        for cls, skip in ((self.command, self.study_owned), (self.options, ())):
             for f in dataclasses.fields(cls) if cls else ():
                 if f.init and f.name not in skip:
                     out[f.name] = f.metadata.get("help", "")
@@ -89,7 +94,7 @@ class Stage:
     def validate(self, section: dict, where: str) -> None:
         allowed = self.fields()
         for k in section:
-            if k in self.owned:
+            if k in self.study_owned:
                 raise CapalignError(f"{where}: field {self.name}.{k} is set by the study (the run folder, model, data and seed are its to choose)")
             if k not in allowed:
                 raise CapalignError(f"{where}: unknown field {self.name}.{k}; {self.name} takes: {', '.join(sorted(allowed))}")

@@ -72,7 +72,7 @@ def run_classifier(cfg: StyleClassifierConfig) -> dict:
         print0(f"training on {len(x)} train-split captions ({', '.join(f'{l} {y.count(l)}' for l in sorted(set(y)))})")
         clf = StyleClassifier.fit(x, y, encoder=cfg.encoder, c=cfg.c, device=cfg.device)
     h = clf.evaluate(test_x, test_y, data=f"{cfg.data} test split (split_seed {cfg.split_seed}, test_share {cfg.test_share})", device=cfg.device)
-    print0(f"held-out accuracy {100 * h['accuracy']:.2f}% on {h['n']} test-split captions")
+    print0(f"held-out accuracy {h['accuracy']:.3f} on {h['n']} test-split captions")
     confusion_table(h, "held-out confusion matrix (rows: true, columns: predicted)")
     if cfg.out:
         clf.heldout = h

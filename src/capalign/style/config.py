@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..config import arg
 from ..data.preferences import PreferenceDataArgs, parse_budget
+from ..models.prompts import fill_prompt
 from ..training.args import LoraArgs, OptimArgs, RunArgs, method_defaults
 
 METHODS = ("zero-shot", "sft", "dpo", "simpo")
@@ -21,19 +22,21 @@ DEFAULT_PROMPT = "Write a {style} caption for this image."
 class StyleDataArgs(PreferenceDataArgs):
     """The data flags of every style command, with the style prompt of training and captioning."""
 
-    prompt: str = arg(DEFAULT_PROMPT, "Text prompt after the image for training, WR-LogP and captioning ({style} is replaced); the same for every method, so only the training differs.")
+    prompt: str = arg(DEFAULT_PROMPT, "Text prompt after the image for training, WR-LogP and captioning ({style} is replaced; '' for none, "
+                                      "just the image); the same for every method, so only the training differs. Recorded in the adapter.")
 
     def open_data(self, style: str | None = None):
         """The preference set of `style`; its pairs carry the prompt with {style} filled in."""
-        template, self.prompt = self.prompt, self.prompt.replace("{style}", style or "")
+        template = self.prompt
+        self.prompt = None if template is None else fill_prompt(template, "--prompt", style=style or "")
         try:
             return super().open_data(style)
         finally:
             self.prompt = template
 
 
-@method_defaults(lr=5e-4, lr_scheduler="cosine", epochs=3.0, log_every=5)
 @dataclass(kw_only=True)
+@method_defaults(lr=5e-4, lr_scheduler="cosine", epochs=3.0, log_every=5)  # below @dataclass: it re-declares fields before the dataclass is made
 class StyleTrainConfig(LoraArgs, OptimArgs, RunArgs, StyleDataArgs):
     """Align a VLM to a caption style from preference pairs (chosen = styled, rejected = factual): zero-shot, SFT, DPO or SimPO.
     The data flags (--data, --split_seed, --test_share, ...) are those of every style command."""
@@ -71,7 +74,7 @@ class StyleTrainConfig(LoraArgs, OptimArgs, RunArgs, StyleDataArgs):
 
     @property
     def style_prompt(self) -> str:
-        return self.prompt.replace("{style}", self.style)
+        return fill_prompt(self.prompt, "--prompt", style=self.style)
 
     def open_data(self, style: str | None = None):
         return super().open_data(style or self.style)

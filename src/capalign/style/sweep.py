@@ -31,8 +31,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .. import CapalignError
-from ..config import arg, save_config, show_config
+from ..config import arg, check_resume, save_config, show_config
 from ..io import atomic_write_json, atomic_write_text
+from ..models.prompts import fill_prompt
 from ..utils import print0
 from .config import METHODS, StyleDataArgs
 from .results import aggregate
@@ -65,6 +66,9 @@ class StyleSweepConfig(StyleDataArgs):
     classifier: str = arg("", "Style classifier folder (capalign or any HF sequence-classification model); default: train one on the training split.")
     workers: int = arg(1, "Cells run in this many processes at once (each with cpu_count/workers threads).")
     device: str = arg("cpu", "Device of every cell.")
+    overwrite: bool = arg(False, "Start over: discard the cells and classifier of an earlier sweep in --out instead of reusing them, "
+                                 "also when its settings differ (a re-run may add methods, styles, budgets and seeds; other changes are refused).")
+    resume_free = ("methods", "styles", "budgets", "seeds")  # a re-run may add cells; every other field changes what a cell holds
 
     def __post_init__(self):
         super().__post_init__()
@@ -190,11 +194,11 @@ def run_cell(cell: dict, cfg: StyleSweepConfig, clf_path: str) -> dict:
     test = prefs.test[: cfg.n_test]
     res = {**cell, "n_test": len(test)}
     if cell["method"] in ("base", "zero-shot"):
-        prompt = cfg.prompt.replace("{style}", style) if style else None
+        prompt = fill_prompt(cfg.prompt, "--prompt", style=style) if style else None
         vlm = load_vlm(cfg.model, device=cfg.device, dtype="float32", prompt=prompt)
         res.update(steps=0, n_pairs=0)
     else:
-        prompt = cfg.prompt.replace("{style}", style)
+        prompt = fill_prompt(cfg.prompt, "--prompt", style=style)
         subset = budget_subset(prefs.train, cell["budget"], cell["seed"])
         data_args = {f.name: getattr(cfg, f.name) for f in fields(StyleDataArgs)}  # --data, --split_seed, --prompt, ...
         tcfg = StyleTrainConfig(**data_args, model=cfg.model, out=str(d / "adapter"), method=cell["method"], style=style, budget=cell["budget"],
@@ -276,6 +280,9 @@ def run(cfg: StyleSweepConfig) -> dict:
     show_config(cfg)
     check_inputs(cfg)
     out = Path(cfg.out)
+    if check_resume(cfg, out):  # --overwrite: the cells of the earlier sweep go
+        for p in (out / "cells", out / "classifier"):
+            shutil.rmtree(p, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     t0 = time.time()

@@ -42,12 +42,12 @@ import torch
 from transformers import Trainer
 
 from .. import CapalignError
-from ..config import config_dict, save_config, show_config
+from ..config import check_resume, config_dict, save_config, show_config
 from ..devices import resolve_precision
 from ..io import atomic_write_json
 from ..training import losses
 from ..training.args import trainer_arguments
-from ..training.checkpoints import last_checkpoint
+from ..training.checkpoints import begin_run, last_checkpoint
 from ..utils import print0, seed_everything
 from .config import StyleTrainConfig  # noqa: F401 (StyleTrainConfig: the CLI reads it here)
 
@@ -250,6 +250,7 @@ def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
     from ..models.adapter import write_adapter_meta
 
     out = Path(cfg.out)
+    overwrite = check_resume(cfg, out)  # an earlier run in --out must have the same settings (or --overwrite)
     result = {"method": cfg.method, "style": cfg.style, "budget": cfg.budget, "n_pairs": len(subset), **(info or {}),
               "prompt": cfg.style_prompt, "model": cfg.model, "config": config_dict(cfg)}
     if cfg.method == "zero-shot":  # nothing to train: the base model with the style prompt
@@ -259,11 +260,12 @@ def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
         print0(f"zero-shot: nothing to train; caption with: capalign caption --model {cfg.model} --prompt {json.dumps(cfg.style_prompt)}")
         return None, result
     trainer, vlm, _ = build(cfg, subset)
+    begin_run(cfg, overwrite, ("style_result.json",))
     if quiet():
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # disable_tqdm=True would print every log dict instead of a bar
-    resume = last_checkpoint(out)
+    resume = None if overwrite else last_checkpoint(out)
     if resume:
         print0(f"resuming from {resume}")
     t0 = time.time()
@@ -272,7 +274,7 @@ def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
     trainer.save_model(str(out))  # the PEFT adapter: adapter_model.safetensors + adapter_config.json
     vlm.model.eval()
     if trainer.is_world_process_zero():
-        write_adapter_meta(out, vlm, cfg.model, prompt=cfg.style_prompt)
+        write_adapter_meta(out, vlm, cfg.model, prompt=cfg.style_prompt, style=cfg.style)  # caption/wrlogp --adapter default to them
         save_config(cfg, out)
         result.update(adapter=str(out), steps=trainer.state.global_step, train_seconds=round(seconds, 2),
                       images_skipped=getattr(trainer, "images_skipped", 0),

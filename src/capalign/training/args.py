@@ -107,6 +107,9 @@ class RunArgs:
     keep_checkpoints: int = arg(2, "How many checkpoints to keep.")
     log_every: int = arg(1, "Log the training metrics every N steps.")
     report_to: str = arg("tensorboard", "Where training metrics go besides the run's JSON: tensorboard (logs in <out>/runs), wandb, or none.")
+    overwrite: bool = arg(False, "Start over: discard the checkpoints and result of an earlier run in --out (recognised by its capalign_config.json) "
+                                 "instead of resuming from them, also when its settings differ. A resume must repeat every setting that changes "
+                                 "the result; others are refused, naming the fields.")
 
     def __post_init__(self):
         if not str(self.out or "").strip():
@@ -132,6 +135,8 @@ def method_defaults(**defaults):
     there; the field keeps the group's type and help text."""
 
     def apply(cls):
+        if "__dataclass_fields__" in cls.__dict__:  # above @dataclass: the fields exist already, a default set now is ignored
+            raise TypeError(f"{cls.__name__}: put @method_defaults below @dataclass")
         inherited = {}
         for base in reversed(cls.__mro__[1:]):
             if dataclasses.is_dataclass(base):

@@ -5,6 +5,10 @@ complete once its marker file exists: `trainer_state.json` for the Trainer-backe
 writes it last), `progress.json` for `vizer train` (written before the folder is renamed into place). A run
 that was killed while saving leaves an incomplete folder: it is never resumed from, and the main process
 removes it.
+
+The one resume rule of these commands: before any work, the config saved in `<out>` must be this command's
+with the same settings (config.check_resume); right before training, `begin_run` saves the run's config, so
+an interrupted run carries the settings its checkpoints were made with.
 """
 
 from __future__ import annotations
@@ -42,3 +46,23 @@ def rotate(out: str | Path, keep: int) -> None:
     """Keep the `keep` newest checkpoints (the Trainer does this itself with save_total_limit)."""
     for old in checkpoints(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+
+def begin_run(cfg, overwrite: bool, result_files: tuple[str, ...] = ()) -> None:
+    """Right before training (inputs checked): under --overwrite remove an earlier run's checkpoints, exported
+    step-<k>/ adapters and `result_files`; save cfg into cfg.out (main process only). The caller ran
+    config.check_resume(cfg, cfg.out) first, before any work, which gave `overwrite`."""
+    from ..config import save_config
+    from ..utils import is_main_process
+
+    out = Path(cfg.out)
+    if not is_main_process():
+        return
+    if overwrite:
+        for p in [*checkpoints(out), *out.glob(".tmp-checkpoint-*"), *out.glob("step-*")]:
+            shutil.rmtree(p, ignore_errors=True)
+        for name in result_files:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)

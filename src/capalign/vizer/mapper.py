@@ -80,7 +80,8 @@ class MapperTrainConfig:
     prompt: str = arg(None, "Caption prompt override (default: the family's; '' for none).")
     max_new_tokens: int = arg(32, "Caption length for variant g.")
     feature_batch_size: int = arg(32, "Images per VLM batch when computing features.")
-    cache_dir: str = arg(None, "Feature cache folder (default: <out>/../feature-cache).")
+    cache_dir: str = arg(None, "Feature cache folder (default: <out>/feature-cache). Give runs on the same model and data one "
+                                   "--cache_dir to compute the features once (a sweep over widths or sample counts).")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N, mps.")
     dtype: str = arg("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16.")
     seed: int = arg(0, "Seed (caption choice, split, init, order).")
@@ -124,6 +125,8 @@ def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int
         mean_feat = feats[tr].mean(0, keepdim=True)
         base = F.cosine_similarity(mean_feat.expand(len(val), -1), feats[val], dim=-1).mean().item() if len(val) else float("nan")
         stats = {"train_cos": cos(tr), "val_cos": cos(val), "val_cos_mean_feature_baseline": base, "n_train": len(tr), "n_val": len(val)}
+        # a mapper that does not beat the caption-blind prediction has learnt nothing its reward could use
+        stats["beats_mean_feature_baseline"] = bool(stats["val_cos"] > base) if len(val) else None
     return mapper, stats
 
 
@@ -133,7 +136,7 @@ def run(cfg: MapperTrainConfig) -> dict:
     show_config(cfg)
     seed_everything(cfg.seed)
     vlm = load_vlm(cfg.model, device=cfg.device, dtype=cfg.dtype, prompt=cfg.prompt, pooling=cfg.pooling)
-    cache = cfg.cache_dir or str(Path(cfg.out).parent / "feature-cache")
+    cache = cfg.cache_dir or str(Path(cfg.out) / "feature-cache")  # under --out unless asked: never beside it
     data = collect_features(vlm, cfg.data, cfg.variant, cfg.samples, cache, model_id=str(cfg.model), batch_size=cfg.feature_batch_size,
                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     mapper, stats = fit_mapper(data["text_states"], data["image_features"], cfg.width, cfg.depth, cfg.epochs, cfg.batch_size,
@@ -146,4 +149,9 @@ def run(cfg: MapperTrainConfig) -> dict:
     save_config(cfg, out)
     print0(f"mapper ({cfg.variant}, w={cfg.width}, n={len(data['ids'])}): held-out cos {stats['val_cos']:.4f} "
            f"(train {stats['train_cos']:.4f}; mean-feature baseline {stats['val_cos_mean_feature_baseline']:.4f})")
+    if stats["beats_mean_feature_baseline"] is False:
+        print0(f"[yellow]warning: the mapper does not beat the mean-feature baseline (held-out cos {stats['val_cos']:.4f} <= "
+               f"{stats['val_cos_mean_feature_baseline']:.4f}, the caption-blind prediction): its reward cannot tell captions of one image "
+               "from another's; try more --samples, --center or another --pooling (docs/vizer.md). mapper_meta.json: "
+               "beats_mean_feature_baseline false")
     return meta

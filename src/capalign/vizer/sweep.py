@@ -8,10 +8,11 @@ Results are written per cell, so an interrupted sweep resumes.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import arg, save_config, show_config
+from ..config import arg, check_resume, save_config, show_config
 from ..io import atomic_write_bytes, atomic_write_json, read_jsonl, read_references
 from ..plotting import heatmap_png
 from ..utils import print0
@@ -37,6 +38,9 @@ class SweepConfig:
     max_new_tokens: int = arg(32, "Caption length.")
     device: str = arg("auto", "Device.")
     seed: int = arg(0, "Seed.")
+    overwrite: bool = arg(False, "Start over: discard the cells and feature cache of an earlier sweep in --out instead of reusing them, "
+                                 "also when its settings differ (a re-run may add widths and sizes; other changes are refused).")
+    resume_free = ("widths", "sizes", "metric")  # a re-run may add cells and draw another heatmap; every other field changes the cells
 
     def __post_init__(self):
         try:
@@ -60,6 +64,9 @@ def run(cfg: SweepConfig) -> dict:
     test_manifest = Path(cfg.test) / "manifest.jsonl" if Path(cfg.test).is_dir() else Path(cfg.test)
     refs = read_references(test_manifest)  # checked before hours of training, not after
     out = Path(cfg.out)
+    if check_resume(cfg, out):  # --overwrite: the cells of the earlier sweep go
+        for p in [*out.glob("w*-n*"), out / "feature-cache"]:
+            shutil.rmtree(p, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     cells = {}

@@ -40,20 +40,21 @@ import torch
 from torch import nn
 
 from .. import CapalignError
-from ..config import arg, config_dict, save_config, show_config
+from ..config import arg, check_resume, config_dict, save_config, show_config
 from ..data.sources import batched, open_images
 from ..devices import resolve_precision
 from ..io import atomic_write_json
+from ..models.adapter import write_adapter_meta
 from ..training.args import LoraArgs, OptimArgs, RunArgs, method_defaults
-from ..training.checkpoints import last_checkpoint, rotate
+from ..training.checkpoints import begin_run, last_checkpoint, rotate
 from ..utils import print0, progress, seed_everything
 from .mapper import Mapper, cosine_loss
 
 PROGRESS = "progress.json"  # written last into a checkpoint: step and loss history (its completeness marker)
 
 
-@method_defaults(max_grad_norm=0.0)
 @dataclass(kw_only=True)
+@method_defaults(max_grad_norm=0.0)  # below @dataclass: it re-declares fields before the dataclass is made
 class VizerTrainConfig(LoraArgs, OptimArgs, RunArgs):
     """Zero-label LoRA training of a VLM with a frozen ViZer mapper (unlabeled images only)."""
 
@@ -111,6 +112,7 @@ def run(cfg: VizerTrainConfig) -> dict:
         show_config(cfg)
     seed_everything(cfg.seed)
     out = Path(cfg.out)
+    overwrite = check_resume(cfg, out)  # an earlier run in --out must have the same settings (or --overwrite)
     meta_path = Path(cfg.mapper) / "mapper_meta.json"
     if not meta_path.exists():
         raise CapalignError(f"not a mapper folder (no mapper_meta.json): {cfg.mapper}; train one with `capalign mapper train`")
@@ -167,7 +169,8 @@ def run(cfg: VizerTrainConfig) -> dict:
     acc.register_load_state_pre_hook(load_hook)
 
     step, history = 0, []
-    resume = last_checkpoint(out, PROGRESS)
+    begin_run(cfg, overwrite, ("vizer_result.json",))
+    resume = None if overwrite else last_checkpoint(out, PROGRESS)
     if resume:
         acc.load_state(resume)
         progress_state = json.loads((Path(resume) / PROGRESS).read_text())
@@ -217,12 +220,13 @@ def run(cfg: VizerTrainConfig) -> dict:
                 acc.log({"train/loss": loss_avg, "train/cos": cos_avg}, step=step)
             bar.update(task, completed=step, rate=f"loss {loss_avg:.4f} cos {cos_avg:.3f}")
             if step in cfg.export_list and acc.is_main_process:
-                _export_adapter(peft_model, out / f"step-{step}")
+                _export_adapter(peft_model, out / f"step-{step}", lambda d: write_adapter_meta(d, vlm, cfg.model, prompt=vlm.prompt or ""))
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 _save_checkpoint(acc, out, step, history, cfg.keep_checkpoints)
     acc.wait_for_everyone()
     if acc.is_main_process:
         peft_model.save_pretrained(out)
+        write_adapter_meta(out, vlm, cfg.model, prompt=vlm.prompt or "")  # the mapper's prompt: captioning with it is the default
         save_config(cfg, out)
         atomic_write_json(out / "vizer_result.json", {"steps": step, "history": history, "mapper_meta": meta})
         print0(f"vizer: {step} steps; adapter saved to {out} (use: capalign caption --model {cfg.model} --adapter {out})")
@@ -230,11 +234,13 @@ def run(cfg: VizerTrainConfig) -> dict:
     return {"steps": step, "history": history}
 
 
-def _export_adapter(peft_model, path: Path) -> None:
+def _export_adapter(peft_model, path: Path, write_meta=None) -> None:
     """The adapter as it is now, as a folder `capalign caption --adapter` accepts; complete or absent."""
     tmp = path.with_name(f".tmp-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     peft_model.save_pretrained(tmp)
+    if write_meta is not None:
+        write_meta(tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.replace(path)
 
