@@ -103,7 +103,7 @@ def test_one_definition_serves_evaluate_and_the_rl_history(tmp_path, monkeypatch
     """Change the definition in metrics/degenerate.py and both readers change: evaluate's metric and the RL
     reward wrapper that logs degenerate/<flag> into history.json."""
     from capalign.metrics.evaluate import evaluate_system
-    from capalign.training.rl_trainer import checked
+    from capalign.rl.train import checked
 
     caps = ["a small red circle on the left.", "a blue square"]
     refs = {"1": {"captions": [caps[0]]}, "2": {"captions": [caps[1]]}}
