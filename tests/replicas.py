@@ -114,8 +114,8 @@ def coco_results(path: Path, preds: dict[int, str]) -> Path:
     return path
 
 
-def hf_coco_caption2017(root: Path, val_ids=COCO_IDS[:6], test_ids=COCO_IDS[6:]) -> Path:
-    """A local copy of the hub repo lmms-lab/COCO-Caption2017 (parquet shards + the card's YAML configs)."""
+def _coco_caption2017(val_ids, test_ids) -> dict:
+    """lmms-lab/COCO-Caption2017's splits as `datasets.Dataset`s with its features."""
     import datasets
 
     feats = datasets.Features({
@@ -123,15 +123,31 @@ def hf_coco_caption2017(root: Path, val_ids=COCO_IDS[:6], test_ids=COCO_IDS[6:])
         "answer": datasets.Sequence(datasets.Value("string")), "id": datasets.Value("int64"), "license": datasets.Value("int8"),
         "file_name": datasets.Value("string"), "coco_url": datasets.Value("string"), "height": datasets.Value("int32"),
         "width": datasets.Value("int32"), "date_captured": datasets.Value("string")})
-    (root / "data").mkdir(parents=True, exist_ok=True)
+    out = {}
     for split, ids in (("val", val_ids), ("test", test_ids)):
         rows = [{"question_id": f"{i:012d}.jpg", "image": {"bytes": jpeg(i), "path": None},
                  "question": "Please carefully observe the image and come up with a caption for the image.",
                  "answer": captions(i) if split == "val" else [], "id": 7, "license": 4, "file_name": f"{i:012d}.jpg",
                  "coco_url": f"http://images.cocodataset.org/{split}2017/{i:012d}.jpg", "height": 16, "width": 24,
                  "date_captured": "2013-11-14 17:02:52"} for i in ids]
-        datasets.Dataset.from_list(rows, features=feats).to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+        out[split] = datasets.Dataset.from_list(rows, features=feats)
+    return out
+
+
+def hf_coco_caption2017(root: Path, val_ids=COCO_IDS[:6], test_ids=COCO_IDS[6:]) -> Path:
+    """A local copy of the hub repo lmms-lab/COCO-Caption2017 (parquet shards + the card's YAML configs)."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    for split, ds in _coco_caption2017(val_ids, test_ids).items():
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
     (root / "README.md").write_text(
         "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: val\n    path: data/val-*\n"
         "  - split: test\n    path: data/test-*\n---\n# COCO-Caption2017 (local replica)\n")
+    return root
+
+
+def hf_coco_caption2017_on_disk(root: Path, val_ids=COCO_IDS[:6], test_ids=COCO_IDS[6:]) -> Path:
+    """What `load_dataset("lmms-lab/COCO-Caption2017").save_to_disk(root)` writes: a DatasetDict of val and test."""
+    import datasets
+
+    datasets.DatasetDict(_coco_caption2017(val_ids, test_ids)).save_to_disk(str(root))
     return root

@@ -189,12 +189,12 @@ def open_images(spec: str, *, captions_field: str = "captions", limit: int | Non
         if suffix in IMAGE_EXTENSIONS:
             return FolderSource(path, **common)
         raise CapalignError(f"unknown image source {spec}: unsupported file type {suffix or '(none)'}; {_EXPECTED}")
-    if (path / "manifest.jsonl").is_file():
-        return ManifestSource(path / "manifest.jsonl", captions_field=captions_field, **cols, **common)
-    if any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
+    if any((path / f).is_file() for f in ("state.json", "dataset_dict.json")) and not (path / "manifest.jsonl").is_file():
         return HFSource(spec, path, streaming=False, captions_field=captions_field, **splits, **cols, **common)
     if split:
         raise CapalignError(f"{spec} has no splits (only HF datasets and Karpathy files do); drop --split {split}")
+    if (path / "manifest.jsonl").is_file():
+        return ManifestSource(path / "manifest.jsonl", captions_field=captions_field, **cols, **common)
     tars = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith((".tar", ".tar.gz", ".tgz")))
     if tars:
         return TarSource(spec, tars, captions_field, **common)
