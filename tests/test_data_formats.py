@@ -10,7 +10,8 @@ import pytest
 import replicas as R
 
 from capalign import CapalignError
-from capalign.data.formats import image_id, read_predictions, read_references, write_results
+from capalign.data.formats import image_id, write_results
+from capalign.data.references import read_predictions, read_references
 from capalign.data.sources import open_images
 
 JAVA = shutil.which("java") is not None

@@ -21,6 +21,17 @@ from PIL import Image
 
 from .. import CapalignError
 from ..io import read_jsonl_rows, row_id
+from .formats import (
+    FORMATS,
+    caption_rows,
+    coco_image_id,
+    image_id,
+    image_roots,
+    pick_split,
+    resolve_root,
+    sniff,
+    split_format,
+)
 from .images import IMAGE_EXTENSIONS, BadImage, load_image
 
 log = logging.getLogger(__name__)
@@ -155,8 +166,6 @@ def open_images(spec: str, *, captions_field: str = "captions", limit: int | Non
     has several (HF datasets, Karpathy files; "a+b" joins two); without it, the one split there is is read,
     else `default_split` (the training commands pass "train"), else it is an error listing the splits.
     `image_root`: where the images of a COCO / Karpathy file are, when not in the usual folders."""
-    from .formats import FORMATS, sniff, split_format
-
     fmt, spec = split_format(str(spec))
     if limit is not None and limit < 0:
         raise CapalignError(f"limit must be >= 0, got {limit}")
@@ -214,8 +223,6 @@ class FolderSource(ImageSource):
             and not any(part.startswith(".") for part in p.relative_to(path).parts))  # skip .hidden/.cache
         if not files:
             raise CapalignError(f"no images found in {path} (looked recursively for {' '.join(IMAGE_EXTENSIONS)}); {_EXPECTED}")
-        from .formats import coco_image_id
-
         self.files: dict[str, Path] = {}
         for f in files:
             key = coco_image_id(f.name) or f.relative_to(root).with_suffix("").as_posix()
@@ -295,8 +302,6 @@ class CaptionFileSource(ImageSource):
     `image_root` or the usual folder beside the file, with their captions; ids by formats.image_id's rule."""
 
     def __init__(self, path: Path, fmt: str, split=None, default_split=None, image_root=None, limit=None, max_side=2048):
-        from .formats import caption_rows, image_roots, resolve_root
-
         super().__init__(str(path), limit, max_side)
         rows, name = caption_rows(path, fmt, split, default_split)
         root = resolve_root(path, rows, name, image_root)
@@ -327,8 +332,6 @@ class HFSource(ImageSource):
                  caption_column=None, id_column=None, limit=None, max_side=2048):
         super().__init__(spec, limit, max_side)
         import datasets
-
-        from .formats import coco_image_id, image_id, pick_split
 
         try:
             if path is not None:

@@ -213,7 +213,7 @@ def run(cfg: EvaluateConfig) -> dict:
     show_config(cfg)
     names = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
     _check_models(cfg, names)
-    from ..data.formats import read_predictions, read_references
+    from ..data.references import read_predictions, read_references
 
     refs = read_references(cfg.refs, cfg.split, cfg.caption_column)
     systems = {path: read_predictions(path) for path in dict.fromkeys(cfg.pred)}  # every file is checked before any scoring
