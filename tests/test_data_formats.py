@@ -217,3 +217,16 @@ def test_evaluate_equals_cocoevalcap_on_the_same_files(tmp_path, cli, monkeypatc
     per = dict(zip(ours["per_caption"]["id"], ours["per_caption"]["CIDEr"]))
     worst = max(abs(per[str(i)] - oracle.imgToEval[i]["CIDEr"]) for i in ids)
     assert worst <= 1e-9
+
+
+def test_format_prefix_where_the_content_does_not_say(tmp_path):
+    """A COCO file under another name (captions.dat): no extension or layout marker to go by, so `coco:` names it."""
+    ann = R.coco_annotations(tmp_path / "coco", name="captions.dat")
+    with pytest.raises(CapalignError, match="unsupported file type .dat"):
+        open_images(str(ann))
+    assert open_images(f"coco:{ann}", image_root=str(tmp_path / "coco" / "val2017")).ids() == STRS
+    assert list(read_references(f"coco:{ann}")) == STRS
+    res = R.coco_results(tmp_path / "res.txt", {397133: "a dog"})
+    assert read_predictions(f"coco:{res}") == {"397133": "a dog"}
+    with pytest.raises(CapalignError, match="not a COCO annotation file"):
+        read_references(f"coco:{res}")
