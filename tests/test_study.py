@@ -1,5 +1,5 @@
 """`capalign study` on a tiny recipe (a 48-px nano Base trained for a few steps, 8 test images): the run
-folder follows RUN_LAYOUT.md, a study run twice gives the same bytes, finished stages are skipped and an
+folder follows docs/run-layout.md, a study run twice gives the same bytes, finished stages are skipped and an
 interrupted stage resumes, the summary's numbers are capalign.stats of the per-caption eval files, and a
 bad recipe is one error line. `capalign vizer study` is a recipe: its flags map onto recipe fields and its
 defaults are recipes/demo.yaml."""

@@ -1,6 +1,6 @@
 """The study's `rl` stage on a tiny recipe: per seed, GRPO from the seed's Base with each reward (a judge
 and CIDEr-D), published as systems RL_judge / RL_cider that caption, evaluate (with the judge's score and
-caption length) and the summary pick up; RUN/rl/<System>-seed<s>/history.json as RUN_LAYOUT.md says, and
+caption length) and the summary pick up; RUN/rl/<System>-seed<s>/history.json as docs/run-layout.md says, and
 the report draws the reward curves from it."""
 
 from __future__ import annotations

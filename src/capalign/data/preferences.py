@@ -1,7 +1,7 @@
 """Preference pairs for stylistic alignment: `open_preferences(spec, style=...)` -> train / test pairs.
 
 A pair is (id, image, prompt, chosen, rejected, style): chosen = the stylised caption, rejected = a
-factual caption of the same image. Sources (docs/style.md):
+factual caption of the same image. Sources (docs/style-data.md):
 
 - `x.jsonl` / `x.csv`: rows with `image` (relative to the manifest), `chosen`, `rejected`, `style`,
   optional `id`, `prompt`, `references` (factual captions), `objects`;

@@ -1,4 +1,4 @@
-"""Measures of stylistic alignment: WR-LogP, style accuracy, content kept (definitions: docs/style.md).
+"""Measures of stylistic alignment: WR-LogP, style accuracy, content kept (definitions: docs/style-measures.md).
 
 - WR-LogP (log-probability win rate) on held-out pairs: the share of pairs where the model's
   length-normalised log-probability of the chosen (stylised) caption, given image and prompt,

@@ -6,7 +6,7 @@ depth and widths (128-1024, best 256) but not the activation; GELU is our choice
 `1 - cos(F_I - c, h(F_T))`, where c (buffer `feature_mean`) is zero as in the paper, or, with
 centering on, the mean training feature: mean-pooled patch features of one model share a large
 common component (cosines between different images ~0.99), which leaves the paper's raw cosine
-almost no signal to fit (docs/vizer.md has the measurements). Saved with huggingface_hub's PyTorchModelHubMixin: safetensors + config.json,
+almost no signal to fit (docs/results/vizer-history.md has the measurements). Saved with huggingface_hub's PyTorchModelHubMixin: safetensors + config.json,
 `Mapper.from_pretrained(path)`.
 
 `capalign mapper train` fits h on cached frozen-model features. Variant gt pairs each image with a human caption, variant g with the model's own greedy caption
