@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import replicas as R
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,6 +37,19 @@ def _w(path: Path, content) -> None:
 
 def _rows(rows) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _coco_mismatch(t: Path) -> None:
+    """A COCO annotation file one of whose annotations names an image the file does not have."""
+    ann = R.coco_annotations(t / "coco")
+    obj = json.loads(ann.read_text())
+    obj["annotations"][3]["image_id"] = 999
+    ann.write_text(json.dumps(obj))
+
+
+def _kaggle_bad(t: Path) -> None:
+    path = R.kaggle_csv(t / "flickr30k_images" / "results.csv")
+    path.write_text(path.read_text().replace("1000092795.jpg| 1| ", "1000092795.jpg "))
 
 
 GOOD_PRED = _rows([{"id": "000000", "caption": "a red circle"}, {"id": "000001", "caption": "a blue square"}])
@@ -97,6 +111,14 @@ SETUPS = {
     "style_sweep_lr": lambda t: _w(t / "ss" / "capalign_config.json", json.dumps({"command": "StyleSweepConfig", "lr": 0.5})),
     "sweep_lr": lambda t: _w(t / "sw" / "capalign_config.json", json.dumps({"command": "SweepConfig", "vizer_lr": 0.5})),
     "run_broken_index": lambda t: _w(t / "run" / "index.json", "{broken\n"),
+    "karpathy": lambda t: R.karpathy_coco(t / "k"),
+    "coco_mismatch": _coco_mismatch,
+    "coco_no_images": lambda t: (R.coco_annotations(t / "coco"), shutil.rmtree(t / "coco" / "val2017")),
+    "flickr_token": lambda t: R.flickr_token(t / "results_20130124.token"),
+    "kaggle_bad": _kaggle_bad,
+    "hf_val_test": lambda t: R.hf_coco_caption2017_on_disk(t / "hf"),
+    "results_dup": lambda t: _w(t / "dup.json", json.dumps([{"image_id": 1, "caption": "a"}, {"image_id": 1, "caption": "b"}])),
+    "newyorker_from_pixels": lambda t: __import__("capalign.data.style_fixtures", fromlist=["x"]).write_newyorker(t / "ny", "matching_from_pixels"),
     "test_refs_bad": lambda t: (shutil.copytree(DATA_DIR[0], t / "test"),
                                 _w(t / "test" / "manifest.jsonl", _rows([{"id": "000000", "image": "images/000000.png", "captions": "a dog"}]))),
 }
@@ -176,6 +198,15 @@ ROWS = [
     (_with(CAPTION, batch_size="0"), "none", "batch_size must be > 0, got 0"),
     (_with(CAPTION, batch_size="many"), "none", "argument --batch_size: invalid int value: 'many'"),
     (_with(CAPTION, dtype="float64"), "none", "dtype must be one of"),
+    (_with(CAPTION, format="csv"), "none", "format must be jsonl or coco, got 'csv'"),
+    (_with(CAPTION, format="coco", out="{tmp}/res.json"), "none", "{tmp}/res.json: a COCO results file is a JSON array"),
+    (_with(CAPTION, split="test"), "none", "has no splits (only HF datasets and Karpathy files do); drop --split test"),
+    (_with(CAPTION, images="{tmp}/k/dataset_coco.json", split="validation"), "karpathy", "has no split 'validation'; its splits: test (3), val (1)"),
+    (_with(CAPTION, images="{tmp}/k/dataset_coco.json"), "karpathy", "holds several splits: test (3), val (1), restval (2), train (2); choose one with --split"),
+    (_with(CAPTION, images="{tmp}/coco/annotations/captions_val2017.json"), "coco_mismatch", "annotations[3] has image_id 999, which is not among the file's 8 images"),
+    (_with(CAPTION, images="{tmp}/coco/annotations/captions_val2017.json"), "coco_no_images", "cannot find the images of {tmp}/coco/annotations/captions_val2017.json"),
+    (_with(CAPTION, images="{tmp}/results_20130124.token"), "flickr_token", "is a Flickr30k caption file (references: --refs), not an image source"),
+    (_with(CAPTION, images="{tmp}/hf"), "hf_val_test", "{tmp}/hf holds several splits: val (6), test (2); choose one with --split"),
     # ------------------------------------------------------------------ evaluate
     (_with(EVALUATE, pred="{tmp}/nope.jsonl"), "none", "predictions file not found: {tmp}/nope.jsonl"),
     (_with(EVALUATE, pred="{tmp}/preds"), "pred_dir", "predictions file {tmp}/preds is not a file"),
@@ -190,6 +221,15 @@ ROWS = [
     (_with(EVALUATE, metrics="degenerate", degenerate_vocabulary="french"), "none", "unknown degenerate_vocabulary 'french'"),
     (EVALUATE, "refs_objects_str", "{tmp}/r.jsonl line 1: 'objects' must be a list"),
     (_with(EVALUATE, refs="{tmp}/nope.jsonl"), "none", "references file not found: {tmp}/nope.jsonl"),
+    (_with(EVALUATE, split="test"), "none", "{tmp}/r.jsonl has no splits"),
+    (_with(EVALUATE, refs="{tmp}/k/dataset_coco.json", split="validation"), "karpathy", "has no split 'validation'; its splits: test (3)"),
+    (_with(EVALUATE, refs="{tmp}/k/dataset_coco.json"), "karpathy", "holds several splits: test (3), val (1), restval (2), train (2)"),
+    (_with(EVALUATE, refs="{tmp}/coco/annotations/captions_val2017.json"), "coco_mismatch", "has image_id 999, which is not among the file's 8 images"),
+    (_with(EVALUATE, refs="{tmp}/hf", split="val", caption_column="height"), "hf_val_test", "caption column 'height' of {tmp}/hf holds int32, not text"),
+    (_with(EVALUATE, refs="{tmp}/hf", split="test"), "hf_val_test", "no references in {tmp}/hf: none of its 2 rows has a caption"),
+    (_with(EVALUATE, refs="{tmp}/flickr30k_images/results.csv"), "kaggle_bad", "results.csv line 3: expected 'image_name| comment_number| comment'"),
+    (_with(EVALUATE, pred="{tmp}/dup.json"), "results_dup", "{tmp}/dup.json: image_id 1 appears twice"),
+    (_with(EVALUATE, refs="{tmp}/dup.json"), "results_dup", "{tmp}/dup.json is a COCO results file (predictions); pass it as --pred"),
     (_with(EVALUATE, out="{tmp}/afile/res.json"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(EVALUATE, out="{tmp}"), "none", "out must be a file path"),
     (_with(EVALUATE, out="{tmp}/r.jsonl"), "none", "--out {tmp}/r.jsonl is also the input --refs"),
@@ -319,6 +359,7 @@ ROWS = [
     (_with(STYLE_PAIRS, data="{tmp}/prefs.jsonl"), "prefs_no_chosen", "{tmp}/prefs.jsonl: missing column(s) chosen"),
     (_with(STYLE_PAIRS, data="{tmp}/shapes.jsonl"), "shapes_manifest_no_image", "{tmp}/shapes.jsonl line 2: a shapes-world row needs an 'image' path"),
     (_with(STYLE_PAIRS, data="shapes:x"), "none", "bad shapes spec 'shapes:x'"),
+    (_with(STYLE_PAIRS, data="{tmp}/ny"), "newyorker_from_pixels", "is a New Yorker caption contest `_from_pixels` config: it has the cartoons"),
     (_with(STYLE_PAIRS, style="sarcastic"), "none", "no 'sarcastic' pairs in shapes:4"),
     (_with(STYLE_PAIRS, out="{tmp}/afile/pairs"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(STYLE_CLASSIFIER, data="{tmp}/empty"), "empty_dir", "cannot tell what preference data {tmp}/empty holds"),

@@ -83,8 +83,10 @@ def test_same_content_same_records(sources, kind):
 def test_single_tar_dataset_dict_and_limit(sources):
     assert open_images(str(sources["tar"])).ids() == ["a/one", "b"]
     assert sorted(_collect(open_images(str(sources["hf"].parent / "hfdict"), split="test"))) == sorted(CONTENT)
-    with pytest.raises(CapalignError, match="split 'train' not in"):
-        open_images(str(sources["hf"].parent / "hfdict"))
+    # no split given: the one split there is (issue 19: a flickr30k save_to_disk holds only `test`)
+    assert sorted(_collect(open_images(str(sources["hf"].parent / "hfdict")))) == sorted(CONTENT)
+    with pytest.raises(CapalignError, match=r"has no split 'train'; its splits: test \(3\)"):
+        open_images(str(sources["hf"].parent / "hfdict"), split="train")
     src = open_images(str(sources["jsonl"]), limit=2)
     assert src.ids() == ["a/one", "b"] and len(src) == 2 and len(list(src)) == 2
 

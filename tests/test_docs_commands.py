@@ -24,8 +24,12 @@ command that cannot run here goes in ALLOW_LIST with its reason (keep it short).
 Substitutions, by flag (the same for YAML keys), when the documented value does not exist as a path:
   --model --judge    hub id or placeholder -> the tiny random model of the family its name says
                      (qwen2.5 -> Qwen2.5-VL, qwen -> Qwen2-VL, anything else -> Idefics3/SmolVLM)
-  --images --data --mapper_data --test -> an 8-image shapes-world dataset (also `hf:...`)
-  --refs             -> that dataset's manifest.jsonl
+  --images --data --mapper_data --test -> an 8-image shapes-world dataset
+  --images --refs    a distributed caption file by its name (captions_*.json, dataset_coco.json,
+                     dataset_flickr30k.json, *.token, results.csv) or hf:NAME -> its replica (tests/replicas.py:
+                     COCO with val2017/, Karpathy with train2014/ + val2014/, Flickr30k, lmms-lab/COCO-Caption2017
+                     with val and test splits), so `--split` and the COCO ids work as documented
+  --refs             -> the shapes dataset's manifest.jsonl
   --pred             -> a caption file written there from the dataset's captions
   --run              -> a study run folder built to the contract (tests/test_report.py's make_run)
   --recipe           -> a shipped recipe (recipes/NAME.yaml) read from the repository
@@ -51,6 +55,8 @@ import pytest
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub id that escaped substitution fails fast instead of downloading
+
+import replicas  # noqa: E402
 
 from capalign.cli import COMMANDS, POSITIONAL, main  # noqa: E402
 
@@ -239,6 +245,17 @@ class Env:
         self.data = write_dataset(root / "shapes", 8)
         self.models, self.clip = models, clip
         self.rows = [json.loads(ln) for ln in (self.data / "manifest.jsonl").read_text().splitlines()]
+        flickr = root / "flickr30k"
+        self.files = {  # the distributed caption files, by name (module docstring)
+            "captions_": replicas.coco_annotations(root / "coco"), "dataset_coco.json": replicas.karpathy_coco(root / "coco"),
+            "dataset_flickr30k.json": replicas.karpathy_flickr(flickr), ".token": replicas.flickr_token(flickr / "results_20130124.token"),
+            "results.csv": replicas.kaggle_csv(flickr / "flickr30k_images" / "results.csv"),
+            "hf:": "hf:" + str(replicas.hf_coco_caption2017(root / "COCO-Caption2017"))}
+
+    def replica(self, value: str) -> str | None:
+        name = Path(value).name
+        hit = next((f for k, f in self.files.items() if value.startswith(k) or name.startswith(k) or name.endswith(k)), None)
+        return None if hit is None else str(hit)
 
     def model(self, name: str) -> str:
         low = name.lower()
@@ -251,6 +268,8 @@ class Env:
             return str(ROOT / value)  # the project's recipes/ (the commands run in a fresh folder)
         if flag in ("--model", "--judge"):
             return self.model(value)
+        if flag in ("--images", "--data", "--refs") and self.replica(value):
+            return self.replica(value)
         if flag in ("--images", "--data", "--mapper_data", "--test") and (value.startswith("hf:") or ":" not in value):
             return str(self.data)  # (other NAME:ARGS specs, e.g. shapes:100, are generated, not read)
         if flag == "--recipe" and (ROOT / value).is_file():
@@ -292,11 +311,16 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_idefics3_path, tiny_qwen2_vl_path, tiny_qwen2_5_vl_path):
+    import datasets
+
     from capalign.models.tiny_clip import build_tiny_clip
 
     root = tmp_path_factory.mktemp("docs_env")
+    cache = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = root / "hf_cache"  # load_dataset of the hf: replica caches here, not in ~/.cache
     models = {"idefics3": str(tiny_idefics3_path), "qwen2_vl": str(tiny_qwen2_vl_path), "qwen2_5_vl": str(tiny_qwen2_5_vl_path)}
-    return Env(root, models, build_tiny_clip(root / "clip"))
+    yield Env(root, models, build_tiny_clip(root / "clip"))
+    datasets.config.HF_DATASETS_CACHE = cache
 
 
 # ------------------------------------------------------------------------------------ tests

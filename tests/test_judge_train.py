@@ -157,8 +157,8 @@ def test_config_errors():
 
 def test_degenerate_candidates_are_graded_e_as_built():
     from capalign.judge.candidates import KINDS
-    from capalign.metrics.degenerate import degeneracy
     from capalign.judge.train import degenerate_candidate, degenerate_examples, phrasings
+    from capalign.metrics.degenerate import degeneracy
 
     rows = [shapes.make_example(0, i, 48, "train")[0] for i in range(40)]
     ex = degenerate_examples(rows, random.Random(0))

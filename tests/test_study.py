@@ -347,3 +347,23 @@ def test_a_test_source_is_copied_into_the_run_folder(tmp_path, capsys):
         assert r["captions"] == orig[r["id"]]["captions"] and r["objects"] == orig[r["id"]]["objects"]
         assert (tmp_path / "run/data/test" / r["image"]).read_bytes() == (src / orig[r["id"]]["image"]).read_bytes()
     assert "(1 skipped: unreadable" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_karpathy_test_split_is_copied_into_the_run_folder(tmp_path):
+    """The real recipes' data.test: Karpathy's dataset_coco.json (as distributed, tests/replicas.py) with
+    data.test_split: test -> RUN/data/test holds that split's images (original bytes), COCO ids and captions."""
+    import replicas
+
+    from capalign.study.recipe import from_dict
+    from capalign.study.run import plan
+
+    path = replicas.karpathy_coco(tmp_path / "coco")
+    recipe = from_dict({"seeds": [0], "data": {"test": str(path), "test_split": "test"}}, "r")
+    steps, seeds = plan(recipe, tmp_path / "run")
+    steps[0][0].run(steps[0][1])
+    rows = [json.loads(l) for l in (tmp_path / "run/data/test/manifest.jsonl").read_text().splitlines()]
+    test = [i for i, s in replicas.KARPATHY_SPLITS.items() if s == "test"]
+    assert [r["id"] for r in rows] == [str(i) for i in test]
+    for r, i in zip(rows, test):
+        assert r["captions"] == replicas.captions(i)
+        assert (tmp_path / "run/data/test" / r["image"]).read_bytes() == (tmp_path / "coco/val2014" / f"COCO_val2014_{i:012d}.jpg").read_bytes()

@@ -4,6 +4,9 @@ Output: one JSON line `{"id", "caption"}` per image, appended whole after each b
 leaves a partial line; a torn last line from a killed run is cut on the next open). Re-running the
 same command skips the ids already in the output file without decoding their images. Images that
 cannot be read are listed in `<out>.skipped.jsonl`; the resolved config goes to `<out>.config.json`.
+`--format coco` writes a COCO results file (`[{"image_id", "caption"}]`, what pycocoevalcap's loadRes
+reads) instead: the captions stream into `<out>.jsonl` as above (that file is what a re-run resumes
+from) and `<out>` is written atomically from it at the end of every run.
 
 An existing `--out` is resumed only when it is this command's own: every row a caption row, and its
 `<out>.config.json` beside it, saved by `capalign caption` (the saved config is the mark, not a header
@@ -41,8 +44,14 @@ class CaptionConfig:
     """Caption images with a VLM (hub id, local checkpoint or nano captioner folder); batched and resumable."""
 
     model: str = arg(help="Model: a hub id (e.g. HuggingFaceTB/SmolVLM-256M-Base) or a local model folder (checkpoint, nano captioner).")
-    images: str = arg(help="Image source: folder, dataset folder with manifest.jsonl, .jsonl/.csv manifest, save_to_disk folder, .tar shards or hf:NAME (see docs/data.md).")
-    out: str = arg(help="Output JSONL file ({'id', 'caption'} per line). Re-running with the same settings resumes: ids already in it are skipped.")
+    images: str = arg(help="Image source: folder, dataset folder with manifest.jsonl, .jsonl/.csv manifest, COCO annotation or Karpathy .json, save_to_disk folder, .tar shards or hf:NAME (see docs/data.md).")
+    out: str = arg(help="Output file: JSONL ({'id', 'caption'} per line), or a COCO results .json with --format coco. Re-running with the same settings resumes: ids already captioned are skipped.")
+    format: str = arg("jsonl", "Output format: jsonl ({'id', 'caption'} lines) or coco (a COCO results file [{'image_id', 'caption'}] "
+                               "for pycocoevalcap; written at the end, the run streams into OUT.jsonl and resumes from it).")
+    split: str = arg(None, "Split of a source with several (HF dataset: any of its splits; Karpathy file: train, val, test, restval; "
+                           "'a+b' joins two). Default: the one split there is, else an error listing them.")
+    image_root: str = arg(None, "Folder holding the images of a COCO annotation or Karpathy file (default: the usual folder beside "
+                                "it, e.g. val2017/ beside annotations/, or train2014/ + val2014/).")
     adapter: str = arg("", "Optional PEFT adapter folder (e.g. the output of `capalign vizer train`).")
     batch_size: int = arg(16, "Images per batch (one vision pass + one generate call per batch).")
     vision_batch_size: int = arg(None, "Images per vision-tower pass inside a batch (default: 1 on CPU, where per-image passes are faster, else the whole batch).")
@@ -80,6 +89,8 @@ class CaptionConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
+        if self.format not in ("jsonl", "coco"):
+            raise ValueError(f"format must be jsonl or coco, got {self.format!r}")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if Path(self.out).is_dir():
@@ -117,11 +128,12 @@ def _file_ids(path: Path) -> list[str]:
         raise CapalignError(f"cannot resume into --out {path}: {e}; {hint}") from None
 
 
-def claim_output(cfg: CaptionConfig) -> bool:
+def claim_output(cfg: CaptionConfig, out: Path | None = None) -> bool:
     """Check that an existing --out (and per-rank leftovers) may be resumed, before anything is written:
     caption rows only, saved config of `capalign caption` beside it, same settings (config.check_resume).
-    True: --overwrite, the earlier output is to be removed. Reads only."""
-    out = Path(cfg.out)
+    True: --overwrite, the earlier output is to be removed. Reads only. `out`: the caption file (default --out;
+    with --format coco the OUT.jsonl that the captions stream into)."""
+    out = Path(out or cfg.out)
     written = [p for p in [out, *_rank_files(out)] if p.is_file() and p.stat().st_size]
     for p in written:
         _file_ids(p)
@@ -236,14 +248,20 @@ def run(cfg: CaptionConfig) -> CaptionStats:
     # cheap checks first, so bad input fails in one line before any weights are loaded
     device = resolve_device(cfg.device)
     resolve_dtype(cfg.dtype, device)
-    source = open_images(cfg.images, limit=cfg.limit)
+    source = open_images(cfg.images, limit=cfg.limit, split=cfg.split, image_root=cfg.image_root)
     family = _config(cfg.model).model_type
     if family not in FAMILIES:
         raise CapalignError(f"unsupported model family {family!r} for {cfg.model}; supported: {', '.join(FAMILIES)}")
     if cfg.adapter:
         check_adapter(cfg.adapter)
-    out = Path(cfg.out)
-    overwrite = claim_output(cfg)  # an existing --out must be this command's, with the same settings
+    out = stream = Path(cfg.out)
+    if cfg.format == "coco":  # captions stream into OUT.jsonl (resumable, its config beside it); OUT is written from it at the end
+        stream = out.with_name(out.name + ".jsonl")
+        if out.is_file():
+            from .data.formats import read_results
+
+            read_results(out)  # an existing --out must be a results file (we replace it), never someone's other file
+    overwrite = claim_output(cfg, stream)  # an existing caption file must be this command's, with the same settings
 
     from accelerate import PartialState
 
@@ -256,12 +274,12 @@ def run(cfg: CaptionConfig) -> CaptionStats:
     vlm.vision_batch_size = cfg.vision_batch_size
     if rank == 0:
         if overwrite:
-            discard_output(out)
-        save_config(cfg, out)
-        merge_rank_files(out)  # leftovers of an interrupted multi-process run
+            discard_output(stream)
+        save_config(cfg, stream)
+        merge_rank_files(stream)  # leftovers of an interrupted multi-process run
     if state:
         state.wait_for_everyone()
-    stats = caption_source(vlm, source, out, cfg.batch_size, cfg.max_new_tokens, cfg.do_sample, cfg.temperature,
+    stats = caption_source(vlm, source, stream, cfg.batch_size, cfg.max_new_tokens, cfg.do_sample, cfg.temperature,
                            cfg.top_p, rank=rank, world_size=world)
     if state:
         from accelerate.utils import gather_object
@@ -269,11 +287,17 @@ def run(cfg: CaptionConfig) -> CaptionStats:
         parts = gather_object([(stats.captioned, stats.resumed, stats.skipped)])
         state.wait_for_everyone()
         if rank == 0:
-            merge_rank_files(out)
+            merge_rank_files(stream)
             stats = CaptionStats(sum(p[0] for p in parts), sum(p[1] for p in parts),
                                  [s for p in parts for s in p[2]], stats.seconds)
     if rank != 0:
         return stats
+    if cfg.format == "coco":
+        from .data.formats import write_results
+        from .io import read_jsonl
+
+        n = write_results(out, read_jsonl(stream))
+        print0(f"wrote {n} captions as a COCO results file -> {out}")
     skipped_path = _write_skipped(out, stats.skipped)
     if stats.skipped:
         shown = ", ".join(i for i, _ in stats.skipped[:5]) + (", ..." if len(stats.skipped) > 5 else "")

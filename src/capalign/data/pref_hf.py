@@ -8,6 +8,10 @@ Two layouts:
   list and `label` the letter of the right / winning one), rejected = `image_description` (the
   annotators' literal description of the cartoon), style "humorous", id = `instance_id`, and the
   cartoon (`contest_number`) as the group, so one cartoon's rows never straddle the split.
+  Its `*_from_pixels` configs are refused with a one-line reason: they hold the cartoon, its contest
+  captions and the label, but no `image_description`, so there is no factual caption to reject (a wrong
+  or losing contest caption is humorous too: a pair of two jokes teaches no style). The same task without
+  `_from_pixels` has the same cartoons with the annotators' descriptions.
 Images stay undecoded (bytes) until a pair is used.
 """
 
@@ -56,7 +60,11 @@ def hf_pairs(spec: str, path: Path | None, split: str, style: str | None, column
     imk = columns.get("image") or next((c for c in IMAGE_COLUMNS if c in cols), image_feature)
     if imk is None or imk not in cols:
         raise CapalignError(f"no image column in {spec}; columns: {', '.join(cols)}; pass image_column=")
-    if "caption_choices" in cols and "image_description" in cols and not columns.get("chosen"):
+    if "caption_choices" in cols and not columns.get("chosen"):
+        if "image_description" not in cols:
+            raise CapalignError(f"{spec} is a New Yorker caption contest `_from_pixels` config: it has the cartoons and their "
+                                "contest captions but no image_description, so no factual caption to reject; use the same task "
+                                "without _from_pixels (e.g. hf:jmhessel/newyorker_caption_contest:matching)")
         return _newyorker(ds, imk, Pair)
     ck, rk = columns.get("chosen") or "chosen", columns.get("rejected") or "rejected"
     missing = [c for c in (ck, rk) if c not in cols]

@@ -21,15 +21,26 @@ from PIL import Image
 
 from .. import CapalignError
 from ..io import read_jsonl_rows, row_id
+from .formats import (
+    FORMATS,
+    caption_rows,
+    coco_image_id,
+    image_id,
+    image_roots,
+    pick_split,
+    resolve_root,
+    sniff,
+    split_format,
+)
 from .images import IMAGE_EXTENSIONS, BadImage, load_image
 
 log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "picture", "photo")
-CAPTION_COLUMNS = ("captions", "caption", "text", "sentences", "sentence", "raw", "alt_text", "txt")
-ID_COLUMNS = ("id", "image_id", "key", "__key__", "file_name", "filename", "img_id")
-_EXPECTED = ("expected a folder of images, a dataset folder with manifest.jsonl, a .jsonl/.csv manifest, "
-             "a datasets save_to_disk folder, .tar shards (file, brace pattern or folder) or hf:NAME[:CONFIG]")
+CAPTION_COLUMNS = ("captions", "caption", "answer", "sentences", "text", "sentence", "raw", "alt_text", "txt")
+ID_COLUMNS = ("image_id", "cocoid", "id", "key", "__key__", "file_name", "filename", "img_id")
+_EXPECTED = ("expected a folder of images, a dataset folder with manifest.jsonl, a .jsonl/.csv manifest, a COCO annotation "
+             "or Karpathy split .json, a datasets save_to_disk folder, .tar shards (file, brace pattern or folder) or hf:NAME[:CONFIG]")
 
 
 @dataclass
@@ -148,16 +159,21 @@ def batched(records: Iterable, batch_size: int) -> Iterator[list]:
 
 
 def open_images(spec: str, *, captions_field: str = "captions", limit: int | None = None, max_side: int = 2048,
-                split: str = "train", streaming: bool = False, image_column: str | None = None,
-                caption_column: str | None = None, id_column: str | None = None) -> ImageSource:
-    """Open an image source from a spec string (see docs/data.md)."""
-    spec = str(spec)
+                split: str | None = None, default_split: str | None = None, streaming: bool = False,
+                image_column: str | None = None, caption_column: str | None = None, id_column: str | None = None,
+                image_root: str | None = None) -> ImageSource:
+    """Open an image source from a spec string (see docs/data.md). `split` picks one split of a source that
+    has several (HF datasets, Karpathy files; "a+b" joins two); without it, the one split there is is read,
+    else `default_split` (the training commands pass "train"), else it is an error listing the splits.
+    `image_root`: where the images of a COCO / Karpathy file are, when not in the usual folders."""
+    fmt, spec = split_format(str(spec))
     if limit is not None and limit < 0:
         raise CapalignError(f"limit must be >= 0, got {limit}")
     cols = dict(image_column=image_column, caption_column=caption_column or None, id_column=id_column)
     common = dict(limit=limit, max_side=max_side)
+    splits = dict(split=split or None, default_split=default_split)
     if spec.startswith("hf:"):
-        return HFSource(spec, None, split=split, streaming=streaming, captions_field=captions_field, **cols, **common)
+        return HFSource(spec, None, streaming=streaming, captions_field=captions_field, **splits, **cols, **common)
     if "{" in spec and ".tar" in spec:
         return TarSource(spec, expand_shards(spec), captions_field, **common)
     path = Path(spec).expanduser()
@@ -165,6 +181,16 @@ def open_images(spec: str, *, captions_field: str = "captions", limit: int | Non
         raise CapalignError(f"image source not found: {spec}; {_EXPECTED}")
     if path.is_file():
         suffix = path.suffix.lower()
+        kind = fmt or (sniff(path) if suffix in (".json", ".jsonl", ".csv", ".txt", ".token") else None)
+        if kind in ("coco", "karpathy"):
+            return CaptionFileSource(path, kind, split=split, default_split=default_split, image_root=image_root, **common)
+        if kind in ("flickr30k", "kaggle", "results"):
+            what = "a COCO results file (predictions: --pred)" if kind == "results" else "a Flickr30k caption file (references: --refs)"
+            raise CapalignError(f"{spec} is {what}, not an image source; pass the image folder as --images")
+        if split:
+            raise CapalignError(f"{spec} has no splits (only HF datasets and Karpathy files do); drop --split {split}")
+        if fmt is not None and fmt not in ("jsonl",):
+            raise CapalignError(f"{spec} is not a {fmt} file; formats: {', '.join(FORMATS)}")
         if suffix in (".jsonl", ".csv"):
             return ManifestSource(path, captions_field=captions_field, **cols, **common)
         if suffix == ".tar" or path.name.endswith((".tar.gz", ".tgz")):
@@ -172,10 +198,12 @@ def open_images(spec: str, *, captions_field: str = "captions", limit: int | Non
         if suffix in IMAGE_EXTENSIONS:
             return FolderSource(path, **common)
         raise CapalignError(f"unknown image source {spec}: unsupported file type {suffix or '(none)'}; {_EXPECTED}")
+    if any((path / f).is_file() for f in ("state.json", "dataset_dict.json")) and not (path / "manifest.jsonl").is_file():
+        return HFSource(spec, path, streaming=False, captions_field=captions_field, **splits, **cols, **common)
+    if split:
+        raise CapalignError(f"{spec} has no splits (only HF datasets and Karpathy files do); drop --split {split}")
     if (path / "manifest.jsonl").is_file():
         return ManifestSource(path / "manifest.jsonl", captions_field=captions_field, **cols, **common)
-    if any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
-        return HFSource(spec, path, split=split, streaming=False, captions_field=captions_field, **cols, **common)
     tars = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith((".tar", ".tar.gz", ".tgz")))
     if tars:
         return TarSource(spec, tars, captions_field, **common)
@@ -183,7 +211,8 @@ def open_images(spec: str, *, captions_field: str = "captions", limit: int | Non
 
 
 class FolderSource(ImageSource):
-    """Image files under a folder (recursive, sorted); id = relative path without extension.
+    """Image files under a folder (recursive, sorted); id = relative path without extension, except that a
+    COCO file name (COCO_val2014_000000397133.jpg, 000000397133.jpg) is COCO's image_id "397133" (formats.py).
     An optional sidecar `<name>.txt` holds captions, one per line."""
 
     def __init__(self, path: Path, limit=None, max_side=2048):
@@ -196,7 +225,7 @@ class FolderSource(ImageSource):
             raise CapalignError(f"no images found in {path} (looked recursively for {' '.join(IMAGE_EXTENSIONS)}); {_EXPECTED}")
         self.files: dict[str, Path] = {}
         for f in files:
-            key = f.relative_to(root).with_suffix("").as_posix()
+            key = coco_image_id(f.name) or f.relative_to(root).with_suffix("").as_posix()
             if key in self.files:
                 raise CapalignError(f"two images in {path} map to id {key!r} ({self.files[key].name}, {f.name}); rename one")
             self.files[key] = f
@@ -268,6 +297,27 @@ class ManifestSource(ImageSource):
         return iter(self.rows)
 
 
+class CaptionFileSource(ImageSource):
+    """A COCO annotation file or one split of a Karpathy file (formats.py): its images, found under
+    `image_root` or the usual folder beside the file, with their captions; ids by formats.image_id's rule."""
+
+    def __init__(self, path: Path, fmt: str, split=None, default_split=None, image_root=None, limit=None, max_side=2048):
+        super().__init__(str(path), limit, max_side)
+        rows, name = caption_rows(path, fmt, split, default_split)
+        root = resolve_root(path, rows, name, image_root)
+        if root is None:
+            looked = [str(image_root)] if image_root else [str(r) for r in image_roots(path, name)]
+            raise CapalignError(f"cannot find the images of {path}: {rows[0][1] if rows else '(no rows)'} is in none of "
+                                f"{', '.join(looked)}; pass image_root (caption: --image_root)")
+        self.rows = [Entry(i, lambda f=root / file: f, caps, {"path": str(root / file)}) for i, file, caps in rows]
+
+    def _known_count(self):
+        return len(self.rows)
+
+    def _entries(self):
+        return iter(self.rows)
+
+
 def _hf_image_ref(value):
     """Undecoded datasets.Image cells are {"bytes", "path"}; others may be paths, bytes or PIL images."""
     if isinstance(value, dict):
@@ -278,7 +328,7 @@ def _hf_image_ref(value):
 class HFSource(ImageSource):
     """A HF `datasets` dataset: `hf:NAME[:CONFIG]` (load_dataset) or a save_to_disk folder."""
 
-    def __init__(self, spec, path, split="train", streaming=False, captions_field="captions", image_column=None,
+    def __init__(self, spec, path, split=None, default_split=None, streaming=False, captions_field="captions", image_column=None,
                  caption_column=None, id_column=None, limit=None, max_side=2048):
         super().__init__(spec, limit, max_side)
         import datasets
@@ -288,13 +338,19 @@ class HFSource(ImageSource):
                 ds = datasets.load_from_disk(str(path))
             else:
                 name, _, config = spec[3:].partition(":")
+                if not split:  # the split names first (metadata only): a dataset of several is never downloaded whole
+                    names = datasets.get_dataset_split_names(name, config or None)
+                    split = pick_split({s: [] for s in names}, None, default_split, spec)[0]
                 ds = datasets.load_dataset(name, config or None, split=split, streaming=streaming)
+        except CapalignError:
+            raise
         except Exception as e:  # hub, network and format errors all mean "cannot open this spec"
             raise CapalignError(f"cannot load dataset {spec}: {' '.join(str(e).split())[:300]}") from None
         if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-            if split not in ds:
-                raise CapalignError(f"split {split!r} not in {spec}; available: {', '.join(ds)}")
-            ds = ds[split]
+            split = pick_split({s: ds[s] for s in ds}, split, default_split, spec)[0]
+            ds = datasets.concatenate_datasets([ds[s] for s in split.split("+")]) if "+" in split else ds[split]
+        elif split and getattr(ds, "split", None) is not None and split not in (str(ds.split), default_split):
+            raise CapalignError(f"{spec} holds one split, {ds.split}, not {split!r}")
         feats = ds.features or {}
         cols = list(ds.column_names or feats or next(iter(ds), {}))
 
@@ -309,12 +365,20 @@ class HFSource(ImageSource):
             (c for c in cols if isinstance(feats.get(c), datasets.Image)), None)
         if self.image_col is None:
             raise CapalignError(f"no image column in {spec}; columns: {', '.join(cols)}; pass --image_column")
-        self.caption_col = pick(caption_column, (captions_field, *CAPTION_COLUMNS), "caption")
-        self.id_col = pick(id_column, ID_COLUMNS, "id")
         if isinstance(feats.get(self.image_col), datasets.Image):
             # decode ourselves: a corrupt image then becomes one skipped record, not a crashed loop
             ds = ds.cast_column(self.image_col, datasets.Image(decode=False))
         self.ds, self.streaming = ds, isinstance(ds, datasets.IterableDataset)
+        first = _first_row(ds, [c for c in cols if c != self.image_col])
+        # the caption column: the one named, which must hold text, or the first common name that does
+        text = [c for c in (captions_field, *CAPTION_COLUMNS) if c in cols and _text_column(feats.get(c), first.get(c)) is None]
+        self.caption_col = pick(caption_column, text, "caption")
+        if caption_column and (got := _text_column(feats.get(caption_column), first.get(caption_column))):
+            raise CapalignError(f"caption column {caption_column!r} of {spec} holds {got}, not text (strings or lists of strings)")
+        # a column of COCO file names is the id (lmms-lab's COCO sets keep it in `question_id`), by formats.image_id
+        coco = next((c for c in ("question_id", *ID_COLUMNS) if c in cols and coco_image_id(first.get(c)) is not None), None)
+        self.id_col = coco if coco and not id_column else pick(id_column, ID_COLUMNS, "id")
+        self._id = image_id
 
     def _known_count(self):
         return None if self.streaming else len(self.ds)
@@ -325,15 +389,49 @@ class HFSource(ImageSource):
         n = len(self.ds) if self.limit is None else min(self.limit, len(self.ds))
         if self.id_col is None:
             return [str(i) for i in range(n)]
-        return [str(v) for v in self.ds.select(range(n)).select_columns([self.id_col])[self.id_col]]
+        return [self._id(v) for v in self.ds.select(range(n)).select_columns([self.id_col])[self.id_col]]
 
     def _entries(self):
         own = {self.image_col, self.caption_col, self.id_col}
         for i, row in enumerate(self.ds):
-            rid = str(row[self.id_col]) if self.id_col else str(i)
+            rid = self._id(row[self.id_col]) if self.id_col else str(i)
             caps = as_captions(row.get(self.caption_col)) if self.caption_col else []
             ref = _hf_image_ref(row[self.image_col])
             yield Entry(rid, lambda ref=ref: ref, caps, {k: v for k, v in row.items() if k not in own})
+
+
+def _first_row(ds, cols: list[str]) -> dict:
+    """The first row's cells of `cols` (images left out: cheap), {} for an empty dataset."""
+    import datasets
+
+    if not cols:
+        return {}
+    if isinstance(ds, datasets.IterableDataset):
+        return next(iter(ds.select_columns(cols)), {})
+    return ds.select_columns(cols)[0] if len(ds) else {}
+
+
+def _text_column(feature, value) -> str | None:
+    """None if a column holds text (strings, lists of them, Karpathy-style [{"raw": ...}]), else what it holds."""
+    import datasets
+
+    inner = getattr(feature, "feature", feature)  # List / Sequence -> their element
+    if isinstance(inner, dict):  # a list of structs: Karpathy's sentences
+        inner = inner.get("raw") or inner.get("text") or inner.get("caption")
+    if isinstance(inner, datasets.Value):
+        return None if inner.dtype in ("string", "large_string") else inner.dtype
+    return None if value is None or _is_text(value) else type(value).__name__
+
+
+def _is_text(value) -> bool:
+    """Whether a cell is text the way as_captions reads it (a str, or lists / {"raw"} dicts of str)."""
+    if isinstance(value, str):
+        return True
+    if isinstance(value, dict):
+        return any(_is_text(value[k]) for k in ("raw", "text", "caption") if k in value)
+    if isinstance(value, (list, tuple)):
+        return all(_is_text(v) for v in value)
+    return False
 
 
 def expand_shards(pattern: str) -> list[Path]:

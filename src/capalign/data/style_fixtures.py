@@ -81,7 +81,8 @@ def write_flickrstyle(out: str | Path, n: int | None = None) -> Path:
 def write_newyorker(out: str | Path, config: str = "explanation") -> Path:
     """A save_to_disk DatasetDict (train/validation/test) with the columns of jmhessel/newyorker_caption_contest's
     `explanation` config (caption_choices: the explained caption) or `matching` config (caption_choices: five
-    choices, label: the letter of the right one). Contest c has rows for several captions of one cartoon."""
+    choices, label: the letter of the right one); a `*_from_pixels` config drops the annotators' columns
+    (image_description and the rest), as the hub's do. Contest c has rows for several captions of one cartoon."""
     import datasets
 
     rows = []
@@ -91,7 +92,9 @@ def write_newyorker(out: str | Path, config: str = "explanation") -> Path:
                 "image_description": SCENES[i - i % 2][0], "image_uncanny_description": "nothing is unusual",
                 "entities": ["https://en.wikipedia.org/wiki/Dog"], "questions": ["why?"], "from_description": "",
                 "n_tokens_label": 12, "instance_id": f"{contest:04d}-{i:03d}"}
-        if config == "explanation":
+        if config.endswith("_from_pixels"):
+            base = {k: v for k, v in base.items() if k in ("image", "contest_number", "n_tokens_label", "instance_id")}
+        if config.startswith("explanation"):
             rows.append({**base, "caption_choices": s[2], "label": f"The joke is that {s[0].lower()}"})
         else:
             choices = [SCENES[(i + k) % len(SCENES)][2] for k in range(5)]

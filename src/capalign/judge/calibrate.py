@@ -37,7 +37,8 @@ class JudgeCalibrateConfig:
     from references, beside the references themselves and ordinary captions: does the judge grade nonsense E?"""
 
     judge: str = arg("", "Judge VLM: hub id or local folder (any family `load_vlm` loads; a `capalign judge train` folder works).")
-    refs: str = arg("", "References JSONL with `captions` and `image` (a shapes-world manifest.jsonl works); the first caption is the reference.")
+    refs: str = arg("", "References: a JSONL with `captions` and `image` (a shapes-world manifest.jsonl works), a COCO annotation or Karpathy file, a caption file, a HF dataset; the first caption is the reference.")
+    split: str = arg(None, "Split of a references spec with several (Karpathy file: train, val, test, restval; HF dataset: any).")
     images: str = arg("", "Image source matched by id (default: the refs' `image` paths, relative to the refs file).")
     out: str = arg("", "Write per-kind results and every graded candidate to this JSON file.")
     limit: int = arg(100, "Use at most this many reference rows (each gives 8-13 candidates).")
@@ -69,8 +70,23 @@ def is_shapes_row(raw: dict) -> bool:
             and isinstance(raw.get("captions_web"), list) and bool(raw["captions_web"]))
 
 
-def read_rows(path: str, limit: int) -> list[tuple[str, dict, dict]]:
-    """(id, checked reference row, raw row) of the first `limit` rows; a repeated id is an error."""
+def read_rows(path: str, limit: int, split: str | None = None) -> list[tuple[str, dict, dict]]:
+    """(id, checked reference row, raw row) of the first `limit` rows; a repeated id is an error. A capalign JSONL
+    file keeps its raw rows (a shapes-world manifest's scenes build the ordinary candidates); any other references
+    spec (COCO or Karpathy file, caption files, HF datasets: capalign.data.references) gives its reference rows."""
+    from ..data.formats import sniff, split_format
+
+    fmt, raw_path = split_format(path)
+    if raw_path.startswith("hf:") or Path(raw_path).is_dir() or (fmt or (sniff(Path(raw_path)) if Path(raw_path).is_file() else "jsonl")) != "jsonl":
+        from ..data.references import read_references
+
+        refs = list(read_references(path, split).items())[:limit]
+        rows = [(i, ref, ref) for i, ref in refs]
+        if len(rows) < 2:
+            raise CapalignError(f"{path}: calibration needs at least 2 reference rows (another image's caption is one of the kinds), got {len(rows)}")
+        return rows
+    if split:
+        raise CapalignError(f"{path} has no splits (only HF datasets and Karpathy files do); drop --split {split}")
     rows, seen = [], set()
     for n, raw in read_jsonl_rows(path, "references file"):
         where = f"{path} line {n}"
@@ -133,7 +149,7 @@ def run(cfg: JudgeCalibrateConfig) -> dict:
     from ..utils import console, print0
 
     show_config(cfg)
-    rows = read_rows(cfg.refs, cfg.limit)
+    rows = read_rows(cfg.refs, cfg.limit, cfg.split)
     images, _ = _image_map(cfg, {i: ref for i, ref, _ in rows})
     pics, bad = {}, {}
     for i, _, _ in rows:

@@ -14,7 +14,8 @@ class JudgeConfig:
 
     judge: str = arg("", "Judge VLM: hub id or local folder (any family `load_vlm` loads; a `capalign judge train` folder works).")
     pred: list[str] = arg([], "Prediction JSONL file(s); one row of results per file.")
-    refs: str = arg("", "References JSONL with `captions` and `image` (a shapes-world manifest.jsonl works).")
+    refs: str = arg("", "References with `captions` and images: JSONL with `image` (a shapes-world manifest.jsonl works), or any --refs of `capalign evaluate` (docs/data.md).")
+    split: str = arg(None, "Split of --refs (and --images) where it has several: a Karpathy file (train, val, test, restval) or a HF dataset.")
     images: str = arg("", "Image source matched by id (default: the refs' `image` paths, relative to the refs file).")
     out: str = arg("", "Write the mean, per-caption scores, letter probabilities' off-letter mass to this JSON file.")
     prompt: str = arg(*JUDGE_FIELDS["judge_prompt"])
@@ -41,6 +42,6 @@ def run(cfg: JudgeConfig) -> dict:
     from ..metrics.evaluate import EvaluateConfig
     from ..metrics.evaluate import run as evaluate
 
-    return evaluate(EvaluateConfig(pred=cfg.pred, refs=cfg.refs, images=cfg.images, metrics="judge", out=cfg.out, device=cfg.device,
+    return evaluate(EvaluateConfig(pred=cfg.pred, refs=cfg.refs, split=cfg.split, images=cfg.images, metrics="judge", out=cfg.out, device=cfg.device,
                                    judge=cfg.judge, judge_prompt=cfg.prompt, judge_batch_size=cfg.batch_size, judge_dtype=cfg.dtype,
                                    judge_load_in_8bit=cfg.load_in_8bit))

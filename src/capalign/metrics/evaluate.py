@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import CapalignError
 from ..config import arg, save_config, show_config
-from ..io import atomic_write_json, check_prediction, check_reference, read_predictions, read_references
+from ..io import atomic_write_json, check_prediction, check_reference
 from .judge import JUDGE_FIELDS
 
 ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style", "judge", "length", "degenerate")
@@ -38,10 +38,15 @@ def metric_names(spec: str) -> list[str]:
 
 @dataclasses.dataclass
 class EvaluateConfig:
-    """Score caption files (JSONL {"id", "caption"}) against references (JSONL {"id", "captions", "objects"?, "image"?})."""
+    """Score caption files (JSONL {"id", "caption"} or COCO results) against references (JSONL {"id", "captions", "objects"?, "image"?},
+    a COCO annotation, Karpathy or Flickr30k caption file, or a HF dataset)."""
 
-    pred: list[str] = arg([], "prediction JSONL file(s); repeat the flag or give several paths; one table row per file")
-    refs: str = arg("", "references JSONL (a shapes-world manifest.jsonl works)")
+    pred: list[str] = arg([], "prediction file(s): JSONL {'id', 'caption'} or a COCO results file [{'image_id', 'caption'}]; "
+                              "repeat the flag or give several paths; one table row per file")
+    refs: str = arg("", "references: JSONL (a shapes-world manifest.jsonl works), COCO captions_*.json, Karpathy dataset_*.json, "
+                        "Flickr30k results_20130124.token or Kaggle results.csv, hf:NAME or a save_to_disk folder (docs/data.md)")
+    split: str = arg(None, "split of --refs (and --images) where it has several: a Karpathy file (train, val, test, restval) or a HF dataset")
+    caption_column: str = arg(None, "caption column of a HF dataset --refs (default: the first text column among captions, caption, answer, sentences, text, ...)")
     images: str = arg("", "image source for CLIPScore (default: the refs' `image` paths, relative to the refs file)")
     metrics: str = arg("bleu,rouge,cider,grounding", f"comma-separated subset of {','.join(ALL_METRICS)} (any case)")
     out: str = arg("", "write corpus and per-caption scores to this JSON file (config saved beside it)")
@@ -99,7 +104,7 @@ def _image_map(cfg: EvaluateConfig, refs: dict[str, dict]) -> tuple[dict, str]:
     if cfg.images:
         from ..data.sources import open_images
 
-        src = open_images(cfg.images)
+        src = open_images(cfg.images, split=cfg.split)
         return {e.id: e.load for e in src.entries()}, cfg.images
     base = Path(cfg.refs).resolve().parent
     return {i: str(base / r["image"]) for i, r in refs.items() if isinstance(r.get("image"), str) and r["image"]}, str(base)
@@ -124,7 +129,9 @@ def evaluate_system(preds: list[dict] | dict[str, str], refs: dict[str, dict], n
     counts["refs_without_prediction"] = sum(1 for i in refs if i not in by_id)
     counts["scored"] = len(ids)
     if not ids:
-        raise CapalignError("no prediction id matches a reference id; check that both files use the same ids")
+        raise CapalignError(f"no prediction id matches a reference id (predictions: {', '.join(list(by_id)[:3])}; "
+                            f"references: {', '.join(list(refs)[:3])}); "
+                            "check that both files use the same ids (COCO: the integer image_id, docs/data.md)")
     corpus: dict = {}
     per: dict = {}
     ref_names = [m for m in ("bleu", "rouge", "cider") if m in names]
@@ -274,7 +281,9 @@ def run(cfg: EvaluateConfig) -> dict:
     show_config(cfg)
     names = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
     _check_models(cfg, names)
-    refs = read_references(cfg.refs)
+    from ..data.references import read_predictions, read_references
+
+    refs = read_references(cfg.refs, cfg.split, cfg.caption_column)
     systems = {path: read_predictions(path) for path in dict.fromkeys(cfg.pred)}  # every file is checked before any scoring
     images, images_from = _image_map(cfg, refs) if {"clipscore", "judge"} & set(names) else ({}, "")
     from ..utils import print0

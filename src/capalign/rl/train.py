@@ -107,7 +107,7 @@ def build_dataset(cfg: RLTrainConfig, vlm, needs: set[str]):
 
     messages = [{"role": "user", "content": [{"type": "image"}]}]  # rendered by the exact-prompt template below
     rows, no_refs, no_objs = [], [], []
-    source = open_images(cfg.data, limit=cfg.limit)
+    source = open_images(cfg.data, limit=cfg.limit, default_split="train")
     for r in source:
         objs = r.meta.get("objects")  # one Arrow schema for every source: the grounding metric's reading of them
         objs = None if objs is None else [{"name": n, "attributes": sorted(a)} for n, a in parse_objects(objs)]

@@ -56,7 +56,7 @@ def collect_features(vlm, data: str, variant: str, samples: int, cache_dir: str 
         return {"ids": meta["ids"][:samples], "captions": meta["captions"][:samples],
                 "image_features": t["image_features"][:samples], "text_states": t["text_states"][:samples]}
 
-    source = open_images(data, limit=samples)
+    source = open_images(data, limit=samples, default_split="train")  # a Karpathy file or HF dataset: its train split
     rng = random.Random(seed)
     ids, captions, feats, states, no_caption, seen = [], [], [], [], 0, 0
     vlm.model.eval()

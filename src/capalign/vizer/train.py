@@ -133,7 +133,7 @@ def run(cfg: VizerTrainConfig) -> dict:
     objective, opt = acc.prepare(objective, opt)
 
     # data: every process reads the same ordered stream and keeps every k-th image (no captions read)
-    source = open_images(cfg.images, limit=cfg.limit)
+    source = open_images(cfg.images, limit=cfg.limit, default_split="train")
     n = source.num_known()
     per_proc = cfg.batch_size // acc.num_processes
     if per_proc * acc.num_processes != cfg.batch_size:

@@ -31,6 +31,7 @@ class DataOptions:
     unlabeled: int | str = arg(None, "Unlabeled images for ViZer: a number of shapes-world images, or an image source.")
     test: int | str = arg(None, "Held-out test images with references: a number of shapes-world images, or an image source (copied into RUN/data/test).")
     test_limit: int = arg(None, "Use at most this many images of a test source.")
+    test_split: str = arg(None, "Split of a test source with several: a Karpathy file's test (or val), a HF dataset's split name.")
 
     def __post_init__(self):
         for split in SPLITS:
@@ -76,7 +77,7 @@ class DataStage(Stage):
                 write_dataset(d, value, seed=ctx.seed, image_size=cfg.image_size, split=split)
                 print0(f"data: {value} shapes-world images of split {split} (seed {ctx.seed}) -> {d}")
             else:
-                copy_test_source(value, d, o.test_limit)
+                copy_test_source(value, d, o.test_limit, o.test_split)
 
 
 def _ext(ref) -> str:
@@ -90,7 +91,7 @@ def _ext(ref) -> str:
     return ".png"
 
 
-def copy_test_source(spec: str, out: Path, limit: int | None) -> None:
+def copy_test_source(spec: str, out: Path, limit: int | None, split: str | None = None) -> None:
     """Copy a test image source into `out` (original bytes where the source has them) with manifest.jsonl
     {"id", "image", "captions", "objects"?}; unreadable images are skipped and counted."""
     import json
@@ -98,7 +99,7 @@ def copy_test_source(spec: str, out: Path, limit: int | None) -> None:
     from ...data.images import BadImage, load_image
     from ...data.sources import open_images
 
-    src = open_images(spec, limit=limit)
+    src = open_images(spec, limit=limit, split=split)
     rows, skipped = [], []
     for i, e in enumerate(src.entries()):
         try:
