@@ -232,6 +232,7 @@ ROWS = [
     (_with(DIAGNOSE, out="{tmp}/afile/diag.json"), "none", "{tmp}/afile is a file, not a folder"),
     (_with(DIAGNOSE, corruptions="words"), "none", "corruptions must be auto, shapes or text, got 'words'"),
     (_with(DIAGNOSE, corruptions="text", nouns="{tmp}/nope.txt"), "none", "noun list not found: {tmp}/nope.txt"),
+    (_with(DIAGNOSE, corruptions="text", colours="red,blue!"), "none", "colour list not found: red,blue!"),
     (_with(DIAGNOSE, corruptions="text", nouns="{tmp}/nouns.txt"), "nouns_bad", "{tmp}/nouns.txt line 2: 'red-ish' is not"),
     (_with(DIAGNOSE, data="{images}", corruptions="text"), "none", "no image has a caption"),
     (_with(DIAGNOSE, data="{images}", corruptions="shapes"), "none", "rows need `objects` (a shapes-world manifest)"),

@@ -60,10 +60,10 @@ def outcomes(kind: str, caption: str, n: int = 60, **kw) -> set:
 def test_word_lists():
     assert len(C.COCO_CATEGORIES) == len(set(C.COCO_CATEGORIES)) == 80
     assert len(C.COLOURS) == 11
-    pl = C.NOUNS.plurals
+    pl = C.WORDS.plurals
     assert (pl["person"], pl["knife"], pl["bus"], pl["sandwich"], pl["wine glass"], pl["mouse"], pl["toothbrush"], pl["man"]) == (
         "people", "knives", "buses", "sandwiches", "wine glasses", "mice", "toothbrushes", "men")
-    assert C.NOUNS.forms["people"] == ("person", "pl") and C.NOUNS.forms["sheep"] == ("sheep", "both") and C.NOUNS.max_words == 2
+    assert C.WORDS.forms["people"] == ("person", "pl") and C.WORDS.forms["sheep"] == ("sheep", "both") and C.WORDS.max_words == 2
 
 
 def test_colour_swap():
@@ -83,13 +83,13 @@ def test_colour_swap():
 
 
 def test_noun_swap_keeps_number_and_article():
-    sg = {s for s, _ in C.NOUNS.pairs}
+    sg = {s for s, _ in C.WORDS.pairs}
     got = {noun_replaced("a dog on a bench", b) for b in outcomes("noun", "a dog on a bench", n=300)}
     assert {o for o, _ in got} == {"dog", "bench"}
     assert all(new in sg and C.article(new) == "a" for _, new in got)
     got = {noun_replaced("an apple", b)[1] for b in outcomes("noun", "an apple", n=300)}
     assert got and all(C.article(n) == "an" and n != "apple" for n in got)  # an elephant, an oven, ...
-    plurals = set(C.NOUNS.plurals.values())
+    plurals = set(C.WORDS.plurals.values())
     got = {noun_replaced("two dogs", b)[1] for b in outcomes("noun", "two dogs", n=200)}
     assert got <= plurals and "dogs" not in got and len(got) > 20
     # a two-word noun is one noun ("hot dog" is never "hot cat"); the references' nouns are never chosen
@@ -126,7 +126,7 @@ def count_nouns(ws) -> int:
     """Listed nouns in a word list, longest form first (the test's own count)."""
     n, i = 0, 0
     while i < len(ws):
-        i, n = (i + 2, n + 1) if " ".join(ws[i:i + 2]) in C.NOUNS.forms else (i + 1, n + (ws[i] in C.NOUNS.forms))
+        i, n = (i + 2, n + 1) if " ".join(ws[i:i + 2]) in C.WORDS.forms else (i + 1, n + (ws[i] in C.WORDS.forms))
     return n
 
 
@@ -137,14 +137,14 @@ def noun_replaced(a: str, b: str) -> tuple[str, str] | None:
         for j in (i + 1, i + 2):
             for k in (j - i - 1, j - i, j - i + 1):  # the new form has one or two words
                 old, new = " ".join(wa[i:j]), " ".join(wb[i:i + k])
-                if k and wa[:i] == wb[:i] and wa[j:] == wb[i + k:] and old in C.NOUNS.forms and new in C.NOUNS.forms and old != new:
+                if k and wa[:i] == wb[:i] and wa[j:] == wb[i + k:] and old in C.WORDS.forms and new in C.WORDS.forms and old != new:
                     return old, new
     return None
 
 
 @pytest.mark.parametrize("kind", C.TEXT_CORRUPTIONS)
 def test_each_rule_makes_exactly_one_change(kind):
-    forms, pool_texts = C.NOUNS.forms, {p.text for p in POOL}
+    forms, pool_texts = C.WORDS.forms, {p.text for p in POOL}
     colours = set(C.COLOURS) | {"grey"}
     applied = 0
     for i, cap in enumerate(CAPTIONS):
@@ -178,19 +178,29 @@ def test_each_rule_makes_exactly_one_change(kind):
     assert applied >= 3 * 15
 
 
-def test_unknown_kind_and_noun_files(tmp_path):
+def test_unknown_kind_and_word_lists(tmp_path):
     with pytest.raises(ValueError, match="unknown corruption"):
         C.corrupt_text("a dog", "size", random.Random(0))
+    assert C.load_words() is C.WORDS
     f = tmp_path / "nouns.txt"
     f.write_text("# shapes\ncircle\nsquare\ntriangle\nbox,boxes\nsheep,sheep\n\n")
-    n = C.load_nouns(f)
-    assert n.pairs == (("circle", "circles"), ("square", "squares"), ("triangle", "triangles"), ("box", "boxes"), ("sheep", "sheep"))
-    assert {b for b in outcomes("noun", "a red circle", nouns=n)} == {f"a red {w}" for w in ("square", "triangle", "box", "sheep")}
+    w = C.load_words(str(f))
+    assert w.pairs == (("circle", "circles"), ("square", "squares"), ("triangle", "triangles"), ("box", "boxes"), ("sheep", "sheep"))
+    assert w.colours == C.COLOURS
+    assert outcomes("noun", "a red circle", vocab=w) == {f"a red {x}" for x in ("square", "triangle", "box", "sheep")}
+    # inline lists; only the given colours are colours (and their spelling: grey is gray)
+    w = C.load_words("circle,square", "red, grey")
+    assert w.pairs == (("circle", "circles"), ("square", "squares")) and w.colours == ("red", "gray")
+    assert outcomes("colour", "a red circle", vocab=w) == {"a gray circle"}
+    assert C.corrupt_text("a blue circle", "colour", random.Random(0), vocab=w) is None  # blue is no colour here
     f.write_text("circle\nred-ish\n")
-    with pytest.raises(CapalignError, match="line 2"):
-        C.load_nouns(f)
+    with pytest.raises(CapalignError, match="nouns.txt line 2: 'red-ish' is not"):
+        C.load_words(str(f))
+    (tmp_path / "colours.txt").write_text("red,blue\n")
+    with pytest.raises(CapalignError, match="colours.txt line 1: 'red,blue' is not one word"):
+        C.load_words(None, str(tmp_path / "colours.txt"))
     f.write_text("# nothing\n")
     with pytest.raises(CapalignError, match="empty"):
-        C.load_nouns(f)
-    with pytest.raises(CapalignError, match="not found"):
-        C.load_nouns(tmp_path / "nope.txt")
+        C.load_words(str(f))
+    with pytest.raises(CapalignError, match="noun list not found"):
+        C.load_words(str(tmp_path / "nope.txt"))

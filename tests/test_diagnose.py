@@ -115,7 +115,7 @@ def test_text_captions_counts_what_each_rule_skips():
             "d": ["a view of the mountains"]}  # no colour, no listed noun: every rule skipped
     pool = corrupt.phrase_pool([(k, v[0]) for k, v in caps.items() if v])
     skipped = {k: 0 for k in (*corrupt.TEXT_CORRUPTIONS, "no_caption")}
-    of = text_captions(pool, corrupt.NOUNS, random.Random(0), skipped)
+    of = text_captions(pool, corrupt.WORDS, random.Random(0), skipped)
     got = {k: of(Record(k, None, v)) for k, v in caps.items()}
     assert skipped == {"colour": 2, "noun": 1, "drop": 2, "add": 1, "no_caption": 1}
     assert [k for k, _ in got["a"]] == [None, "noun", "drop", "add"] and got["a"][0] == (None, "A dog sitting on a couch.")

@@ -8,10 +8,11 @@ skipped for that rule and counted). What they recognise:
 
 - colours: the eleven basic colour terms of Berlin & Kay (1969), `COLOURS` ("grey" is read as "gray").
   "orange" is also a noun: it counts as a colour only when a word that is not a function word follows it;
-- nouns: `NOUNS`, COCO's 80 object category names (the `categories` of COCO 2017's instances_*.json, e.g.
+- nouns: `WORDS`, COCO's 80 object category names (the `categories` of COCO 2017's instances_*.json, e.g.
   "dog", "traffic light", "teddy bear") and their plurals, plus six person words (man, woman, boy, girl,
   child, kid: COCO captions name people by these far more often than by "person", and CHAIR's synonym
-  list, Rohrbach et al. 2018, maps them to it). Another domain passes its own list (`load_nouns`);
+  list, Rohrbach et al. 2018, maps them to it). Another domain passes its own nouns and colours
+  (`load_words`: `--nouns`, `--colours` of `capalign vizer diagnose`);
   the longest listed form wins ("hot dog" is one noun, not "hot" + "dog");
 - a noun phrase: a listed noun and the words before it back to a determiner ("a", "the", "two", ...) when
   at most three words lie between them and none is a function word, a listed noun or a word ending in
@@ -79,7 +80,7 @@ _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 
 
 def plural(noun: str) -> str:
-    """English plural of a listed noun (the irregular ones of NOUNS by table, the rest by rule)."""
+    """English plural of a listed noun (the irregular ones of WORDS by table, the rest by rule)."""
     if noun in _IRREGULAR:
         return _IRREGULAR[noun]
     if noun.endswith(("s", "x", "z", "ch", "sh")):
@@ -90,11 +91,12 @@ def plural(noun: str) -> str:
 
 
 @dataclass(frozen=True)
-class Nouns:
-    """A noun list: (singular, plural) pairs; `forms` maps each lower-case form to (singular, number),
-    number "sg", "pl" or "both" (sheep, skis)."""
+class Words:
+    """The words the rules know: nouns as (singular, plural) pairs, and colours. `forms` maps each lower-case
+    noun form to (singular, number), number "sg", "pl" or "both" (sheep, skis)."""
 
     pairs: tuple[tuple[str, str], ...]
+    colours: tuple[str, ...]
     source: str
 
     @cached_property
@@ -118,28 +120,42 @@ class Nouns:
         return self.plurals[singular] if number == "pl" else singular
 
 
-NOUNS = Nouns(tuple((n, plural(n)) for n in COCO_CATEGORIES + PERSON_WORDS),
-              "COCO's 80 category names and man, woman, boy, girl, child, kid, with plurals")
+WORDS = Words(tuple((n, plural(n)) for n in COCO_CATEGORIES + PERSON_WORDS), COLOURS,
+              "COCO's 80 category names and man, woman, boy, girl, child, kid, with plurals; the 11 basic colour terms")
 
 
-def load_nouns(path: str | Path) -> Nouns:
-    """A noun list from a text file: one noun per line, `singular` or `singular,plural` (default plural by
-    English rule); blank lines and lines starting with # are ignored."""
-    p = Path(path)
-    if not p.is_file():
-        raise CapalignError(f"noun list not found: {path} (one noun per line: singular or singular,plural)")
-    pairs = []
-    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        line = line.strip().lower()
-        if not line or line.startswith("#"):
-            continue
-        sg, _, pl = (x.strip() for x in line.partition(","))
-        if not all(re.fullmatch(r"[a-z]+(?: [a-z]+)*", w) for w in (sg, pl or sg)):
-            raise CapalignError(f"{path} line {n}: {line!r} is not `singular` or `singular,plural` (letters and single spaces)")
-        pairs.append((sg, pl or plural(sg)))
-    if not pairs:
-        raise CapalignError(f"noun list {path} is empty (one noun per line: singular or singular,plural)")
-    return Nouns(tuple(pairs), str(path))
+def _entries(spec: str, what: str, pairs: bool) -> list[str]:
+    """The entries of a word list given as a file (one per line; blank lines and # comments skipped) or inline as
+    comma-separated words; `pairs`: a file line may be `singular,plural`."""
+    example = "`singular` or `singular,plural`" if pairs else "one word"
+    word = r"[a-z]+(?: [a-z]+)*"
+    p = Path(spec)
+    if p.is_file():
+        lines = [(f"{spec} line {n}", ln.strip().lower()) for n, ln in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)]
+        out = [(where, e) for where, e in lines if e and not e.startswith("#")]
+        pattern = rf"{word}(?:,{word})?" if pairs else word
+    elif re.fullmatch(r"[A-Za-z ,]+", spec):
+        out, pattern = [(f"--{what}s {spec}", w.strip().lower()) for w in spec.split(",") if w.strip()], word
+    else:
+        raise CapalignError(f"{what} list not found: {spec} (a file, one {what} per line as {example}, or comma-separated words)")
+    if not out:
+        raise CapalignError(f"{what} list {spec} is empty (one {what} per line as {example}, or comma-separated words)")
+    for where, e in out:
+        if not re.fullmatch(pattern, e):
+            raise CapalignError(f"{where}: {e!r} is not {example} (letters and single spaces)")
+    return [e for _, e in out]
+
+
+def load_words(nouns: str | None = None, colours: str | None = None) -> Words:
+    """WORDS with its nouns and/or colours replaced: a file (nouns: `singular` or `singular,plural` per line, plural
+    by English rule when not given; colours: one per line) or inline comma-separated words ("circle,square")."""
+    if not nouns and not colours:
+        return WORDS
+    pairs = WORDS.pairs
+    if nouns:
+        pairs = tuple((sg, pl or plural(sg)) for sg, _, pl in (e.partition(",") for e in _entries(nouns, "noun", pairs=True)))
+    cols = tuple(dict.fromkeys(_COLOUR_SPELLINGS.get(c, c) for c in _entries(colours, "colour", pairs=False))) if colours else WORDS.colours
+    return Words(pairs, cols, f"nouns: {nouns or 'default'}; colours: {colours or 'default'}")
 
 
 class Text:
@@ -172,12 +188,12 @@ class Text:
         return self.text[:a] + new + self.text[b:]
 
 
-def colour_of(t: Text, i: int, nouns: Nouns = NOUNS) -> str | None:
+def colour_of(t: Text, i: int, vocab: Words = WORDS) -> str | None:
     """The colour word i names (canonical spelling), or None (not a colour, or "orange" used as a noun)."""
     w = _COLOUR_SPELLINGS.get(t.words[i], t.words[i])
-    if w not in COLOURS:
+    if w not in vocab.colours:
         return None
-    if w in nouns.forms and not (t.joined(i + 1) and t.words[i + 1] not in FUNCTION_WORDS):
+    if w in vocab.forms and not (t.joined(i + 1) and t.words[i + 1] not in FUNCTION_WORDS):
         return None
     return w
 
@@ -197,13 +213,13 @@ class Phrase:
     number: str  # "sg", "pl" or "both"
 
 
-def find_nouns(t: Text, nouns: Nouns = NOUNS) -> list[tuple[int, int, str, str]]:
+def find_nouns(t: Text, vocab: Words = WORDS) -> list[tuple[int, int, str, str]]:
     """(first word, end, singular, number) of every listed noun, left to right, longest form first."""
-    forms, out, i = nouns.forms, [], 0
+    forms, out, i = vocab.forms, [], 0
     while i < len(t):
-        for n in range(min(nouns.max_words, len(t) - i), 0, -1):
+        for n in range(min(vocab.max_words, len(t) - i), 0, -1):
             form = " ".join(t.words[i:i + n])
-            if form in forms and all(t.joined(k) for k in range(i + 1, i + n)) and not (n == 1 and colour_of(t, i, nouns)):
+            if form in forms and all(t.joined(k) for k in range(i + 1, i + n)) and not (n == 1 and colour_of(t, i, vocab)):
                 out.append((i, i + n, *forms[form]))
                 i += n
                 break
@@ -212,9 +228,9 @@ def find_nouns(t: Text, nouns: Nouns = NOUNS) -> list[tuple[int, int, str, str]]
     return out
 
 
-def phrases(t: Text, nouns: Nouns = NOUNS) -> list[Phrase]:
+def phrases(t: Text, vocab: Words = WORDS) -> list[Phrase]:
     """The noun phrases of a caption (rules in the module docstring), left to right."""
-    found = find_nouns(t, nouns)
+    found = find_nouns(t, vocab)
     noun_words = {k for i, j, _, _ in found for k in range(i, j)}
     out = []
     for i, j, sg, number in found:
@@ -227,7 +243,7 @@ def phrases(t: Text, nouns: Nouns = NOUNS) -> list[Phrase]:
                 start = k
                 break
         if start == i:  # no determiner: the noun and the colour words right before it
-            while start > 0 and t.joined(start) and colour_of(t, start - 1, nouns):
+            while start > 0 and t.joined(start) and colour_of(t, start - 1, vocab):
                 start -= 1
         out.append(Phrase(start, i, j, sg, number))
     return out
@@ -243,25 +259,25 @@ def closed(t: Text, p: Phrase) -> bool:
     return any(" ".join(t.words[p.end:p.end + len(q.split())]) == q for q in PREPOSITIONS if " " in q)  # "next to"
 
 
-def mentioned(captions, nouns: Nouns = NOUNS) -> tuple[set[str], set[str]]:
+def mentioned(captions, vocab: Words = WORDS) -> tuple[set[str], set[str]]:
     """(colours, singular nouns) that any of the captions names."""
     colours, named = set(), set()
     for c in captions:
         t = Text(c)
-        colours |= {x for i in range(len(t)) if (x := colour_of(t, i, nouns))}
-        named |= {sg for _, _, sg, _ in find_nouns(t, nouns)}
+        colours |= {x for i in range(len(t)) if (x := colour_of(t, i, vocab))}
+        named |= {sg for _, _, sg, _ in find_nouns(t, vocab)}
     return colours, named
 
 
-def swap_colour(caption: str, rng: random.Random, references=(), nouns: Nouns = NOUNS) -> str | None:
+def swap_colour(caption: str, rng: random.Random, references=(), vocab: Words = WORDS) -> str | None:
     """One colour word replaced by a colour none of the references (nor the caption) names."""
     t = Text(caption)
-    avoid = mentioned([caption, *references], nouns)[0]
+    avoid = mentioned([caption, *references], vocab)[0]
     options = []
     for i in range(len(t)):
-        if colour_of(t, i, nouns):
+        if colour_of(t, i, vocab):
             art = t.words[i - 1] if t.joined(i) and t.words[i - 1] in ("a", "an") else None
-            new = [c for c in COLOURS if c not in avoid and (art is None or article(c) == art)]
+            new = [c for c in vocab.colours if c not in avoid and (art is None or article(c) == art)]
             if new:
                 options.append((i, new))
     if not options:
@@ -270,16 +286,16 @@ def swap_colour(caption: str, rng: random.Random, references=(), nouns: Nouns = 
     return t.replace(i, i + 1, rng.choice(new))
 
 
-def swap_noun(caption: str, rng: random.Random, references=(), nouns: Nouns = NOUNS) -> str | None:
+def swap_noun(caption: str, rng: random.Random, references=(), vocab: Words = WORDS) -> str | None:
     """One listed noun replaced by another of the same number that none of the references (nor the caption) names."""
     t = Text(caption)
-    avoid = mentioned([caption, *references], nouns)[1]
+    avoid = mentioned([caption, *references], vocab)[1]
     options = []
-    for i, j, sg, number in find_nouns(t, nouns):
+    for i, j, sg, number in find_nouns(t, vocab):
         prev = t.words[i - 1] if t.joined(i) else None
         if number == "both":  # sheep, skis: the determiner says which
             number = "sg" if prev in SINGULAR_DETERMINERS else "pl"
-        new = [nouns.form(s, number) for s, _ in nouns.pairs if s not in avoid]
+        new = [vocab.form(s, number) for s, _ in vocab.pairs if s not in avoid]
         new = [f for f in new if prev not in ("a", "an") or article(f) == prev]
         if new:
             options.append((i, j, new))
@@ -289,10 +305,10 @@ def swap_noun(caption: str, rng: random.Random, references=(), nouns: Nouns = NO
     return t.replace(i, j, rng.choice(new))
 
 
-def drop_phrase(caption: str, rng: random.Random, references=(), nouns: Nouns = NOUNS) -> str | None:
+def drop_phrase(caption: str, rng: random.Random, references=(), vocab: Words = WORDS) -> str | None:
     """One noun phrase deleted with the word that joins it (module docstring); None unless another phrase stays."""
     t = Text(caption)
-    ps = phrases(t, nouns)
+    ps = phrases(t, vocab)
     starts = {p.start for p in ps}
     cuts = []  # (first character deleted, one past the last)
     for p in ps if len(ps) > 1 else ():
@@ -327,23 +343,23 @@ class PoolPhrase:
     singular: str
 
 
-def phrase_pool(captions, nouns: Nouns = NOUNS) -> list[PoolPhrase]:
+def phrase_pool(captions, vocab: Words = WORDS) -> list[PoolPhrase]:
     """The closed noun phrases with a determiner of (image id, caption) pairs: what `add` inserts elsewhere."""
     out = []
     for image, caption in captions:
         t = Text(caption)
-        for p in phrases(t, nouns):
+        for p in phrases(t, vocab):
             if t.words[p.start] in DETERMINERS and closed(t, p):
                 text = caption[t.spans[p.start][0]:t.spans[p.end - 1][1]]
                 out.append(PoolPhrase(image, text[:1].lower() + text[1:], p.singular))
     return out
 
 
-def add_phrase(caption: str, rng: random.Random, references=(), pool=(), nouns: Nouns = NOUNS) -> str | None:
+def add_phrase(caption: str, rng: random.Random, references=(), pool=(), vocab: Words = WORDS) -> str | None:
     """"and <phrase>" inserted after a closed noun phrase, the phrase from `pool` naming a noun the references do not."""
     t = Text(caption)
-    slots = [p for p in phrases(t, nouns) if closed(t, p)]
-    named = mentioned([caption, *references], nouns)[1]
+    slots = [p for p in phrases(t, vocab) if closed(t, p)]
+    named = mentioned([caption, *references], vocab)[1]
     cands = [q for q in pool if q.singular not in named]
     if not slots or not cands:
         return None
@@ -351,16 +367,16 @@ def add_phrase(caption: str, rng: random.Random, references=(), pool=(), nouns: 
     return caption[:at] + " and " + cands[rng.randrange(len(cands))].text + caption[at:]
 
 
-def corrupt_text(caption: str, kind: str, rng: random.Random, references=(), pool=(), nouns: Nouns = NOUNS) -> str | None:
+def corrupt_text(caption: str, kind: str, rng: random.Random, references=(), pool=(), vocab: Words = WORDS) -> str | None:
     """`caption` with exactly one error of `kind` (TEXT_CORRUPTIONS), or None where the rule finds nothing to change.
     `references`: every caption of the image (replacements avoid what they name); `pool`: phrase_pool of the
     other images' captions (for add)."""
     if kind == "colour":
-        return swap_colour(caption, rng, references, nouns)
+        return swap_colour(caption, rng, references, vocab)
     if kind == "noun":
-        return swap_noun(caption, rng, references, nouns)
+        return swap_noun(caption, rng, references, vocab)
     if kind == "drop":
-        return drop_phrase(caption, rng, references, nouns)
+        return drop_phrase(caption, rng, references, vocab)
     if kind == "add":
-        return add_phrase(caption, rng, references, pool, nouns)
+        return add_phrase(caption, rng, references, pool, vocab)
     raise ValueError(f"unknown corruption {kind!r}; expected one of {', '.join(TEXT_CORRUPTIONS)}")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .. import CapalignError
 from ..config import arg, save_config, show_config
-from ..data.corrupt import NOUNS, TEXT_CORRUPTIONS, corrupt_text, load_nouns, phrase_pool
+from ..data.corrupt import TEXT_CORRUPTIONS, corrupt_text, load_words, phrase_pool
 from ..data.shapes import CORRUPTIONS, POSITIONS, corrupt, factual_captions, scene_from_objects
 from ..data.sources import batched, open_images
 from ..io import atomic_write_json
@@ -44,8 +44,9 @@ class DiagnoseConfig:
     data: str = arg(help="Held-out images with captions (any image source), e.g. a study's test split; shapes-world rows (`objects`) get exact-scene corruptions.")
     corruptions: str = arg("auto", "shapes: exact-scene errors (rows need shapes-world `objects`); text: rules on the first reference caption "
                                    "(colour, noun, drop, add; any captioned set); auto: shapes if the first row has shapes-world objects, else text.")
-    nouns: str = arg(None, "Text corruptions: a noun list file, one per line as `singular` or `singular,plural` (default: COCO's 80 category "
-                           "names and person words, capalign.data.corrupt.NOUNS).")
+    nouns: str = arg(None, "Text corruptions: the nouns to swap and find phrases by, a file (one per line: `singular` or `singular,plural`) or "
+                           "comma-separated (circle,square); default: COCO's 80 category names and person words (capalign.data.corrupt).")
+    colours: str = arg(None, "Text corruptions: the colour words, a file (one per line) or comma-separated; default: the 11 basic colour terms.")
     mappers: list[str] = arg([], "Mapper folder(s) from `capalign mapper train` (repeat the flag or give several).")
     out: str = arg("", "Write the results to this JSON file.")
     limit: int = arg(None, "Use at most this many images.")
@@ -91,7 +92,7 @@ def shapes_captions(source, rng: random.Random):
     return captions
 
 
-def text_captions(pool, nouns, rng: random.Random, skipped: dict):
+def text_captions(pool, vocab, rng: random.Random, skipped: dict):
     """The free-text pairs of a record: its first reference, then one per rule of data/corrupt.py that finds a change
     (a rule that finds none, or a record without captions, is counted in `skipped`)."""
     def captions(r) -> list[tuple[str | None, str]]:
@@ -101,7 +102,7 @@ def text_captions(pool, nouns, rng: random.Random, skipped: dict):
         out = [(None, r.captions[0])]
         others = [p for p in pool if p.image != r.id]
         for kind in TEXT_CORRUPTIONS:
-            bad = corrupt_text(r.captions[0], kind, rng, references=r.captions, pool=others, nouns=nouns)
+            bad = corrupt_text(r.captions[0], kind, rng, references=r.captions, pool=others, vocab=vocab)
             if bad is None:
                 skipped[kind] += 1
             else:
@@ -199,12 +200,12 @@ def run(cfg: DiagnoseConfig) -> dict:
     if mode == "shapes":
         kinds, captions_of = CORRUPTIONS, shapes_captions(source, rng)
     else:
-        nouns = load_nouns(cfg.nouns) if cfg.nouns else NOUNS
+        vocab = load_words(cfg.nouns, cfg.colours)
         rows = [(e.id, e.captions[0]) for e in source.entries() if e.captions]  # captions only: no image is decoded
         if not rows:
             raise CapalignError(f"{cfg.data}: no image has a caption; the text corruptions change each image's first reference caption")
         kinds, skipped = TEXT_CORRUPTIONS, {k: 0 for k in (*TEXT_CORRUPTIONS, "no_caption")}
-        captions_of = text_captions(phrase_pool(rows, nouns), nouns, rng, skipped)
+        captions_of = text_captions(phrase_pool(rows, vocab), vocab, rng, skipped)
     print0(f"diagnose: {mode} corruptions ({', '.join(kinds)})")
     vlm = load_vlm(cfg.model, device=cfg.device, dtype="float32", prompt=prompt or "", pooling=pooling)
     ids, feats, correct, wrong = caption_sets(vlm, source, captions_of, kinds, cfg.batch_size, examples)
@@ -220,7 +221,7 @@ def run(cfg: DiagnoseConfig) -> dict:
                + " ".join(f"{k} {v:.3f}" for k, v in r["auc"].items()) + f" | R@1 {r['retrieval_r1']} (chance {r['retrieval_chance']:.3f})")
     out = {"images": len(ids), "group": cfg.group, "mode": mode, "corruptions": list(kinds), "mappers": results, "examples": examples}
     if mode == "text":
-        out.update(skipped=skipped, nouns=nouns.source)
+        out.update(skipped=skipped, words=vocab.source)
         print0("skipped (nothing the rule could change): " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
     if cfg.out:
         atomic_write_json(cfg.out, out)
