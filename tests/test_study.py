@@ -278,6 +278,10 @@ def test_multi_seed_summary_pools_counts_over_captions(tmp_path):
     ({"vizer": {"steps": [1, 2], "max_steps": 3}}, "drop vizer.max_steps"),
     ({"caption": None, "evaluate": None, "features": None, "summary": None, "data": None}, "needs stage(s) data"),
     ({"seeds": [0, 0]}, "seeds must be distinct"),
+    ({"diagnose": {"mappers": ["x"]}}, "field diagnose.mappers is set by the study"),
+    ({"diagnose": {"corruptions": "words"}}, "invalid diagnose settings: corruptions must be auto, shapes or text"),
+    ({"data": {"mapper": 16, "unlabeled": 8}, "caption": None, "evaluate": None, "features": None, "summary": None},
+     "stage diagnose needs data.test"),
 ])
 def test_bad_recipe_is_one_error_line(tmp_path, capsys, change, message):
     recipe = {k: v for k, v in {**TINY, **change}.items() if v is not None or k == "seeds"}

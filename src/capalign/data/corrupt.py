@@ -11,16 +11,14 @@ skipped for that rule and counted). What they recognise:
 - nouns: `WORDS`, COCO's 80 object category names (the `categories` of COCO 2017's instances_*.json, e.g.
   "dog", "traffic light", "teddy bear") and their plurals, plus six person words (man, woman, boy, girl,
   child, kid: COCO captions name people by these far more often than by "person", and CHAIR's synonym
-  list, Rohrbach et al. 2018, maps them to it). Another domain passes its own nouns and colours
-  (`load_words`: `--nouns`, `--colours` of `capalign vizer diagnose`);
-  the longest listed form wins ("hot dog" is one noun, not "hot" + "dog");
+  list, Rohrbach et al. 2018, maps them to it); the longest listed form wins ("hot dog" is one noun).
+  Another domain passes its own nouns and colours (`load_words`; `--nouns`, `--colours` of the command);
 - a noun phrase: a listed noun and the words before it back to a determiner ("a", "the", "two", ...) when
   at most three words lie between them and none is a function word, a listed noun or a word ending in
   -ing or -s (mostly verbs: "a sign shows dogs"); otherwise the noun and the colour words right before it.
-  Its end is *closed* when punctuation, the caption's end, a function word, a preposition ("next to") or an
-  -ing word follows (or,
-  after a singular noun, a word ending in -s: "a dog sits"); a noun followed by another word may be
-  part of a compound ("a pizza box"), so drop and add never cut or extend a phrase there.
+  Its end is *closed* when punctuation, the caption's end, a function word, a preposition ("next to") or
+  an -ing word follows (after a singular noun also a word ending in -s: "a dog sits"); a noun followed by
+  another word may be part of a compound ("a pizza box"), so drop and add never cut or extend it there.
 
 The rules (`corrupt_text(caption, kind, rng, references=..., pool=...)`; None = nothing to change):
 - colour: one colour word -> another colour;
@@ -32,8 +30,8 @@ The rules (`corrupt_text(caption, kind, rng, references=..., pool=...)`; None = 
   another image's caption (`phrase_pool`) and naming a noun the image's references do not name.
 A replacement (colour or noun) is never a word that the image's references use, so the corrupted caption
 is wrong for the image, not a synonym of something in it; after "a" / "an" only a replacement that takes
-the same article is chosen (by its first letter), so no rule makes a grammar error the reward could
-detect instead of the content.
+the same article is chosen (by its first letter), so the reward is not handed a wrong article to detect
+instead of the content (an added phrase can still break subject-verb agreement: "a dog and a cat sits").
 """
 
 from __future__ import annotations
