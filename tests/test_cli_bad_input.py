@@ -109,6 +109,7 @@ STYLE_SWEEP = ("style sweep --model {model} --data shapes:10 --methods sft --sty
 RL = "rl train --model {model} --data {data} --out {tmp}/rl --batch_size 2 --num_generations 2 --max_new_tokens 2 --max_steps 1 --save_every 0"
 JUDGE = "judge --judge {model} --pred {tmp}/p.jsonl --refs {data}/manifest.jsonl --device cpu --out {tmp}/j.json"
 JUDGE_TRAIN = "judge train --out {tmp}/jt --steps 1 --n_train 4 --n_val 2"
+CALIBRATE = "judge calibrate --judge {model} --refs {data}/manifest.jsonl --device cpu --limit 2 --out {tmp}/cal.json"
 STUDY_RECIPE = "study {tmp}/run.yaml --out {tmp}/st"
 ESTIMATE = "estimate {tmp}/run.yaml"
 DIAGNOSE = "vizer diagnose --model {model} --mappers {mapper} --data {data} --out {tmp}/diag.json"
@@ -166,6 +167,7 @@ ROWS = [
     (EVALUATE, "pred_other_ids", "no prediction id matches a reference id"),
     (EVALUATE, "refs_caption_str", "{tmp}/r.jsonl line 1: 'captions' must be a non-empty list of strings, got \"a dog\" (a string)"),
     (EVALUATE, "refs_dup", "{tmp}/r.jsonl: duplicate id '000001' (lines 2 and 3)"),
+    (_with(EVALUATE, metrics="degenerate", degenerate_vocabulary="french"), "none", "unknown degenerate_vocabulary 'french'"),
     (EVALUATE, "refs_objects_str", "{tmp}/r.jsonl line 1: 'objects' must be a list"),
     (_with(EVALUATE, refs="{tmp}/nope.jsonl"), "none", "references file not found: {tmp}/nope.jsonl"),
     (_with(EVALUATE, out="{tmp}/afile/res.json"), "none", "{tmp}/afile is a file, not a folder"),
@@ -245,6 +247,16 @@ ROWS = [
     (_with(JUDGE_TRAIN, n_train="1"), "none", "n_train"),
     (_with(JUDGE_TRAIN, out="{tmp}/afile/jt"), "none", "{tmp}/afile is a file, not a folder"),
     (JUDGE_TRAIN + " --config {tmp}/run.yaml", "yaml_malformed", "{tmp}/run.yaml"),
+    (_with(JUDGE_TRAIN, degenerate_share="1"), "none", "degenerate_share must be in [0, 1), got 1.0"),
+    # ------------------------------------------------------------------ judge calibrate
+    (_with(CALIBRATE, judge="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
+    (_with(CALIBRATE, limit="1"), "none", "limit must be >= 2"),
+    (_with(CALIBRATE, prompt="grade"), "none", "judge prompt lacks the {{reference}} and {{caption}} placeholder"),
+    (_with(CALIBRATE, refs="{tmp}/r.jsonl"), "refs_caption_str", "{tmp}/r.jsonl line 1: 'captions' must be a non-empty list of strings"),
+    (_with(CALIBRATE, refs="{tmp}/r.jsonl", limit="5"), "refs_dup", "{tmp}/r.jsonl: duplicate id '000001' (line 3)"),
+    (_with(CALIBRATE, refs="{tmp}/r.jsonl"), "none", "calibration needs images for at least 2 reference rows, found 0 readable"),
+    (_with(CALIBRATE, refs="{tmp}/nope.jsonl"), "none", "references file not found: {tmp}/nope.jsonl"),
+    (_with(CALIBRATE, out="{tmp}/afile/cal.json"), "none", "{tmp}/afile"),
     # ------------------------------------------------------------------ study, estimate (recipes)
     (STUDY_RECIPE, "yaml_malformed", "{tmp}/run.yaml"),
     (STUDY_RECIPE, "yaml_list", "{tmp}/run.yaml"),

@@ -89,6 +89,7 @@ SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("style", "classifier"): {"--data": lambda v: _fewer_shapes(v, 40)},  # shapes:1000: ~2 minutes of MiniLM here
     ("style", "pairs"): {"--data": lambda v: _fewer_shapes(v, 40)},
     ("style", "wrlogp"): {"--data": lambda v: _fewer_shapes(v, 20)},
+    ("judge", "calibrate"): {"--limit": "4"},  # 13 candidates per reference row
     ("judge", "train"): {"--steps": "2", "--n_train": "8", "--n_val": "2", "--batch_size": "4", "--eval_batch_size": "2"},  # default: ~12 min
     ("style", "train"): {"--data": lambda v: _fewer_shapes(v, 40), "--max_steps": "2", "--save_every": "0"},
     ("style", "sweep"): {"--data": lambda v: _fewer_shapes(v, 20), "--methods": "sft", "--styles": "humorous", "--budgets": "50%,100%",

@@ -151,3 +151,81 @@ def test_config_errors():
     with pytest.raises(ValueError, match="prompt lacks the {caption} placeholder"):
         JudgeTrainConfig(prompt="reference: {reference}")
     assert main(["judge", "train", "--n_train", "1"]) == 2
+
+
+# ------------------------------------------------------------------ degenerate candidates (issue 17)
+
+def test_degenerate_candidates_are_graded_e_as_built():
+    from capalign.judge.candidates import KINDS
+    from capalign.metrics.degenerate import degeneracy
+    from capalign.training.judge import degenerate_candidate, degenerate_examples, phrasings
+
+    rows = [shapes.make_example(0, i, 48, "train")[0] for i in range(40)]
+    ex = degenerate_examples(rows, random.Random(0))
+    assert len(ex) == len(rows) * len(KINDS) and {e["grade"] for e in ex} == {"E"}
+    assert [e["source"] for e in ex[: len(KINDS)]] == [f"degenerate/{k}" for k in KINDS]
+    for e in ex:
+        row, kind = rows[e["image"]], e["source"].split("/")[1]
+        truth = scene_from_objects(row["objects"])
+        flags = degeneracy([e["caption"]], "shapes")["per_caption"][0]
+        assert flags["empty"] == (kind == "empty") and (flags["nonword"] if kind in ("nonword", "char_noise") else True), e
+        assert flags["repeat"] or kind != "repeat", e
+        if kind == "unrelated_image":  # a factual caption of another row that names no true object: E by the content rule too
+            said = [r for r in rows if r is not row and e["caption"] in phrasings(scene_from_objects(r["objects"]))]
+            assert said and all(grade_of(truth, scene_from_objects(r["objects"]))[0] == "E" for r in said), e
+        if kind == "garbage_tail":
+            assert any(e["caption"].startswith(p + " ") for p in phrasings(truth)), e
+    assert degenerate_examples(rows, random.Random(0)) == ex  # seeded
+    with pytest.raises(ValueError, match="unknown degenerate kind"):
+        degenerate_candidate(rows[0], "funny", random.Random(0), rows)
+
+
+def test_train_measures_ordinary_and_degenerate_candidates(tiny_judge):
+    from capalign.judge.candidates import KINDS
+
+    res = json.loads((tiny_judge / "judge_result.json").read_text())
+    d = res["val_degenerate"]
+    assert d["n"] == 3 * len(KINDS) and d["true_grade_counts"] == {"A": 0, "B": 0, "C": 0, "D": 0, "E": d["n"]}
+    assert set(d["mean_score_by_source"]) == {f"degenerate/{k}" for k in KINDS}
+    assert d["exact"] == pytest.approx(d["confusion"]["matrix"][4][4] / d["n"])
+    assert res["val"]["n"] == 3 * len(SOURCES)  # the ordinary set is unchanged: every earlier judge was measured on it
+
+
+def test_calibrate_summary_by_hand():
+    from capalign.judge.calibrate import summarize
+
+    cands = [{"kind": "reference", "group": "reference", "expected": "A", "score": s, "letter": L} for s, L in ((1.0, "A"), (0.5, "C"))]
+    cands += [{"kind": "nonword", "group": "degenerate", "expected": "E", "score": s, "letter": L} for s, L in ((0.5, "C"), (0.0, "E"), (0.25, "D"), (0.25, "D"))]
+    k = summarize(cands)
+    assert k["reference"]["mean_score"] == 0.75 and k["reference"]["letters"]["A"] == 0.5 and k["reference"]["as_expected"] == 0.5
+    assert k["nonword"]["mean_score"] == 0.25 and k["nonword"]["fooled"] and not k["reference"]["fooled"]  # 0.25 >= FOOLED_SCORE
+    assert k["nonword"]["letters"] == {"A": 0, "B": 0, "C": 0.25, "D": 0.5, "E": 0.25} and k["nonword"]["as_expected"] == 0.25
+
+
+def test_calibrate_grades_every_kind(tiny_judge, tmp_path, capsys):
+    from capalign.judge.candidates import KINDS
+
+    data = shapes.write_dataset(tmp_path / "d", 4, seed=0, image_size=48, split="val")
+    out = tmp_path / "cal.json"
+    assert main(["judge", "calibrate", "--judge", str(tiny_judge), "--refs", str(data / "manifest.jsonl"), "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert list(res["kinds"]) == ["reference", *SOURCES, *KINDS] and res["images"] == 4
+    for kind, k in res["kinds"].items():
+        cs = [c for c in res["candidates"] if c["kind"] == kind]
+        assert k["n"] == len(cs) == 4 and k["mean_score"] == pytest.approx(sum(c["score"] for c in cs) / 4)
+        assert sum(k["letters"].values()) == pytest.approx(1.0) and k["fooled"] == (k["group"] == "degenerate" and k["mean_score"] >= 0.25)
+        if k["group"] == "degenerate":
+            assert {c["expected"] for c in cs} == {"E"}
+    assert all(c["expected"] == "A" and c["caption"] == c["reference"] for c in res["candidates"] if c["kind"] == "reference")
+    # the tiny judge has learnt nothing: every degenerate kind fools it, and one warning line says so
+    err = " ".join(capsys.readouterr().err.split())
+    assert res["fooled"] and err.count("warning: the judge can be fooled: ") == 1
+
+    # references that are not shapes-world rows: the second caption is the ordinary candidate
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text("".join(json.dumps({"id": f"val-{i:06d}", "captions": ["a dog on a sofa", "a brown dog resting"], "image": f"d/images/val-{i:06d}.png"}) + "\n"
+                            for i in range(3)))
+    assert main(["judge", "calibrate", "--judge", str(tiny_judge), "--refs", str(refs), "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert list(res["kinds"]) == ["reference", "other_reference", *KINDS]
+    assert [c["caption"] for c in res["candidates"] if c["kind"] == "unrelated_image"] == ["a dog on a sofa"] * 3

@@ -244,3 +244,21 @@ def test_capalign_rewards_train(tiny_idefics3_path, tiny_qwen2_vl_path, shapes, 
     assert {"reward_judge", "reward_cider", "reward_grounding"} <= set(h)
     assert 0 <= h["reward_judge"] <= 1 and h["reward_cider"] >= 0 and 0 <= h["reward_grounding"] <= 1
     assert h["reward_mean"] == pytest.approx(h["reward_judge"] + 0.5 * h["reward_cider"] + 0.5 * h["reward_grounding"], rel=1e-5)
+
+
+def test_history_logs_the_sampled_captions_degeneracy(tiny_idefics3_path, shapes, tmp_path, one_thread):
+    """history.json's degenerate_<flag> are metrics/degenerate.py's shares of the very captions the reward scored
+    (logged through TRL's log_metric), with the vocabulary evaluate's auto rule picks for these references."""
+    from capalign.metrics.degenerate import degeneracy
+
+    seen: list[list[str]] = []
+
+    def recording(completions, **kw):
+        seen.append(list(completions))
+        return chars(completions)
+
+    (h,) = run(_cfg(tiny_idefics3_path, shapes, tmp_path / "o"), {"chars": recording})["history"]
+    assert len(seen) == 1 and len(seen[0]) == B * G
+    want = degeneracy(seen[0], "shapes")["corpus"]  # shapes-world references -> the shapes vocabulary
+    assert {k: h[f"degenerate_{k}"] for k in want} == pytest.approx(want)
+    assert h["degenerate_nonword"] > 0  # a random tiny model writes non-words: the test cannot pass on zeros alone

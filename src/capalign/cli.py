@@ -39,6 +39,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("style", "sweep"): ("capalign.style.sweep", "StyleSweepConfig", "run", "Data-efficiency sweep: methods x styles x budgets x seeds; curves, saturation, plots."),
     ("style", "wrlogp"): ("capalign.style.wrlogp", "WrLogpConfig", "run_wrlogp", "WR-LogP of a model (and its base, with --adapter) on the test split of preference data."),
     ("judge",): ("capalign.judge.grade", "JudgeConfig", "run", "Grade caption files A-E with a VLM judge (expected grade from the letter probabilities)."),
+    ("judge", "calibrate"): ("capalign.judge.calibrate", "JudgeCalibrateConfig", "run", "Can a judge be fooled? Grade degenerate captions built from references (non-words, noise, repeats, truncated, empty, ...)."),
     ("judge", "train"): ("capalign.judge.train", "JudgeTrainConfig", "run", "Train a nano VLM judge (SmolVLM architecture) on the shapes world; held-out accuracy."),
     ("rl", "train"): ("capalign.rl.train", "RLTrainConfig", "run", "GRPO on the language model (LoRA) with a judge or metric reward."),
 }

@@ -20,6 +20,11 @@ scenes of 2-3 objects: they do not state the cells, so a moved object could read
 The nano judge's prompt is short ("reference: {reference}\\ncaption: {caption}\\ngrade:") rather than
 the paper's A.1 text, which would triple the sequence (and training time) of a model that never reads
 English instructions; it is recorded in the folder's judge.json, where `Judge.load` finds it.
+Degenerate candidates (issue 17; `--degenerate_share`, default 0.15 of the candidates): non-words, character
+noise, repeated words, truncation mid-phrase, empty, a caption of another image that names none of its
+objects, a correct caption followed by garbage (judge/candidates.py), all graded E. Without them the
+judge scored a collapsed policy's non-words 0.5, like a web caption (docs/rl.md). Held-out accuracy is
+reported on the ordinary candidates (as before) and on one degenerate candidate of each kind per image.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from ..metrics.judge import JUDGE_FILE, LETTER_SCORES, LETTERS, Judge, fill
 from ..nano.train import NanoTrainConfig, _examples, build_nano
 from ..training.loop import fit
 from ..utils import print0, seed_everything
+from .candidates import KINDS as DEGENERATE_KINDS
+from .candidates import degenerate_caption
 
 NANO_PROMPT = "reference: {reference}\ncaption: {caption}\ngrade:"
 SOURCES = ("correct", "one_error", "web", "errors", "other_image")
@@ -103,6 +110,31 @@ def candidate(row: dict, source: str, rng: random.Random, other: dict | None = N
     return {"caption": rng.choice(phrasings(said)), "grade": g, "errors": e, "source": source}
 
 
+def degenerate_candidate(row: dict, kind: str, rng: random.Random, rows: list[dict]) -> dict:
+    """A degenerate candidate (judge/candidates.py's `kind`) built from a correct phrasing of the row's
+    scene, graded E. `unrelated_image`: the caption of a row of `rows` that names no object of this one (the content
+    rule grades it E as well; drawn at random, 100 tries, then any other row's)."""
+    truth = scene_from_objects(row["objects"])
+    other = None
+    if kind == "unrelated_image":
+        pick = None
+        for _ in range(100):
+            cand = rows[rng.randrange(len(rows))]
+            if cand is not row and grade_of(truth, scene_from_objects(cand["objects"]))[0] == "E":
+                pick = cand
+                break
+        pick = pick or next(r for r in rows if r is not row)
+        other = rng.choice(phrasings(scene_from_objects(pick["objects"])))
+    cap = degenerate_caption(kind, rng.choice(phrasings(truth)), rng, other)
+    return {"caption": cap, "grade": "E", "errors": None, "source": f"degenerate/{kind}"}
+
+
+def degenerate_examples(rows: list[dict], rng: random.Random) -> list[dict]:
+    """Every row with one degenerate candidate of every kind."""
+    return [{"image": i, "reference": row["captions"][0], **degenerate_candidate(row, kind, rng, rows)}
+            for i, row in enumerate(rows) for kind in DEGENERATE_KINDS]
+
+
 def examples(rows: list[dict], rng: random.Random, per_source: int = 1) -> list[dict]:
     """Every row with `per_source` candidates from every source (another image: a random other row)."""
     out = []
@@ -135,6 +167,8 @@ class JudgeTrainConfig:
     prompt: str = arg(NANO_PROMPT, "Judge prompt with {reference} and {caption}; recorded in judge.json.")
     lm_weight: float = arg(1.0, "Weight of the auxiliary next-token loss on the prompt's text (reference and candidate); 0: the letter only.")
     eval_batch_size: int = arg(64, "Held-out candidates per judge forward.")
+    degenerate_share: float = arg(0.15, "Share of training candidates that are degenerate (non-words, noise, repeats, truncated, empty, "
+                                        "another image's, garbage after a correct caption), graded E; 0: the ordinary five sources only.")
 
     def __post_init__(self):
         for k in ("n_train", "n_val", "steps", "batch_size", "eval_batch_size"):
@@ -142,6 +176,8 @@ class JudgeTrainConfig:
                 raise ValueError(f"{k} must be >= 1")
         if self.n_train < 2 or self.n_val < 2:
             raise ValueError("n_train and n_val must be >= 2 (candidates from another image need one)")
+        if not 0 <= self.degenerate_share < 1:
+            raise ValueError(f"degenerate_share must be in [0, 1), got {self.degenerate_share}")
         for k in ("{reference}", "{caption}"):
             if k not in self.prompt:
                 raise ValueError(f"prompt lacks the {k} placeholder")
@@ -240,7 +276,9 @@ def run(cfg: JudgeTrainConfig) -> dict:
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(train)), len(train))
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        cands = [candidate(train_rows[i], rng.choice(SOURCES), rng, train_rows[(i + rng.randrange(1, len(train))) % len(train)]) for i in idx]
+        cands = [degenerate_candidate(train_rows[i], rng.choice(DEGENERATE_KINDS), rng, train_rows)
+                 if cfg.degenerate_share and rng.random() < cfg.degenerate_share else  # share 0 draws nothing: the old stream
+                 candidate(train_rows[i], rng.choice(SOURCES), rng, train_rows[(i + rng.randrange(1, len(train))) % len(train)]) for i in idx]
         kw = training_inputs(judge, expansion, [train_rows[i]["captions"][0] for i in idx], [c["caption"] for c in cands],
                              [letter[LETTERS.index(c["grade"])] for c in cands])
         return {**kw, "pixel_values": pix[idx]}
@@ -256,15 +294,26 @@ def run(cfg: JudgeTrainConfig) -> dict:
                                          "trained_on": "capalign shapes world (capalign judge train)"})
 
     # 3. held-out accuracy through the same scoring path as the judge reward
-    val_rows = [r for r, _ in val]
-    m = measure(Judge.load(str(out), device="cpu", dtype="float32", batch_size=cfg.eval_batch_size),
-                [im for _, im in val], examples(val_rows, random.Random(f"judge-val/{cfg.seed}")))
+    held = heldout(Judge.load(str(out), device="cpu", dtype="float32", batch_size=cfg.eval_batch_size), val, cfg.seed)
+    m = held["val"]
     result = {"steps": cfg.steps, "train_seconds": round(train_s, 1), "threads": torch.get_num_threads(), "params": n_params,
-              "final_loss": sum(losses[-50:]) / len(losses[-50:]), "val_images": cfg.n_val, "val": m,
+              "final_loss": sum(losses[-50:]) / len(losses[-50:]), "val_images": cfg.n_val, **held,
               "loss_curve": [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 4) for i in range(0, len(losses), 100)]}
     atomic_write_json(out / "judge_result.json", result)
     save_config(cfg, out / "judge_config.json")
     print0(f"nano judge: {cfg.steps} steps in {train_s:.0f}s, {n_params / 1e6:.2f}M params; held-out ({m['n']} candidates of {cfg.n_val} images): "
            f"exact grade {m['exact']:.1%}, within one grade {m['within_one']:.1%}, off-letter mass {m['off_letter_mass_mean']:.4f}")
     print0(confusion_table(m))
+    d = held["val_degenerate"]
+    print0(f"degenerate candidates ({d['n']}): graded E {d['exact']:.1%}, within one grade {d['within_one']:.1%}; mean score by kind: "
+           + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in d["mean_score_by_source"].items()))
     return result
+
+
+def heldout(judge: Judge, val: list, seed: int) -> dict:
+    """Held-out measures of a judge on the `val` examples ((row, image) pairs of split 'val'): `val`, one ordinary
+    candidate per source and image (the candidates every earlier judge was measured on), and `val_degenerate`,
+    one degenerate candidate of every kind per image (all graded E). Callable on any judge, e.g. an old one."""
+    rows, images = [r for r, _ in val], [im for _, im in val]
+    return {"val": measure(judge, images, examples(rows, random.Random(f"judge-val/{seed}"))),
+            "val_degenerate": measure(judge, images, degenerate_examples(rows, random.Random(f"judge-val-degenerate/{seed}")))}

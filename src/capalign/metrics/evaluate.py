@@ -16,7 +16,7 @@ from ..config import arg, save_config, show_config
 from ..io import atomic_write_json, check_prediction, check_reference, read_predictions, read_references
 from .judge import JUDGE_FIELDS
 
-ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style", "judge", "length")
+ALL_METRICS = ("bleu", "rouge", "cider", "bertscore", "clipscore", "grounding", "style", "judge", "length", "degenerate")
 
 
 @dataclasses.dataclass
@@ -39,6 +39,8 @@ class EvaluateConfig:
     judge_batch_size: int = arg(*JUDGE_FIELDS["judge_batch_size"])
     judge_dtype: str = arg(*JUDGE_FIELDS["judge_dtype"])
     judge_load_in_8bit: bool = arg(*JUDGE_FIELDS["judge_load_in_8bit"])
+    degenerate_vocabulary: str = arg("auto", "degenerate metric: the word list that decides `nonword`: auto (shapes when every reference word is a "
+                                             "shapes-world word, else english), shapes, english (pyspellchecker's list)")
 
     def __post_init__(self):
         if isinstance(self.pred, str):
@@ -55,6 +57,8 @@ class EvaluateConfig:
             raise ValueError(f"out must be a file path (e.g. results.json), got the folder {self.out}")
         if "judge" in names and not self.judge:
             raise ValueError("--metrics judge needs --judge MODEL")
+        if self.degenerate_vocabulary not in ("auto", "shapes", "english"):
+            raise ValueError(f"unknown degenerate_vocabulary {self.degenerate_vocabulary!r}; expected auto, shapes or english")
 
 
 def _model_available(name: str) -> bool:
@@ -166,6 +170,14 @@ def evaluate_system(preds: list[dict] | dict[str, str], refs: dict[str, dict], n
     if "length" in names:  # words per caption: a reward that favours long captions shows here first (RL's reward hacking)
         per["words"] = [len(by_id[i].split()) for i in ids]
         corpus["words"] = sum(per["words"]) / len(ids)
+    if "degenerate" in names:  # empty / non-word / repetitive captions and distinct share (metrics/degenerate.py)
+        from .degenerate import FLAGS, degeneracy, vocabulary_for
+
+        vocab = cfg.degenerate_vocabulary if cfg is not None else "auto"
+        d = degeneracy([by_id[i] for i in ids], vocabulary_for(refs[i]["captions"] for i in ids) if vocab == "auto" else vocab)
+        corpus.update(d["corpus"])
+        per.update({k: [f[k] for f in d["per_caption"]] for k in FLAGS})
+        counts["degenerate"] = {**d["counts"], "vocabulary": d["vocabulary"], "collapsed": d["collapsed"]}
     if "judge" in names:
         from .judge import evaluate_judge
 
@@ -177,7 +189,7 @@ def evaluate_system(preds: list[dict] | dict[str, str], refs: dict[str, dict], n
 # the terminal table's columns, in order (labels: capalign.metrics.registry)
 EVALUATE_COLUMNS = ("BLEU1", "BLEU2", "BLEU3", "BLEU4", "BERTScore_F1", "ROUGE_L", "CIDEr", "CLIPScore", "style_accuracy",
                     "precision_name", "recall_name", "f1_name", "chair_i_name", "chair_s_name", "chair_i_attr", "chair_s_attr",
-                    "judge", "judge_off_letter_mass", "words")
+                    "judge", "judge_off_letter_mass", "words", "empty", "nonword", "repeat", "distinct")
 
 
 def _table(results: dict[str, dict]) -> None:
@@ -227,6 +239,9 @@ def run(cfg: EvaluateConfig) -> dict:
                + (f"; {c['bertscore_truncated']} BERTScore sentences truncated" if c.get("bertscore_truncated") else ""))
         results[name] = {"file": str(path), **res}
     _table(results)
+    for name, r in results.items():  # one line per collapsed system, after the table (metrics/degenerate.py's rule)
+        if (r["counts"].get("degenerate") or {}).get("collapsed"):
+            print0(f"warning: {name}: captions collapsed: {r['counts']['degenerate']['collapsed']}")
     out = {"metrics": names, "refs": cfg.refs, "definitions": {
         "BLEU1-4/ROUGE_L/CIDEr": "pycocoevalcap semantics (PTB tokenisation, CIDEr-D sigma=6), values in [0,1] except CIDEr",
         "grounding": "*_name: noun only; *_attr: noun and stated colours must match (see docs/metrics.md)"}, "systems": results}
@@ -243,6 +258,10 @@ def run(cfg: EvaluateConfig) -> dict:
         from .style import style_definition
 
         out["definitions"]["style_accuracy"] = style_definition(cfg)
+    if "degenerate" in names:
+        from .degenerate import DEFINITION
+
+        out["definitions"]["empty/nonword/repeat/distinct"] = DEFINITION
     if "judge" in names:
         from .judge import definition
 

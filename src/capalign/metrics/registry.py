@@ -38,6 +38,11 @@ _ALL = [
     Metric("judge", "Judge", True, "a VLM judge's expected grade (A=1 .. E=0)"),
     Metric("judge_off_letter_mass", "off-letter", False, "judge probability mass off the letters A-E"),
     Metric("words", "words", None, "words per caption"),
+    # degeneracy (metrics/degenerate.py): shares of the captions of a system
+    Metric("empty", "empty", False, "share of captions with no word"),
+    Metric("nonword", "nonword", False, "share of captions most of whose words are not words"),
+    Metric("repeat", "repeat", False, "share of captions that repeat a word or a 3-gram"),
+    Metric("distinct", "distinct", True, "distinct captions / captions"),
     # per-caption scores the report's gallery sorts and filters by
     Metric("RefCLIP_S", "RefCLIP-S", True, "RefCLIPScore: harmonic mean of CLIPScore and the best reference similarity"),
     Metric("halluc_obj", "hallucinated objects", False, "objects a caption names that are not in the image"),

@@ -77,13 +77,20 @@ def _named(name: str, fn):
     return reward
 
 
-def checked(name: str, fn):
+def checked(name: str, fn, degenerate_vocabulary: str | None = None):
     """A TRL reward function around a capalign reward: plain-string completions in (TRL passes chat messages for
-    chat prompts), one finite float per completion out (TRL would skip a NaN row with a warning)."""
+    chat prompts), one finite float per completion out (TRL would skip a NaN row with a warning). With
+    `degenerate_vocabulary` it also logs the sampled captions' degeneracy shares (metrics/degenerate.py, the
+    metric `capalign evaluate --metrics degenerate` reports) through TRL's `log_metric`: degenerate/<flag>."""
     from .rewards import check_rewards, completion_texts
 
     def reward(completions, **kw):
         texts = completion_texts(completions)
+        if degenerate_vocabulary and kw.get("log_metric") is not None:
+            from ..metrics.degenerate import degeneracy
+
+            for k, v in degeneracy(texts, degenerate_vocabulary)["corpus"].items():
+                kw["log_metric"](f"degenerate/{k}", v)
         return check_rewards(repr(name), fn(texts, **kw), len(texts))
 
     reward.__name__ = name  # TRL logs rewards/<name>/mean and /std
@@ -161,6 +168,7 @@ class History(TrainerCallback):
                    "kl": h.get("kl"), "entropy": h.get("entropy"), "completion_length": h.get("completions/mean_length"),
                    "frac_reward_zero_std": h.get("frac_reward_zero_std"), "learning_rate": h.get("learning_rate")}
             row.update({f"reward_{n}": h.get(f"rewards/{n}/mean") for n in self.names})
+            row.update({f"degenerate_{k}": h.get(f"degenerate/{k}") for k in ("empty", "nonword", "repeat", "distinct")})
             rows.append(row)
         self.rows = rows
         if state.is_world_process_zero:
@@ -194,11 +202,14 @@ def build_trainer(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> RLT
     custom = dict(custom_rewards or {})
     terms = reward_parts(cfg, custom)
     needs = {NEEDS[n] for n, _, _ in terms if n in NEEDS and n not in custom}
-    funcs = [checked(n, fn) for n, fn, _ in terms]
     args = grpo_args(cfg, [w for _, _, w in terms], int(os.environ.get("WORLD_SIZE", "1")))
     prec = resolve_precision(cfg.mixed_precision, cfg.device)
     vlm = load_vlm(cfg.model, device=prec.device, dtype=prec.weights, prompt=cfg.prompt)
     dataset = build_dataset(cfg, vlm, needs)
+    from ..metrics.degenerate import vocabulary_for
+
+    vocab = vocabulary_for(dataset["references"])  # the shapes world's words on shapes data, else English
+    funcs = [checked(n, fn, vocab if k == 0 else None) for k, (n, fn, _) in enumerate(terms)]  # the first part logs degeneracy
     template = getattr(vlm.processor, "chat_template", None)
     vlm.processor.chat_template = exact_prompt_template(vlm)
     trainer = RLTrainer(model=vlm.model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=vlm.processor,
