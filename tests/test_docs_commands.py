@@ -125,13 +125,13 @@ def _tiny_study(monkeypatch):
     tiny = importlib.import_module("test_study").TINY
     real = study_run.run_study
 
-    def small(recipe, root, dry_run=False):
+    def small(recipe, root, dry_run=False, until=None):
         for name, sec in recipe.sections.items():
             if name in tiny:
                 sec.clear()
                 sec.update(tiny[name])
         recipe.seeds = recipe.seeds[:2]
-        return real(recipe, root, dry_run)
+        return real(recipe, root, dry_run, until)
 
     monkeypatch.setattr(study_run, "run_study", small)
 

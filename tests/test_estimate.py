@@ -38,11 +38,11 @@ def test_estimates_of_every_real_recipe(capsys):
         recipe = load_recipe(RECIPES / f"{name}.yaml")
         facts = model_facts(recipe.sections["base"]["model"], RECIPES, (640, 480))
         rows = estimate(recipe, facts, EstimateConfig(recipe="x"))
-        assert [r["stage"].split()[0] for r in rows] == ["mapper", "mapper", "vizer", "caption", "features"]
+        assert [r["stage"].split()[0] for r in rows] == ["mapper", "mapper", "diagnose", "vizer", "caption", "features"]
         assert all(r["minutes"] > 0 and 0 < r["memory_gb"] < 80 for r in rows)
         recipe.sections["vizer"]["gradient_checkpointing"] = False
         no_ckpt = estimate(recipe, facts, EstimateConfig(recipe="x"))
-        assert no_ckpt[2]["memory_gb"] > rows[2]["memory_gb"] and no_ckpt[2]["minutes"] == rows[2]["minutes"]
+        assert no_ckpt[3]["memory_gb"] > rows[3]["memory_gb"] and no_ckpt[3]["minutes"] == rows[3]["minutes"]
     assert main(["estimate", str(RECIPES / "qwen2-vl-2b-vizer.yaml"), "--gpu", "L4"]) == 0
     assert "ESTIMATE" in capsys.readouterr().err
     assert main(["estimate", str(RECIPES / "demo.yaml")]) == 0  # the nano Base trains on CPU: nothing to estimate

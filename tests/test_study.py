@@ -25,6 +25,7 @@ TINY = {
     "base": {"steps": 6, "web_steps": 3, "n_train": 32, "n_val": 4, "eval_batch_size": 4, "batch_size": 8, "image_size": 48,
              "vision_width": 32, "text_width": 32, "vocab_size": 300},
     "mapper": {"variants": ["gt", "g"], "width": 8, "samples": 16, "epochs": 2, "center": True, "max_new_tokens": 6, "feature_batch_size": 16},
+    "diagnose": {"group": 4, "device": "cpu"},
     "vizer": {"batch_size": 4, "lr": "1e-2", "lora_r": 2, "lora_alpha": 4, "max_new_tokens": 6, "save_every": 0, "steps": [1, 2]},
     "caption": {"batch_size": 4, "max_new_tokens": 6},
     "evaluate": {},
@@ -87,7 +88,7 @@ def test_run_folder_follows_the_contract(run_a):
         ev = json.loads((run_a / entry["eval"]).read_text())
         assert ev["per_caption"]["id"] == [c["id"] for c in caps] and "CIDEr" in ev["corpus"] and len(ev["per_caption"]["grounding"]) == 8
     assert [(s["name"], s["seed"], s["status"]) for s in idx["stages"]] == [
-        (n, 0, "done") for n in ("data", "base", "mapper", "vizer", "caption", "evaluate", "features")] + [("summary", None, "done")]
+        (n, 0, "done") for n in ("data", "base", "mapper", "diagnose", "vizer", "caption", "evaluate", "features")] + [("summary", None, "done")]
     assert all((run_a / o).exists() for s in idx["stages"] for o in s["outputs"])
     assert idx["budget"] == {"ViZer_GT": {"variant": "gt", "sampled": False, "steps": [1, 2], "systems": ["ViZer_GT@1", "ViZer_GT@2"]},
                              "ViZer_G": {"variant": "g", "sampled": False, "steps": [1, 2], "systems": ["ViZer_G@1", "ViZer_G@2"]}}
@@ -96,6 +97,11 @@ def test_run_folder_follows_the_contract(run_a):
     # the resolved recipe is saved and runs as it is
     assert yaml.safe_load((run_a / "recipe.yaml").read_text()) == idx["recipe"]
     assert idx["recipe"]["vizer"]["steps"] == [1, 2] and idx["recipe"]["seeds"] == [0]
+
+    # the reward check of both mappers on the seed's (shapes-world) test images, before ViZer
+    diag = json.loads((run_a / "seed-0" / "diagnose.json").read_text())
+    assert (diag["mode"], diag["images"], diag["group"]) == ("shapes", 8, 4)
+    assert [Path(m).relative_to(run_a).as_posix() for m in diag["mappers"]] == ["seed-0/mappers/gt", "seed-0/mappers/g"]
 
     # features for the PCA figure: test images and every system's mapped captions, in the GT mapper's space
     from safetensors.torch import load_file
@@ -166,7 +172,7 @@ def test_finished_stages_are_skipped_and_an_interrupted_stage_resumes(work, run_
         mp.setattr(cm, "load_vlm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a finished study loaded a model")))
         assert study(work, "a") == 0
     idx = json.loads((run_a / "index.json").read_text())
-    assert {s["name"]: s["status"] for s in idx["stages"]} == {**{n: "skipped" for n in ("data", "base", "mapper", "vizer", "caption", "evaluate", "features")},
+    assert {s["name"]: s["status"] for s in idx["stages"]} == {**{n: "skipped" for n in ("data", "base", "mapper", "diagnose", "vizer", "caption", "evaluate", "features")},
                                                                 "summary": "done"}
     # 2. a copy loses one system's captions and evals; captioning it is killed after its first batch
     c = work / "c"
@@ -196,6 +202,27 @@ def test_finished_stages_are_skipped_and_an_interrupted_stage_resumes(work, run_
         assert study(work, "c") == 0
     assert calls["n"] == 1  # only the second batch of the one missing system
     assert files(c) == before
+
+
+def test_until_stops_after_a_stage(work, run_a, capsys):
+    """--until diagnose: the stages up to the reward check, then stop; the same command without it goes on."""
+    import shutil
+
+    u = work / "u"
+    shutil.copytree(run_a, u)
+    for p in ("seed-0/diagnose.json", "seed-0/vizer/gt/vizer_result.json"):
+        (u / p).unlink()
+    capsys.readouterr()
+    assert study(work, "u", "--until", "diagnose", "--dry_run") == 0
+    cap = capsys.readouterr()
+    plan = [(w[0], w[-3]) for w in (line.split() for line in (cap.out + cap.err).splitlines() if line.startswith(("done", "to run")))]
+    assert plan == [("done", "data"), ("done", "base"), ("done", "mapper"), ("to", "diagnose")]
+    assert study(work, "u", "--until", "diagnose") == 0
+    assert (u / "seed-0/diagnose.json").is_file() and not (u / "seed-0/vizer/gt/vizer_result.json").exists()
+    idx = json.loads((u / "index.json").read_text())
+    assert [(s["name"], s["status"]) for s in idx["stages"]] == [("data", "skipped"), ("base", "skipped"), ("mapper", "skipped"), ("diagnose", "done")]
+    assert study(work, "u", "--until", "bogus") == 2
+    assert "--until bogus: not a stage of this recipe" in capsys.readouterr().err
 
 
 def write_run(root: Path, seeds: dict[int, dict[str, list[str]]]) -> dict:
@@ -251,6 +278,10 @@ def test_multi_seed_summary_pools_counts_over_captions(tmp_path):
     ({"vizer": {"steps": [1, 2], "max_steps": 3}}, "drop vizer.max_steps"),
     ({"caption": None, "evaluate": None, "features": None, "summary": None, "data": None}, "needs stage(s) data"),
     ({"seeds": [0, 0]}, "seeds must be distinct"),
+    ({"diagnose": {"mappers": ["x"]}}, "field diagnose.mappers is set by the study"),
+    ({"diagnose": {"corruptions": "words"}}, "invalid diagnose settings: corruptions must be auto, shapes or text"),
+    ({"data": {"mapper": 16, "unlabeled": 8}, "caption": None, "evaluate": None, "features": None, "summary": None},
+     "stage diagnose needs data.test"),
 ])
 def test_bad_recipe_is_one_error_line(tmp_path, capsys, change, message):
     recipe = {k: v for k, v in {**TINY, **change}.items() if v is not None or k == "seeds"}

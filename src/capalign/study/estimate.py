@@ -35,6 +35,7 @@ GPUS = {  # datasheet dense bf16 TFLOP/s, memory bandwidth TB/s, memory GB
     "A100-80GB": (312.0, 2.04, 80), "A100-40GB": (312.0, 1.56, 40), "H100-SXM": (989.0, 3.35, 80),
     "L4": (121.0, 0.30, 24), "A10G": (125.0, 0.60, 24), "RTX4090": (165.0, 1.01, 24),
 }
+FP32 = {"A100-80GB": 19.5, "A100-40GB": 19.5, "H100-SXM": 67.0, "L4": 30.3, "A10G": 31.2, "RTX4090": 82.6}  # datasheet FP32 TFLOP/s (no TF32)
 
 
 @dataclass
@@ -187,6 +188,13 @@ def estimate(recipe, facts: dict, cfg: EstimateConfig, judge: dict | None = None
             mem = c.weights_gb() + c.kv_bytes(prompt + new, b) / 1e9
             rows.append({"stage": f"mapper ({v})", "what": f"{n} images x (vision{' + generate ' + str(new) if v == 'g' else ''} + LM forward), batch {b}",
                          "memory_gb": mem, "minutes": s / 60})
+    if "diagnose" in sec:  # float32 (capalign vizer diagnose): the FP32 peak, weights and KV cache at 4 bytes
+        dg = STAGES["diagnose"].command_config(None, sec["diagnose"], model="x", data="x", mappers=["x"])
+        n_test = data.test_limit or _n(data.test, cfg.n_test)
+        n, k = min(dg.limit or n_test, n_test), 1 + (6 if isinstance(data.test, int) else 4)  # correct + one per corruption
+        s = c.peak / FP32[cfg.gpu] * (c.vision_s(n) + c.lm_forward(prompt + 32, n * k) / c.rate)
+        rows.append({"stage": "diagnose", "what": f"{n} test images x {k} captions (vision + LM forward), float32",
+                     "memory_gb": 2 * c.weights_gb() + 2 * c.kv_bytes(prompt + 32, dg.batch_size * k) / 1e9, "minutes": s / 60})
     if "vizer" in sec:
         vz = STAGES["vizer"].command_config(None, sec["vizer"], model="x", mapper="x", images="x", out="x")
         o = STAGES["vizer"].opts(sec["vizer"])

@@ -6,6 +6,7 @@ with index.json naming the files that exist (docs/run-layout.md is the contract 
     RUN/seed-<s>/data/{mapper,unlabeled,test}/manifest.jsonl      (a test source given by path: RUN/data/test)
     RUN/seed-<s>/base/{nano-clean,nano-web}/                      the Base (nano captioner) unless base.model
     RUN/seed-<s>/mappers/<variant>/, feature-cache/               ViZer mappers and their feature cache
+    RUN/seed-<s>/diagnose.json                                    the mappers' reward check (`vizer diagnose`)
     RUN/seed-<s>/vizer/<arm>/ (step-<k>/)                         ViZer adapters (budget snapshots)
     RUN/rl/<system>-seed<s>/                                      RL adapters
     RUN/seed-<s>/captions/<system>.jsonl, eval/<system>.json      captions and scores of every system
@@ -46,6 +47,10 @@ def mapper_dir(seed, variant: str) -> str:
 
 def feature_cache(seed) -> str:
     return f"{seed_dir(seed)}/feature-cache"
+
+
+def diagnose(seed) -> str:
+    return f"{seed_dir(seed)}/diagnose.json"
 
 
 def vizer_dir(seed, arm: str) -> str:

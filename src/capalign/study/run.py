@@ -7,7 +7,8 @@ of contents for `capalign report`, is rewritten after every stage; study.log kee
 A run folder belongs to one recipe: re-running it with changed stage settings is refused (outputs made
 with the old settings would be silently reused); new seeds and new stages may be added.
 
-Launch: `capalign study recipes/demo.yaml --out runs/demo` (`--seeds 0,1,2`, `--set vizer.lr=1e-4`, `--dry_run`).
+Launch: `capalign study recipes/demo.yaml --out runs/demo` (`--seeds 0,1,2`, `--set vizer.lr=1e-4`, `--dry_run`,
+`--until diagnose`: the stages up to that one, e.g. to check the ViZer reward before any ViZer run).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class StudyConfig:
     seeds: str = arg(None, "Override the recipe's seeds, e.g. 0,1,2,3,4 (seeds already run are skipped).")
     set: list[str] = arg([], "Override recipe fields: stage.field=value (the value is YAML), e.g. --set vizer.lr=1e-4 mapper.width=128.")
     dry_run: bool = arg(False, "Print the plan (each stage and seed: done or to run) and stop.")
+    until: str = arg(None, "Run the stages up to and including this one, for every seed, then stop (e.g. diagnose: the ViZer reward "
+                           "check before any ViZer run); the same command without it goes on.")
 
 
 def _now() -> str:
@@ -117,7 +120,7 @@ def write_index(root: Path, recipe: Recipe, steps, seeds: dict[int, Context], st
     return index
 
 
-def run_study(recipe: Recipe, root: Path, dry_run: bool = False) -> dict:
+def run_study(recipe: Recipe, root: Path, dry_run: bool = False, until: str | None = None) -> dict:
     root = Path(root)
     old = root / layout.RECIPE
     if old.exists():
@@ -126,6 +129,11 @@ def run_study(recipe: Recipe, root: Path, dry_run: bool = False) -> dict:
             raise CapalignError(f"{root} holds a study made with other settings ({', '.join(changed)} changed); its finished stages "
                                 f"would be reused as they are. Use another --out, or delete {root} to start over")
     steps, seeds = plan(recipe, root)
+    if until:
+        order = list(recipe.sections)
+        if until not in order:
+            raise CapalignError(f"--until {until}: not a stage of this recipe; its stages: {', '.join(order)}")
+        steps = [(st, ctx) for st, ctx in steps if order.index(st.name) <= order.index(until)]
     if dry_run:
         for st, ctx in steps:
             done = st.outputs(ctx) and all(p.exists() for p in st.outputs(ctx)) and not st.always_run
@@ -175,7 +183,7 @@ def run(cfg: StudyConfig) -> dict:
     recipe = load_recipe(cfg.recipe, cfg.set)
     if cfg.seeds:
         recipe.seeds = parse_seeds(cfg.seeds, "--seeds")
-    out = run_study(recipe, Path(cfg.out or f"runs/{recipe.name}"), cfg.dry_run)
+    out = run_study(recipe, Path(cfg.out or f"runs/{recipe.name}"), cfg.dry_run, cfg.until)
     if not cfg.dry_run:
         print0(f"run folder: {cfg.out or f'runs/{recipe.name}'} (index.json; report: capalign report {cfg.out or f'runs/{recipe.name}'})")
     return out

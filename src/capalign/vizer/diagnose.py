@@ -11,6 +11,11 @@ invented), all conditioned on the same image, as ViZer's training forward is. Pe
   mapped state of an image's correct caption is compared with the features of every image of its group
   (the states come from the caption's forward conditioned on its own image, as in training).
 Run it on GT and G mappers, raw (the paper) and centred (`mapper train --center`).
+
+Any other captioned set (`--corruptions text`, chosen by `auto` when the rows have no shapes-world
+`objects`): the image's first reference caption against free-text corruptions of it, each one rule-made
+change (data/corrupt.py: a colour word or a noun swapped, a noun phrase dropped, one from another image's
+caption added); a caption a rule cannot change is skipped for that rule and counted (`skipped`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import torch.nn.functional as F
 
 from .. import CapalignError
 from ..config import arg, save_config, show_config
-from ..data.shapes import CORRUPTIONS, corrupt, factual_captions, scene_from_objects
+from ..data.corrupt import TEXT_CORRUPTIONS, corrupt_text, load_words, phrase_pool
+from ..data.shapes import CORRUPTIONS, POSITIONS, corrupt, factual_captions, scene_from_objects
 from ..data.sources import batched, open_images
 from ..io import atomic_write_json
 from ..utils import print0, progress
@@ -32,17 +38,22 @@ from ..utils import print0, progress
 
 @dataclass
 class DiagnoseConfig:
-    """Reward-validity diagnostic of ViZer mappers on held-out shapes-world images."""
+    """Reward-validity diagnostic of ViZer mappers: held-out images, their correct caption against corrupted ones."""
 
     model: str = arg(help="The VLM the mappers were trained on: hub id or local folder.")
-    data: str = arg(help="Held-out shapes-world dataset (manifest rows with `objects`), e.g. the study's shapes-test.")
+    data: str = arg(help="Held-out images with captions (any image source), e.g. a study's test split; shapes-world rows (`objects`) get exact-scene corruptions.")
+    corruptions: str = arg("auto", "shapes: exact-scene errors (rows need shapes-world `objects`); text: rules on the first reference caption "
+                                   "(colour, noun, drop, add; any captioned set); auto: shapes if the first row has shapes-world objects, else text.")
+    nouns: str = arg(None, "Text corruptions: the nouns to swap and find phrases by, a file (one per line: `singular` or `singular,plural`) or "
+                           "comma-separated (circle,square); default: COCO's 80 category names and person words (capalign.data.corrupt).")
+    colours: str = arg(None, "Text corruptions: the colour words, a file (one per line) or comma-separated; default: the 11 basic colour terms.")
     mappers: list[str] = arg([], "Mapper folder(s) from `capalign mapper train` (repeat the flag or give several).")
     out: str = arg("", "Write the results to this JSON file.")
     limit: int = arg(None, "Use at most this many images.")
     group: int = arg(100, "Retrieval among groups of this many images (R@1 chance = 1/group).")
     batch_size: int = arg(32, "Images per forward batch.")
     seed: int = arg(0, "Seed for the corruptions.")
-    device: str = arg("cpu", "Device.")
+    device: str = arg("auto", "auto, cpu, cuda, cuda:N, mps (the model runs in float32).")
 
     def __post_init__(self):
         if isinstance(self.mappers, str):
@@ -51,6 +62,8 @@ class DiagnoseConfig:
             raise ValueError("give at least one --mappers folder")
         if self.group < 2:
             raise ValueError(f"group must be >= 2, got {self.group}")
+        if self.corruptions not in ("auto", "shapes", "text"):
+            raise ValueError(f"corruptions must be auto, shapes or text, got {self.corruptions!r}")
 
 
 def auc(correct: torch.Tensor, wrong: torch.Tensor) -> float:
@@ -58,26 +71,64 @@ def auc(correct: torch.Tensor, wrong: torch.Tensor) -> float:
     return ((correct < wrong).float() + 0.5 * (correct == wrong).float()).mean().item()
 
 
+def shapes_world(objects) -> bool:
+    """Are these a row's shapes-world `objects` (each with name, color, size and a left/middle/right position)?"""
+    return bool(objects) and isinstance(objects, list) and all(
+        isinstance(o, dict) and {"name", "color", "size", "position"} <= set(o) and o["position"] in POSITIONS for o in objects)
+
+
+def shapes_captions(source, rng: random.Random):
+    """The shapes-world pairs of a record: its canonical caption, then one per kind of `shapes.corrupt` that applies."""
+    def captions(r) -> list[tuple[str | None, str]]:
+        if not r.meta.get("objects"):
+            raise CapalignError(f"{source.name}: rows need `objects` (a shapes-world manifest); id {r.id} has none")
+        scene = scene_from_objects(r.meta["objects"])
+        out = [(None, factual_captions(scene)[0])]
+        for kind in CORRUPTIONS:
+            bad = corrupt(scene, kind, rng)
+            if bad is not None:
+                out.append((kind, factual_captions(bad)[0]))
+        return out
+    return captions
+
+
+def text_captions(pool, vocab, rng: random.Random, skipped: dict):
+    """The free-text pairs of a record: its first reference, then one per rule of data/corrupt.py that finds a change
+    (a rule that finds none, or a record without captions, is counted in `skipped`)."""
+    def captions(r) -> list[tuple[str | None, str]]:
+        if not r.captions:
+            skipped["no_caption"] += 1
+            return []
+        out = [(None, r.captions[0])]
+        others = [p for p in pool if p.image != r.id]
+        for kind in TEXT_CORRUPTIONS:
+            bad = corrupt_text(r.captions[0], kind, rng, references=r.captions, pool=others, vocab=vocab)
+            if bad is None:
+                skipped[kind] += 1
+            else:
+                out.append((kind, bad))
+        return out
+    return captions
+
+
 @torch.no_grad()
-def caption_sets(vlm, source, seed: int, batch_size: int):
-    """Per image: F_I [D_v] and pooled LM states [D_t] of its correct caption and of each corruption.
+def caption_sets(vlm, source, captions_of, kinds, batch_size: int, examples: list | None = None):
+    """Per image: F_I [D_v] and pooled LM states [D_t] of its correct caption and of each corruption;
+    `captions_of(record)` -> [(None, correct), (kind, corrupted), ...] ([] = leave the image out).
     Returns (ids, features [N, D_v], correct states [N, D_t], {kind: (image index [M], states [M, D_t])})."""
-    rng = random.Random(seed)
-    ids, feats, correct, wrong = [], [], [], {k: ([], []) for k in CORRUPTIONS}
+    ids, feats, correct, wrong = [], [], [], {k: ([], []) for k in kinds}
     with progress() as bar:
         task = bar.add_task("diagnose", total=source.num_known(), rate="")
-        for recs in batched(source, batch_size):
-            if any(not r.meta.get("objects") for r in recs):
-                raise CapalignError(f"{source.name}: rows need `objects` (a shapes-world manifest); id {next(r.id for r in recs if not r.meta.get('objects'))} has none")
+        for batch in batched(source, batch_size):
+            sets = [captions_of(r) for r in batch]
+            recs, sets = [r for r, c in zip(batch, sets) if c], [c for c in sets if c]
+            bar.update(task, advance=len(batch) - len(recs))
+            if not recs:
+                continue
+            if examples is not None and len(examples) < 5:
+                examples += [{"id": r.id, **{k or "correct": c for k, c in cs}} for r, cs in zip(recs, sets)][:5 - len(examples)]
             enc = vlm.encode([r.image for r in recs])
-            rows = []  # (image index in batch, kind or None, caption)
-            for j, r in enumerate(recs):
-                scene = scene_from_objects(r.meta["objects"])
-                rows.append((j, None, factual_captions(scene)[0]))
-                for kind in CORRUPTIONS:
-                    bad = corrupt(scene, kind, rng)
-                    if bad is not None:
-                        rows.append((j, kind, factual_captions(bad)[0]))
+            rows = [(j, kind, c) for j, cs in enumerate(sets) for kind, c in cs]  # (image index in batch, kind or None, caption)
             states = vlm.caption_states(vlm.select(enc, [j for j, _, _ in rows]), vlm.tokenize_captions([c for _, _, c in rows])).float().cpu()
             base = len(ids)
             for (j, kind, _), s in zip(rows, states):
@@ -89,7 +140,11 @@ def caption_sets(vlm, source, seed: int, batch_size: int):
             ids += [r.id for r in recs]
             feats.append(enc.features.float().cpu())
             bar.update(task, advance=len(recs))
+    if not ids:
+        raise CapalignError(f"{source.name}: no image to diagnose" + (" (no readable image)" if source.skipped else ""))
     wrong = {k: (torch.tensor(i, dtype=torch.long), torch.stack(s)) for k, (i, s) in wrong.items() if i}
+    if not wrong:
+        raise CapalignError(f"{source.name}: no caption could be corrupted by any of {', '.join(kinds)}; nothing to compare")
     return ids, torch.cat(feats), torch.stack(correct), wrong
 
 
@@ -137,9 +192,23 @@ def run(cfg: DiagnoseConfig) -> dict:
     if len(keys) > 1:
         raise CapalignError(f"the mappers were trained with different pooling/prompt settings {sorted(keys, key=str)}; diagnose them separately")
     pooling, prompt = keys.pop()
-    vlm = load_vlm(cfg.model, device=cfg.device, dtype="float32", prompt=prompt or "", pooling=pooling)
     source = open_images(cfg.data, limit=cfg.limit)
-    ids, feats, correct, wrong = caption_sets(vlm, source, cfg.seed, cfg.batch_size)
+    mode, rng, skipped, examples = cfg.corruptions, random.Random(cfg.seed), {}, []
+    if mode == "auto":
+        first = next(iter(source.entries()), None)
+        mode = "shapes" if first is not None and shapes_world(first.meta.get("objects")) else "text"
+    if mode == "shapes":
+        kinds, captions_of = CORRUPTIONS, shapes_captions(source, rng)
+    else:
+        vocab = load_words(cfg.nouns, cfg.colours)
+        rows = [(e.id, e.captions[0]) for e in source.entries() if e.captions]  # captions only: no image is decoded
+        if not rows:
+            raise CapalignError(f"{cfg.data}: no image has a caption; the text corruptions change each image's first reference caption")
+        kinds, skipped = TEXT_CORRUPTIONS, {k: 0 for k in (*TEXT_CORRUPTIONS, "no_caption")}
+        captions_of = text_captions(phrase_pool(rows, vocab), vocab, rng, skipped)
+    print0(f"diagnose: {mode} corruptions ({', '.join(kinds)})")
+    vlm = load_vlm(cfg.model, device=cfg.device, dtype="float32", prompt=prompt or "", pooling=pooling)
+    ids, feats, correct, wrong = caption_sets(vlm, source, captions_of, kinds, cfg.batch_size, examples)
     results = {}
     for path, meta in zip(cfg.mappers, metas):
         mapper = Mapper.from_pretrained(path).eval()
@@ -150,7 +219,10 @@ def run(cfg: DiagnoseConfig) -> dict:
         results[path] = {"variant": meta["variant"], "center": bool(meta.get("center")), **r}
         print0(f"{path} ({meta['variant']}, {'centred' if meta.get('center') else 'raw'}): AUC "
                + " ".join(f"{k} {v:.3f}" for k, v in r["auc"].items()) + f" | R@1 {r['retrieval_r1']} (chance {r['retrieval_chance']:.3f})")
-    out = {"images": len(ids), "group": cfg.group, "corruptions": list(CORRUPTIONS), "mappers": results}
+    out = {"images": len(ids), "group": cfg.group, "mode": mode, "corruptions": list(kinds), "mappers": results, "examples": examples}
+    if mode == "text":
+        out.update(skipped=skipped, words=vocab.source)
+        print0("skipped (nothing the rule could change): " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
     if cfg.out:
         atomic_write_json(cfg.out, out)
         save_config(cfg, cfg.out + ".config.json")
