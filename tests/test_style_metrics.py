@@ -15,6 +15,7 @@ from capalign.data.preferences import open_preferences
 from capalign.data.style_fixtures import write_flickrstyle
 from capalign.metrics.style import classifier_data, content_kept, style_accuracy, wr_logp
 from capalign.metrics.style_classifier import StyleClassifier, load_classifier, resolve_encoder
+from capalign.style.config import DEFAULT_PROMPT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -204,8 +205,10 @@ def test_cli_wrlogp_with_adapter_measures_base_beside_it(tmp_path, tiny_qwen2_vl
     out = tmp_path / "wr.json"
     assert main(["style", "wrlogp", "--model", str(tiny_qwen2_vl_path), "--adapter", str(tmp_path / "adapter"), "--data", "shapes:10",
                  "--style", "romantic", "--device", "cpu", "--out", str(out)]) == 0
-    res = json.loads(out.read_text())["results"]
-    test = open_preferences("shapes:10", "romantic").test
+    written = json.loads(out.read_text())
+    res = written["results"]
+    assert written["prompt"] == DEFAULT_PROMPT.replace("{style}", "romantic")  # no --prompt, no recorded prompt: style train's default
+    test = open_preferences("shapes:10", "romantic", prompt=written["prompt"]).test
     base = wr_logp(load_vlm(str(tiny_qwen2_vl_path), device="cpu"), test)
     assert [r["chosen_sum"] for r in res["base"]["per_pair"]] == pytest.approx([r["chosen_sum"] for r in base["per_pair"]], abs=1e-5)
     lora = wr_logp(tuned, test)  # the in-memory adapted model
