@@ -410,7 +410,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_vizer_two_processes_match_one(work, shapes, tiny_idefics3_path, mapper_g):
     # no dropout (the random streams differ with the process count); warmup checks the LR schedule
     # advances once per optimizer step whatever the number of processes
