@@ -28,7 +28,7 @@ TINY = {
     "diagnose": {"group": 4, "device": "cpu"},
     "vizer": {"batch_size": 4, "lr": "1e-2", "lora_r": 2, "lora_alpha": 4, "max_new_tokens": 6, "save_every": 0, "steps": [1, 2]},
     "caption": {"batch_size": 4, "max_new_tokens": 6},
-    "evaluate": {},
+    "evaluate": {"metrics": "bleu,rouge,cider,grounding,degenerate"},
     "features": {},
     "summary": {"n_boot": 200},
 }
@@ -128,6 +128,7 @@ def test_the_report_reads_a_real_run_folder(run_a, tmp_path):
 def test_summary_is_stats_of_the_eval_files(run_a):
     """summary.json's numbers, recomputed by hand from the per-caption eval files with capalign.stats."""
     from capalign.metrics.coco import bleu_counts, corpus_bleu
+    from capalign.metrics.evaluate import collapse_of
 
     s = json.loads((run_a / "summary.json").read_text())
     assert s["seeds"] == [0] and s["baseline"] == "Base" and set(s["paired"]) == set(SYSTEMS[1:])
@@ -138,6 +139,9 @@ def test_summary_is_stats_of_the_eval_files(run_a):
     for n in SYSTEMS:
         for m in s["metrics"]:
             assert s["systems"][n][m]["values"] == [ev[n]["corpus"][m]]
+    # the degeneracy columns, and the collapsed systems: evaluate's verdict on each eval file (metrics/evaluate.py collapse_of)
+    assert {"nonword", "distinct"} <= set(s["metrics"])
+    assert s["collapsed"] == {n: {"0": collapse_of(ev[n])} for n in SYSTEMS if collapse_of(ev[n])}
     ids = ev["Base"]["per_caption"]["id"]
     for n in SYSTEMS[1:]:
         for m, (x, stat) in {
