@@ -145,7 +145,7 @@ def _saturation_row(cfg, meas: str, style: str, method: str, grid: list, zero: f
            "plateau": sum(g[-1] for g in full) / len(full), "gain_over_zero_shot": None, "n_seeds": len(full),
            "collapsed": ",".join(b for b, x in zip(cfg.budget_list, bad) if x), "note": ""}
     if bad[-1]:
-        row["note"] = "content collapsed at the largest budget: no saturation budget"
+        row["note"] = "captions collapsed at the largest budget (content or degeneracy): no saturation budget"
         return row
     keep = [j for j, x in enumerate(bad) if not x]
     sat = saturation_budget([cfg.shares[j] for j in keep], [[g[j] for j in keep] for g in full], share=0.95, floor=zero)
