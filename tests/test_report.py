@@ -107,7 +107,8 @@ def make_run(root: Path) -> dict:
     atomic_write_json(root / "style/sweep.json", {"rows": [
         {"method": m, "style": "humorous", "budget": b, "seed": sd, "style_accuracy": 0.2 + 0.1 * i + 0.01 * sd + (0.1 if m == "dpo" else 0)}
         for m in ("sft", "dpo") for i, b in enumerate((10, 100, 1000)) for sd in SEEDS],
-        "saturation": [{"method": "sft", "style": "humorous", "budget": 100, "lo": 10, "hi": 1000, "plateau": 0.41}]})
+        "saturation": [{"method": "sft", "style": "humorous", "budget": 100, "lo": 10, "hi": 1000, "plateau": 0.41}],
+        "collapsed": [{"style": "humorous", "method": "dpo", "budget": "10%", "reason": "60% of captions are empty or non-words (>= 5%)"}]})
     atomic_write_json(root / "rl/RL_judge-seed0/history.json", [{"step": i, "reward_mean": 0.1 * i, "reward_std": 0.05} for i in range(5)])
     (root / "recipe.yaml").write_text("name: fixture\nseeds: [0, 1]\n")
     atomic_write_json(root / "index.json", index)
@@ -394,6 +395,8 @@ def test_a_collapsed_system_is_a_marked_row(tmp_path, built):
         return {m[0]: html.unescape(m[1]) for m in re.findall(r'<tr data-system="([^"]+)" class="collapsed"><th>[^<]*<span class="warn" title="([^"]*)"', table)}
 
     assert marked((run / "report/index.html").read_text()) == {"ViZer_G": f"seed 1: {why}"}
+    collapsed_budgets = (run / "report/index.html").read_text().split("<table id='style-collapsed'")[1].split("</table>")[0]
+    assert "dpo" in collapsed_budgets and "60% of captions are empty or non-words (&gt;= 5%)" in collapsed_budgets  # style sweep.json's list
     (run / "summary.json").unlink()
     ev = json.loads((run / "seed-0/eval/ViZer_GT.json").read_text())
     ev["counts"]["degenerate"] = {"collapsed": "only 1.0% of captions are distinct (< 5%)"}
