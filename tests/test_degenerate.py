@@ -149,3 +149,25 @@ def test_degenerate_captions_are_what_they_say(kind):
             assert out.startswith(cap) and tail and not set(words(tail)) & known_words(), out
     with pytest.raises(ValueError, match="unknown degenerate kind"):
         degenerate_caption("funny", "a", rng)
+
+
+def test_one_definition_serves_evaluate_and_the_style_guard(tmp_path, monkeypatch):
+    """Change the collapse threshold in metrics/degenerate.py and both evaluate's verdict and the style sweep's
+    collapse guard change: 3% non-words is healthy at 5%, collapsed at 2%."""
+    from test_style_sweep import _degenerate_cells
+
+    from capalign.metrics.evaluate import collapse_of, evaluate_system
+    from capalign.style.results import aggregate
+
+    caps = {str(i): "a red circle" for i in range(33)} | {"x": "abssstled"}  # 1 of 34 captions non-words: 2.9%
+    caps = {k: f"{v} {k}" if v != "abssstled" else v for k, v in caps.items()}  # distinct captions ("a red circle 7": 3 of 4 words are words)
+    refs = {k: {"captions": ["a red circle"]} for k in caps}
+    cfg = _degenerate_cells(tmp_path, {"10%": 1 / 34, "50%": 0.0, "100%": 0.0})
+
+    def both():
+        verdict = collapse_of(evaluate_system(caps, refs, ["degenerate"]))
+        return verdict is not None, [c["budget"] for c in aggregate(cfg, str(tmp_path / "none"))["collapsed"]]
+
+    assert both() == (False, [])
+    monkeypatch.setattr(deg, "COLLAPSE_SHARE", 0.02)
+    assert both() == (True, ["10%"])

@@ -107,7 +107,8 @@ def make_run(root: Path) -> dict:
     atomic_write_json(root / "style/sweep.json", {"rows": [
         {"method": m, "style": "humorous", "budget": b, "seed": sd, "style_accuracy": 0.2 + 0.1 * i + 0.01 * sd + (0.1 if m == "dpo" else 0)}
         for m in ("sft", "dpo") for i, b in enumerate((10, 100, 1000)) for sd in SEEDS],
-        "saturation": [{"method": "sft", "style": "humorous", "budget": 100, "lo": 10, "hi": 1000, "plateau": 0.41}]})
+        "saturation": [{"method": "sft", "style": "humorous", "budget": 100, "lo": 10, "hi": 1000, "plateau": 0.41}],
+        "collapsed": [{"style": "humorous", "method": "dpo", "budget": "10%", "reason": "60% of captions are empty or non-words (>= 5%)"}]})
     atomic_write_json(root / "rl/RL_judge-seed0/history.json", [{"step": i, "reward_mean": 0.1 * i, "reward_std": 0.05} for i in range(5)])
     (root / "recipe.yaml").write_text("name: fixture\nseeds: [0, 1]\n")
     atomic_write_json(root / "index.json", index)
@@ -373,3 +374,32 @@ def test_report_in_a_real_browser(built, tmp_path):
     px = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
     assert px.shape == (900, 1280) and px.std() > 20  # not blank: header, tables, images
     (tmp_path / "screenshot.png").write_bytes(png)
+
+
+def test_a_collapsed_system_is_a_marked_row(tmp_path, built):
+    """summary.json's `collapsed` (study/summary.py) marks the system's row with the reason; without summary.json the
+    report finds the same verdict in the eval files (metrics/evaluate.py collapse_of)."""
+    import html
+    import re
+
+    root, _ = built
+    run = tmp_path / "run"
+    shutil.copytree(root, run, ignore=shutil.ignore_patterns("report"))
+    why = "75% of captions are empty or non-words (>= 5%)"
+    summary = json.loads((run / "summary.json").read_text())
+    atomic_write_json(run / "summary.json", {**summary, "collapsed": {"ViZer_G": {"1": why}}})
+    assert main(["report", str(run)]) == 0
+
+    def marked(page: str) -> dict:
+        table = page.split('<table id="metrics"')[1].split("</table>")[0]
+        return {m[0]: html.unescape(m[1]) for m in re.findall(r'<tr data-system="([^"]+)" class="collapsed"><th>[^<]*<span class="warn" title="([^"]*)"', table)}
+
+    assert marked((run / "report/index.html").read_text()) == {"ViZer_G": f"seed 1: {why}"}
+    collapsed_budgets = (run / "report/index.html").read_text().split("<table id='style-collapsed'")[1].split("</table>")[0]
+    assert "dpo" in collapsed_budgets and "60% of captions are empty or non-words (&gt;= 5%)" in collapsed_budgets  # style sweep.json's list
+    (run / "summary.json").unlink()
+    ev = json.loads((run / "seed-0/eval/ViZer_GT.json").read_text())
+    ev["counts"]["degenerate"] = {"collapsed": "only 1.0% of captions are distinct (< 5%)"}
+    atomic_write_json(run / "seed-0/eval/ViZer_GT.json", ev)
+    assert main(["report", str(run)]) == 0
+    assert marked((run / "report/index.html").read_text()) == {"ViZer_GT": "seed 0: only 1.0% of captions are distinct (< 5%)"}

@@ -28,7 +28,7 @@ TINY = {
     "diagnose": {"group": 4, "device": "cpu"},
     "vizer": {"batch_size": 4, "lr": "1e-2", "lora_r": 2, "lora_alpha": 4, "max_new_tokens": 6, "save_every": 0, "steps": [1, 2]},
     "caption": {"batch_size": 4, "max_new_tokens": 6},
-    "evaluate": {},
+    "evaluate": {"metrics": "bleu,rouge,cider,grounding,degenerate"},
     "features": {},
     "summary": {"n_boot": 200},
 }
@@ -128,6 +128,7 @@ def test_the_report_reads_a_real_run_folder(run_a, tmp_path):
 def test_summary_is_stats_of_the_eval_files(run_a):
     """summary.json's numbers, recomputed by hand from the per-caption eval files with capalign.stats."""
     from capalign.metrics.coco import bleu_counts, corpus_bleu
+    from capalign.metrics.evaluate import collapse_of
 
     s = json.loads((run_a / "summary.json").read_text())
     assert s["seeds"] == [0] and s["baseline"] == "Base" and set(s["paired"]) == set(SYSTEMS[1:])
@@ -138,6 +139,9 @@ def test_summary_is_stats_of_the_eval_files(run_a):
     for n in SYSTEMS:
         for m in s["metrics"]:
             assert s["systems"][n][m]["values"] == [ev[n]["corpus"][m]]
+    # the degeneracy columns, and the collapsed systems: evaluate's verdict on each eval file (metrics/evaluate.py collapse_of)
+    assert {"nonword", "distinct"} <= set(s["metrics"])
+    assert s["collapsed"] == {n: {"0": collapse_of(ev[n])} for n in SYSTEMS if collapse_of(ev[n])}
     ids = ev["Base"]["per_caption"]["id"]
     for n in SYSTEMS[1:]:
         for m, (x, stat) in {
@@ -225,7 +229,7 @@ def test_until_stops_after_a_stage(work, run_a, capsys):
     assert "--until bogus: not a stage of this recipe" in capsys.readouterr().err
 
 
-def write_run(root: Path, seeds: dict[int, dict[str, list[str]]]) -> dict:
+def write_run(root: Path, seeds: dict[int, dict[str, list[str]]], metrics=("bleu", "rouge", "cider", "grounding")) -> dict:
     """A hand-made run folder: per seed, a 4-image shapes-world test split and given captions per system."""
     from capalign.data.shapes import write_dataset
     from capalign.io import atomic_write_json, read_references
@@ -240,7 +244,7 @@ def write_run(root: Path, seeds: dict[int, dict[str, list[str]]]) -> dict:
             preds = [{"id": i, "caption": c} for i, c in zip(refs, caps)]
             (root / f"seed-{s}/captions").mkdir(parents=True, exist_ok=True)
             (root / f"seed-{s}/captions/{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
-            atomic_write_json(root / f"seed-{s}/eval/{name}.json", evaluate_system(preds, refs, ["bleu", "rouge", "cider", "grounding"]))
+            atomic_write_json(root / f"seed-{s}/eval/{name}.json", evaluate_system(preds, refs, list(metrics)))
             out[s][name] = {"eval": root / f"seed-{s}/eval/{name}.json", "captions": root / f"seed-{s}/captions/{name}.jsonl"}
     return out
 
@@ -266,6 +270,29 @@ def test_multi_seed_summary_pools_counts_over_captions(tmp_path):
         assert s["systems"]["ViZer"][m]["values"] == [ev[k]["ViZer"]["corpus"][m] for k in (0, 1)]
         assert s["systems"]["ViZer"][m]["mean"] == pytest.approx(stats.mean_ci(s["systems"]["ViZer"][m]["values"])["mean"])
     assert s["paired"]["ViZer"]["recall_name"]["mean_diff"] > 0 and s["paired"]["ViZer"]["recall_name"]["n_up"] == 2
+
+
+def test_summary_marks_and_warns_a_collapsed_system(tmp_path, capsys):
+    """Eval files with the degenerate metric: the summary has its nonword and distinct columns (distinct has no paired
+    difference: a corpus statistic), lists the system whose captions collapsed in a seed with metrics/degenerate.py's
+    reason, and the terminal marks its row and names it in a warning line; a healthy system is never named."""
+    from capalign.io import read_references
+    from capalign.study.summary import print_summary, summarize
+
+    base = ["a red circle", "a shape", "two squares", "a blue star and a green star"]
+    junk = ["abssstled", "aplaa", "a red circle", "qqq zzz"]  # 3 of 4 non-words
+    f = write_run(tmp_path, {0: {"Base": base, "RL": junk}, 1: {"Base": base[::-1], "RL": base}}, ("cider", "degenerate"))
+    refs = {s: read_references(str(tmp_path / f"seed-{s}/data/test/manifest.jsonl")) for s in (0, 1)}
+    s = summarize(f, refs, n_boot=200)
+    assert {"CIDEr", "nonword", "distinct"} <= set(s["metrics"])
+    assert s["systems"]["RL"]["nonword"]["values"] == [0.75, 0.0] and s["systems"]["Base"]["distinct"]["values"] == [1.0, 1.0]
+    assert s["paired"]["RL"]["nonword"]["per_seed"][0]["system"] == 0.75 and "distinct" not in s["paired"]["RL"]
+    assert s["collapsed"] == {"RL": {"0": "75% of captions are empty or non-words (>= 5%)"}}
+    capsys.readouterr()
+    print_summary(s)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "RL (collapsed)" in err and "Base (collapsed)" not in err
+    assert err.count("warning:") == 1 and "warning: RL: captions collapsed (seed 0): 75% of captions are empty or non-words" in err
 
 
 @pytest.mark.parametrize("change, message", [

@@ -4,6 +4,7 @@ re-runs), and `capalign report` shows its curves and saturation table."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -67,7 +68,15 @@ def test_style_stage_sweep_resume_and_report(tiny_idefics3_path, tmp_path, monke
     table = page[page.index("<table id='saturation'"):]
     table = table[: table.index("</table>")]
     for s in sweep["saturation"]:
-        assert f"<td>{s['measure']}</td><td>humorous</td><td>dpo</td><td>{s['budget']:.3f}</td>" in table
+        budget = "-" if s["budget"] is None else f"{s['budget']:.3f}"
+        assert f"<td>{s['measure']}</td><td>humorous</td><td>dpo</td><td>{budget}</td>" in table and html.escape(s["note"]) in table
+    # the tiny random model writes non-words ("feainر..."): the collapse guard's degeneracy rule sets every budget aside
+    # (so no saturation budget), and the report lists them with the reason
+    assert [c["budget"] for c in sweep["collapsed"]] == ["50%", "100%"]
+    assert all(c["method"] == "dpo" and "of captions are empty or non-words (>= 5%)" in c["reason"] for c in sweep["collapsed"])
+    assert all(s["budget"] is None for s in sweep["saturation"])
+    bad = page[page.index("<table id='style-collapsed'"):]
+    assert bad[: bad.index("</table>")].count("<td>dpo</td>") == 2
 
 
 def test_style_stage_base_model_nano_styled(tiny_idefics3_path, tmp_path, monkeypatch, capsys):

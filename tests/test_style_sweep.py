@@ -37,6 +37,7 @@ def test_sweep_resumes_and_summarises(tiny_idefics3_path, one_thread, tmp_path, 
     assert (out / "cells.csv").read_text().count("\n") == 5 and (out / "plot-style_acc.png").stat().st_size > 1000
     assert s["classifier"]["heldout"]["accuracy"] is not None
     # styled_faithful recomputed from the saved captions: the classifier says the style AND the caption names every object with its colour
+    from capalign.metrics.degenerate import degeneracy
     from capalign.metrics.grounding import grounding
     from capalign.metrics.style_classifier import load_classifier
     from capalign.style.sweep import StyleSweepConfig
@@ -49,6 +50,8 @@ def test_sweep_resumes_and_summarises(tiny_idefics3_path, one_thread, tmp_path, 
         want = sum(bool(cap.strip()) and lab == "humorous" and r["attr"]["recalled"] == r["attr"]["annotated"] and not r["attr"]["hallucinated"]
                    for cap, lab, r in zip(caps, clf.predict(caps), g)) / 3
         assert c["measures"]["styled_faithful" if c["style"] else "styled_faithful/humorous"] == want
+        # the collapse guard's degeneracy shares: metrics/degenerate.py on the cell's captions (shapes world: its own vocabulary)
+        assert {k: c["measures"][f"degenerate_{k}"] for k in ("empty", "nonword", "repeat", "distinct")} == degeneracy(caps, "shapes")["corpus"]
 
     # resume: a finished cell is skipped; a cell killed before its result.json is re-run from scratch
     done = out / "cells" / "dpo" / "humorous" / "b100-s0" / "result.json"
@@ -134,3 +137,33 @@ def test_collapse_guard_in_the_saturation_rule(tmp_path):
     unguarded = dataclasses.replace(cfg, collapse_share=0.0)
     sat0 = {(r["method"], r["measure"]): r for r in aggregate(unguarded, str(tmp_path / "none"))["saturation"]}
     assert sat0["sft", "style_acc"]["budget"] == 10.0 and sat0["simpo", "style_acc"]["budget"] == 50.0
+
+
+def _degenerate_cells(tmp_path, nonword: dict):
+    """Cells of a sweep whose content recall never collapses (0.4, the Base's) but whose sft captions have these
+    degenerate_nonword shares per budget (empty 0, distinct 1: only nonword can trip the degeneracy rule)."""
+    from capalign.io import atomic_write_json
+    from capalign.style.sweep import StyleSweepConfig
+
+    cfg = StyleSweepConfig(model="x", out=str(tmp_path), methods="sft", styles="humorous", budgets="10%,50%,100%", seeds=2)
+    for c in cfg.cells():
+        meas = {"recall_attr": 0.4} if c["method"] == "base" else {"style_acc": 0.2, "recall_attr": 0.4}
+        if c["method"] == "sft":
+            meas = {"style_acc": {"10%": 0.9, "50%": 0.6, "100%": 0.62}[c["budget"]], "recall_attr": 0.4,
+                    "degenerate_empty": 0.0, "degenerate_nonword": nonword[c["budget"]], "degenerate_repeat": 0.0, "degenerate_distinct": 1.0}
+        atomic_write_json(tmp_path / "cells" / c["name"] / "result.json", {**c, "measures": meas})
+    return cfg
+
+
+def test_collapse_guard_uses_the_degeneracy_rule(tmp_path, capsys):
+    """Content kept but captions non-words: metrics/degenerate.py's rule (empty + nonword >= 5%) collapses the budget,
+    so its high style accuracy is not a saturation budget; sweep.json lists it and the terminal warns."""
+    from capalign.style.results import aggregate
+
+    cfg = _degenerate_cells(tmp_path, {"10%": 0.5, "50%": 0.0, "100%": 0.01})
+    s = aggregate(cfg, str(tmp_path / "none"))
+    sat = {r["measure"]: r for r in s["saturation"]}["style_acc"]
+    assert sat["collapsed"] == "10%" and sat["budget"] == 50.0  # unguarded, 10% (0.9 >= the plateau) would be the budget
+    assert [(c["budget"], c["reason"]) for c in s["collapsed"]] == [("10%", "50% of captions are empty or non-words (>= 5%)")]
+    assert "warning: sft/humorous at 10%: captions collapsed: 50% of captions are empty or non-words" in " ".join(capsys.readouterr().err.split())
+    assert json.loads((tmp_path / "sweep.json").read_text())["collapsed"] == s["collapsed"]

@@ -23,6 +23,7 @@ import capalign.models as cm
 import capalign.vizer.train as vz
 from capalign.cli import main
 from capalign.data.sources import Record, open_images
+from capalign.metrics.degenerate import degeneracy, vocabulary_for
 from capalign.models import load_vlm
 from capalign.training.lora import LM_LINEAR
 from capalign.vizer.mapper import Mapper, fit_mapper
@@ -138,6 +139,14 @@ def capture_vlm(mp, into: dict):
         vlm = real(*a, **k)
         into["vlm"] = vlm
         into["before"] = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
+        generate, into["captions"] = vlm.generate, []
+
+        def kept(*a, **k):  # the captions of every generate call (one per step here)
+            out = generate(*a, **k)
+            into["captions"].append(list(out.texts))
+            return out
+
+        vlm.generate = kept
         return vlm
 
     mp.setattr(cm, "load_vlm", wrapped)
@@ -289,6 +298,11 @@ def test_vizer_never_reads_captions(shapes, vizer_run):
     res = json.loads((vizer_run["out"] / "vizer_result.json").read_text())
     assert res["steps"] == 4 and [h["step"] for h in res["history"]] == [1, 2, 3, 4]
     assert all(0 <= h["loss"] <= 2 and abs(1 - h["cos"] - h["loss"]) < 1e-5 for h in res["history"])
+    # each step logs metrics/degenerate.py's shares of the captions it generated (vocabulary from the first step's)
+    caps = vizer_run["captions"]
+    assert len(caps) == 4 and res["degenerate_vocabulary"] == vocabulary_for(caps[0])
+    for h, c in zip(res["history"], caps):
+        assert {k: h[f"degenerate_{k}"] for k in ("empty", "nonword", "repeat", "distinct")} == degeneracy(c, res["degenerate_vocabulary"])["corpus"]
     assert [p.name for p in vizer_run["out"].glob("checkpoint-*")] == ["checkpoint-2"]
 
 

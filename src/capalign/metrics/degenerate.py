@@ -1,8 +1,9 @@
 """Degenerate captions: one definition of empty, non-word, repetitive and non-distinct caption sets.
 
 Pure functions of caption strings, so every reader of collapse uses the same numbers: `capalign evaluate
---metrics degenerate`, the RL training history (the sampled captions of each step), and later the style
-sweep's collapse guard and the study summary. Definitions (docs/metrics.md):
+--metrics degenerate` (and through its eval files the study summary and the report), the RL and ViZer training
+histories (the sampled captions of each step) and the style sweep's collapse guard. Definitions
+(docs/degenerate.md):
 
 - words: the lower-cased maximal runs of letters (Unicode letters; an inner apostrophe joins: "it's");
   digits, underscores, punctuation and emoji are not part of any word ("IMG_1234.jpg" -> img, jpg).

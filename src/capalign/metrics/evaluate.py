@@ -208,6 +208,13 @@ def evaluate_system(preds: list[dict] | dict[str, str], refs: dict[str, dict], n
     return {"counts": counts, "corpus": corpus, "per_caption": {"id": ids, **per}}
 
 
+def collapse_of(result: dict) -> str | None:
+    """Why an evaluate_system result's captions collapsed (metrics/degenerate.py's rule), or None: not collapsed, or
+    not scored with the degenerate metric. Every reader of an eval file's verdict (this command's warning, the study
+    summary, the report) goes through here."""
+    return ((result.get("counts") or {}).get("degenerate") or {}).get("collapsed")
+
+
 # the terminal tables, one per group of metrics, in this order: (title, corpus keys, the count of captions the group
 # covered; None: every scored caption). Labels come from capalign.metrics.registry; scores are on the JSON's scale
 # (0-1, CIDEr-D as pycocoevalcap, words per caption), so terminal, JSON, study summary and report agree.
@@ -305,8 +312,8 @@ def run(cfg: EvaluateConfig) -> dict:
         results[name] = {"file": str(path), **res}
     _table(results)
     for name, r in results.items():  # one line per collapsed system, after the table (metrics/degenerate.py's rule)
-        if (r["counts"].get("degenerate") or {}).get("collapsed"):
-            print0(f"warning: {name}: captions collapsed: {r['counts']['degenerate']['collapsed']}")
+        if collapse_of(r):
+            print0(f"warning: {name}: captions collapsed: {collapse_of(r)}")
     out = {"metrics": names, "refs": cfg.refs, "definitions": {
         "BLEU1-4/ROUGE_L/CIDEr": "pycocoevalcap semantics (PTB tokenisation, CIDEr-D sigma=6), values in [0,1] except CIDEr",
         "grounding": "*_name: noun only; *_attr: noun and stated colours must match (see docs/metrics.md)"}, "systems": results}

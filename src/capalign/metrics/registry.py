@@ -57,9 +57,9 @@ _ALL = [
 ]
 METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
 
-# the study's table, summary and report, in this order (judge and words where the recipe evaluates them)
+# the study's table, summary and report, in this order (judge, words and the degeneracy shares where the recipe evaluates them)
 STUDY_METRICS = ("BLEU4", "ROUGE_L", "CIDEr", "precision_name", "recall_name", "recall_attr", "chair_i_name", "chair_i_attr", "chair_s_attr",
-                 "judge", "words")
+                 "judge", "words", "nonword", "distinct")
 
 
 def get(name: str) -> Metric:

@@ -21,7 +21,7 @@ main{padding:8px 24px 40px}section{margin:18px 0 30px;scroll-margin-top:40px}h2{
 .absent{color:#777;font-style:italic}
 table.metrics{border-collapse:collapse;background:#fff;margin:6px 0}table.metrics th,table.metrics td{border:1px solid #ddd;padding:4px 8px}
 table.metrics thead th{background:#eef1f5}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.best{font-weight:700}td.up{background:#dff3dc}td.down{background:#f8dcdc}.ci{color:#777;font-size:12px}
+td.best{font-weight:700}td.up{background:#dff3dc}td.down{background:#f8dcdc}tr.collapsed{background:#fdecea}.warn{color:#b00020;font-size:12px}.ci{color:#777;font-size:12px}
 table.small{font-size:12px}.legend{color:#555;font-size:12px;margin:2px 0 10px}
 figure{display:inline-block;margin:8px 16px 8px 0;vertical-align:top}figure img{max-width:100%;border:1px solid #ddd;background:#fff}
 figcaption{font-size:12px;color:#555;max-width:720px}

@@ -6,7 +6,8 @@ either a list of rows or an object with "rows" (and "saturation"). A row is {"me
 one figure, one panel per style, one line per method: the mean over seeds at each budget with its
 `capalign.stats.mean_ci` interval as a band; the zero-shot and factual-base levels ("zero_shot": {style:
 {measure: value}}, "base": {measure: value}) as lines when the file has them. "saturation" is a list of flat objects, shown as a table
-of their scalar fields (nested values such as curves are left out).
+of their scalar fields (nested values such as curves are left out); so is "collapsed" (the budgets the collapse guard
+set aside, with the reason: content recall or metrics/degenerate.py's rule).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
 
 
-def saturation_table(items: list) -> str:
+def saturation_table(items: list, table_id: str = "saturation") -> str:
     items = [s for s in items or [] if isinstance(s, dict)]
     cols = list(dict.fromkeys(k for s in items for k, v in s.items() if v is None or isinstance(v, (str, int, float, bool))))
     if not items or not cols:
         return ""
     body = "".join("<tr>" + "".join(f"<td>{_fmt(s.get(k, ''))}</td>" for k in cols) + "</tr>" for s in items)
-    return (f"<table id='saturation' class='metrics small'><thead><tr>{''.join(f'<th>{html.escape(k)}</th>' for k in cols)}</tr></thead>"
+    return (f"<table id='{table_id}' class='metrics small'><thead><tr>{''.join(f'<th>{html.escape(k)}</th>' for k in cols)}</tr></thead>"
             f"<tbody>{body}</tbody></table>")
 
 
@@ -50,6 +51,9 @@ def style_section(run: Run, assets: Path) -> str:
     sat = saturation_table(data.get("saturation") if isinstance(data, dict) else None)
     if sat:
         out.append("<h3>Saturation</h3>" + sat)
+    bad = saturation_table(data.get("collapsed") if isinstance(data, dict) else None, "style-collapsed")
+    if bad:
+        out.append("<h3>Collapsed budgets</h3>" + bad)
     if not out:
         run.note(f"style sweep: {rel} has no rows with a budget and a numeric measure")
     return "".join(out)

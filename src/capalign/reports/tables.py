@@ -12,6 +12,7 @@ import html
 
 from .. import stats
 from ..metrics import registry
+from ..metrics.evaluate import collapse_of
 from ..metrics.registry import lower_is_better
 from .rundir import Run
 
@@ -19,9 +20,12 @@ from .rundir import Run
 def summary_from_evals(run: Run, level: float = 0.95) -> dict | None:
     """summary.json's "systems" part from the eval files: capalign.stats.mean_ci of each corpus score over seeds."""
     corpus: dict[str, dict[str, list[float]]] = {}
+    collapsed: dict[str, dict[str, str]] = {}  # as summary.json's (study/summary.py collapsed_systems)
     for s in run.systems:
         for seed in run.seeds:
             ev = run.json(run.system_file(s, seed, "eval"), f"scores of {s}, seed {seed}")
+            if isinstance(ev, dict) and collapse_of(ev):
+                collapsed.setdefault(s, {})[str(seed)] = collapse_of(ev)
             for k, v in ((ev or {}).get("corpus") or {}).items():
                 if isinstance(v, (int, float)):
                     corpus.setdefault(s, {}).setdefault(k, []).append(float(v))
@@ -29,7 +33,7 @@ def summary_from_evals(run: Run, level: float = 0.95) -> dict | None:
         return None
     have = {k for per in corpus.values() for k in per}
     metrics = [m for m in registry.STUDY_METRICS if m in have] or sorted(have)  # summary.json's "metrics" when it exists
-    return {"baseline": run.baseline, "level": level, "seeds": run.seeds, "metrics": metrics, "paired": {},
+    return {"baseline": run.baseline, "level": level, "seeds": run.seeds, "metrics": metrics, "paired": {}, "collapsed": collapsed,
             "systems": {s: {m: {**stats.mean_ci(per.get(m, []), level), "values": per.get(m, [])} for m in metrics} for s, per in corpus.items()}}
 
 
@@ -72,11 +76,17 @@ def metrics_table(summary: dict, systems: list[str]) -> str:
         per = summary["systems"][s]
         n = max([(c or {}).get("n") or 0 for c in per.values()] or [0])
         cells = "".join(_cell(per.get(m), best[m] is not None and (per.get(m) or {}).get("mean") == best[m]) for m in metrics)
-        body.append(f'<tr data-system="{html.escape(s)}"><th>{html.escape(s)}</th>{cells}<td class="num">{n}</td></tr>')
+        why = (summary.get("collapsed") or {}).get(s)  # {seed: reason}: metrics/degenerate.py's rule
+        mark = ("" if not why else f' <span class="warn" title="{html.escape("; ".join(f"seed {k}: {v}" for k, v in why.items()))}">'
+                f'⚠ collapsed (seed{"s" if len(why) > 1 else ""} {", ".join(why)})</span>')
+        cls = ' class="collapsed"' if why else ""
+        body.append(f'<tr data-system="{html.escape(s)}"{cls}><th>{html.escape(s)}{mark}</th>{cells}<td class="num">{n}</td></tr>')
     level = summary.get("level", 0.95)
     return (f'<div class="scroll"><table id="metrics" class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
             f'<p class="legend">Mean over seeds with its {100 * level:.0f}% t interval [lo, hi] where there are several seeds; '
-            'bold: the best mean of the column; ↓: lower is better.</p>')
+            'bold: the best mean of the column; ↓: lower is better'
+            + ('; ⚠ collapsed: the degeneracy rule (empty + non-word captions, or too few distinct ones; docs/degenerate.md) '
+               'marks the system\'s captions collapsed in those seeds' if summary.get("collapsed") else "") + '.</p>')
 
 
 def _diff_cell(p: dict | None, m: str) -> str:

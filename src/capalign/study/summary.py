@@ -11,6 +11,11 @@ Per metric, the per-caption data that its corpus value is a statistic of:
   (coco.bleu_counts: clipped matches, candidate n-grams, lengths) and every bootstrap replicate computes
   the exact corpus BLEU of the resampled captions (coco.corpus_bleu); these counts come from the caption
   files and the references, the rest from the eval files.
+- distinct (metrics/degenerate.py): distinct captions over all captions is a statistic of the whole caption set,
+  not of resampled captions (a bootstrap draws duplicates), so it has scores over seeds but no paired difference.
+A system whose captions metrics/degenerate.py's rule marks collapsed in a seed (`collapse_of` of its eval file,
+the verdict `capalign evaluate` warns with) is listed in summary.json's `collapsed`, marked in the table and
+named in a terminal warning line.
 Within a seed, test images are resampled (the same ones for both systems); over seeds, a two-stage
 bootstrap resamples seeds and then images (`stats.paired_bootstrap`).
 """
@@ -27,9 +32,12 @@ import numpy as np
 from .. import stats
 from ..io import read_jsonl
 from ..metrics import registry
+from ..metrics.evaluate import collapse_of
+from ..utils import print0
 from . import layout
 
 METRICS = list(registry.STUDY_METRICS)  # judge and words when evaluated (`--metrics judge,length`): RL's reward and caption length
+CORPUS_ONLY = ("distinct",)  # corpus statistics with no per-caption data to pair (see the module docstring)
 _COUNTS = {"precision": ("grounded", "mentions"), "recall": ("recalled", "annotated"), "chair_i": ("hallucinated", "mentions"), "chair_s": ("hallucinated", None)}
 
 
@@ -75,7 +83,7 @@ def summarize(seed_files: dict[int, dict], refs: dict[int, dict], baseline: str 
         metrics = [m for m in METRICS if any(m in e["corpus"] for es in evals.values() for e in es.values())]
     caps = {s: {n: {str(r["id"]): r["caption"] for r in read_jsonl(p["captions"])} for n, p in seed_files[s].items()} for s in seeds}
     out: dict = {"baseline": baseline, "level": level, "seeds": seeds, "metrics": list(metrics), "n_boot": n_boot, "bootstrap_seed": seed,
-                 "systems": {}, "paired": {}, "budget": budgets or {},
+                 "systems": {}, "paired": {}, "budget": budgets or {}, "collapsed": collapsed_systems(evals),
                  "definitions": {"systems": "corpus value per seed; mean over seeds with a Student-t interval (capalign.stats.mean_ci)",
                                  "paired": "system - baseline on the same test images: per-seed difference with a bootstrap over images; "
                                            "mean over seeds with a two-stage bootstrap (seeds, then images) [lo, hi] and a t interval "
@@ -93,6 +101,8 @@ def summarize(seed_files: dict[int, dict], refs: dict[int, dict], baseline: str 
             continue
         out["paired"][name] = {}
         for m in metrics:
+            if m in CORPUS_ONLY:
+                continue
             pairs, used, stat = [], [], stats.mean
             for s in seeds:
                 if name in evals[s] and baseline in evals[s] and all(m in evals[s][k]["corpus"] for k in (baseline, name)):
@@ -105,6 +115,16 @@ def summarize(seed_files: dict[int, dict], refs: dict[int, dict], baseline: str 
                 with warnings.catch_warnings():  # a ratio with no mentions at all is NaN (written as null), not a warning
                     warnings.simplefilter("ignore", RuntimeWarning)
                     out["paired"][name][m] = {**stats.paired_bootstrap(pairs, stat, level, n_boot, seed), "seeds": used}
+    return out
+
+
+def collapsed_systems(evals: dict) -> dict:
+    """seed -> system -> eval result  ->  {system: {seed (str): why its captions collapsed}} for the systems that did."""
+    out: dict = {}
+    for s, es in evals.items():
+        for name, ev in es.items():
+            if collapse_of(ev):
+                out.setdefault(name, {})[str(s)] = collapse_of(ev)
     return out
 
 
@@ -153,7 +173,8 @@ def print_summary(summary: dict) -> None:
             r = row.get(m) or {}
             half = None if r.get("hi") is None or r.get("mean") is None else r["hi"] - r["mean"]
             cells.append(_fmt(r.get("mean")) + (f" ±{half:.3f}" if n > 1 and half is not None else ""))
-        t.add_row(name, *cells)
+        bad = name in (summary.get("collapsed") or {})
+        t.add_row(name + (" (collapsed)" if bad else ""), *cells, style="red" if bad else None)
     console.print(t)
 
     heads = headline_systems(summary)
@@ -187,3 +208,6 @@ def print_summary(summary: dict) -> None:
                 cells.append(f"[{c}]{_fmt(p.get('mean_diff'), True)}[/{c}]" if c else _fmt(p.get("mean_diff"), True))
             t.add_row(str(k), *cells)
         console.print(t)
+    for name, seeds_why in (summary.get("collapsed") or {}).items():  # one line per collapsed system (metrics/degenerate.py's rule)
+        for s, why in seeds_why.items():
+            print0(f"warning: {name}: captions collapsed (seed {s}): {why}")

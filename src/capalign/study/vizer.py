@@ -71,7 +71,7 @@ def recipe_from_flags(cfg: VizerStudyConfig) -> Recipe:
                    "center": cfg.center, "max_new_tokens": cfg.max_new_tokens},
         "vizer": vizer,
         "caption": {"batch_size": 50, "max_new_tokens": cfg.max_new_tokens},
-        "evaluate": {"metrics": "bleu,rouge,cider,grounding"},
+        "evaluate": {"metrics": "bleu,rouge,cider,grounding,degenerate"},
         **({"features": {"variant": "gt" if "gt" in variants else variants[0]}} if cfg.features else {}),
         "summary": {},
     }

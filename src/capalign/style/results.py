@@ -5,6 +5,10 @@ Curves: mean over seeds with a 95% Student-t interval (capalign.stats.mean_ci) p
 Saturation (capalign.stats.saturation_budget): the smallest budget whose seed-mean reaches 95% of the way
 from the zero-shot level to the plateau (the mean at the largest budget); interval by resampling seeds.
 When the plateau is not above the zero-shot level there is nothing to saturate, and the entry says so.
+Collapse guard: a budget is collapsed when its seed-mean content recall is below collapse_share x the factual
+Base's, or when metrics/degenerate.py's rule (`collapse_reason`, the one `capalign evaluate --metrics degenerate`
+warns with) marks its captions collapsed on the seed-mean degeneracy shares the cells measured (cells of an older
+capalign have none: only recall guards them). Collapsed budgets are listed in sweep.json's `collapsed`.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from pathlib import Path
 from ..config import config_dict
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics import registry
+from ..metrics.degenerate import collapse_reason
 from ..utils import print0
 
 # the sweep's measures (labels and directions: capalign.metrics.registry), in plot and table order
 MEASURES = ("style_acc", "wr_logp", "wr_logp_sum", "recall_attr", "chair_i_attr", "styled_faithful", "distinct_frames")
 SATURATION = ("style_acc", "wr_logp", "wr_logp_sum", "styled_faithful")  # measures whose saturation budget is reported
-CONTENT = "recall_attr"  # the collapse guard's measure
+CONTENT = "recall_attr"  # the collapse guard's content measure
+DEGENERATE = ("empty", "nonword", "distinct")  # the degeneracy shares collapse_reason reads (cells store them as degenerate_<k>)
 
 
 def _load_cells(out: Path, cells: list[dict]) -> tuple[dict, list[str]]:
@@ -63,11 +69,13 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
                 curves[meas][s][m] = [{"budget": b, "share": sh, **mean_ci([g[j] for g in grid])}
                                       for j, (b, sh) in enumerate(zip(cfg.budget_list, cfg.shares))]
     saturation: list[dict] = []  # flat rows (the report shows them as a table)
+    why = {(s, m): collapsed(cfg, curves[CONTENT][s][m], base.get(CONTENT), degenerate_collapse(cfg, done, s, m))
+           for s in cfg.style_list for m in cfg.method_list}
     for meas in SATURATION:
         for s in cfg.style_list:
             for m in cfg.method_list:
                 if zero[s].get(meas) is not None:
-                    row = _saturation_row(cfg, meas, s, m, grids[meas, s, m], zero[s][meas], collapsed(cfg, curves[CONTENT][s][m], base.get(CONTENT)))
+                    row = _saturation_row(cfg, meas, s, m, grids[meas, s, m], zero[s][meas], [bool(w) for w in why[s, m]])
                     if row:
                         saturation.append(row)
     clf_cfg = json.loads((Path(clf_path) / "config.json").read_text()) if (Path(clf_path) / "config.json").exists() else {}
@@ -81,8 +89,10 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
         "saturation_definition": "budget (% of the training split): the smallest budget whose mean over seeds reaches 95% of the way from the "
                                  "zero-shot level to the plateau (the mean at the largest budget); lo, hi: 2.5-97.5 percentiles over bootstrap "
                                  "resamples of the seeds. Collapse guard: a budget whose mean recall_attr (objects named with the right colour) "
-                                 f"is below {cfg.collapse_share:g} x the factual Base's is collapsed (listed in `collapsed`); collapsed budgets are "
-                                 "never a saturation budget, and a collapsed plateau gives none",
+                                 f"is below {cfg.collapse_share:g} x the factual Base's, or whose seed-mean degeneracy shares the degenerate "
+                                 "metric's rule marks collapsed (metrics/degenerate.py), is collapsed (listed in `collapsed`); collapsed budgets "
+                                 "are never a saturation budget, and a collapsed plateau gives none",
+        "collapsed": [{"style": s, "method": m, "budget": b, "reason": w} for (s, m), ws in why.items() for b, w in zip(cfg.budget_list, ws) if w],
         "classifier": {"path": clf_path, "labels": clf_cfg.get("labels"), "heldout": clf_cfg.get("heldout") or clf_cfg.get("capalign_heldout")},
         "plots": {meas: f"plot-{meas}.png" for meas in MEASURES}, "paths_relative_to": "this file's folder",
         "cells": [done[c["name"]] for c in cells if c["name"] in done],
@@ -93,13 +103,35 @@ def aggregate(cfg, clf_path: str, wall_seconds: float | None = None) -> dict:
     for meas in MEASURES:
         sweep_figure(summary, meas, out / f"plot-{meas}.png")  # the same figure as the report's style section
     print_table(summary)
+    for c in summary["collapsed"]:  # one line per collapsed budget, after the tables
+        print0(f"warning: {c['method']}/{c['style']} at {c['budget']}: captions collapsed: {c['reason']}")
     print0(f"wrote {out / 'sweep.json'}, cells.csv and {len(MEASURES)} plots" + (f"; {len(missing)} cell(s) missing" if missing else ""))
     return summary
 
 
-def collapsed(cfg, content_curve: list[dict], base_content) -> list[bool]:
-    """Per budget: is the seed-mean content recall (a curve point's mean) below collapse_share x the factual Base's?"""
-    return [p["mean"] is not None and base_content is not None and p["mean"] < cfg.collapse_share * base_content for p in content_curve]
+def collapsed(cfg, content_curve: list[dict], base_content, degenerate: list[str | None] | None = None) -> list[str | None]:
+    """Per budget, why it collapsed (None: it did not): the seed-mean content recall (a curve point's mean) is below
+    collapse_share x the factual Base's, and/or `degenerate`'s reason (degenerate_collapse) for that budget."""
+    out = []
+    for j, p in enumerate(content_curve):
+        why = []
+        if p["mean"] is not None and base_content is not None and p["mean"] < cfg.collapse_share * base_content:
+            why.append(f"content recall {p['mean']:.2f} < {cfg.collapse_share:g} x the Base's {base_content:.2f}")
+        if degenerate and degenerate[j]:
+            why.append(degenerate[j])
+        out.append("; ".join(why) or None)
+    return out
+
+
+def degenerate_collapse(cfg, done: dict, style: str, method: str) -> list[str | None]:
+    """Per budget: metrics/degenerate.py's collapse_reason of the degeneracy shares averaged over the seeds' cells
+    (None: not collapsed, or no cell measured them)."""
+    out = []
+    for b in cfg.budget_list:
+        ms = [done.get(f"{method}/{style}/b{b.rstrip('%')}-s{seed}", {}).get("measures", {}) for seed in range(cfg.seeds)]
+        ms = [x for x in ms if all(x.get(f"degenerate_{k}") is not None for k in DEGENERATE)]
+        out.append(collapse_reason({k: sum(x[f"degenerate_{k}"] for x in ms) / len(ms) for k in DEGENERATE}) if ms else None)
+    return out
 
 
 def _saturation_row(cfg, meas: str, style: str, method: str, grid: list, zero: float, bad: list[bool]) -> dict | None:
@@ -113,7 +145,7 @@ def _saturation_row(cfg, meas: str, style: str, method: str, grid: list, zero: f
            "plateau": sum(g[-1] for g in full) / len(full), "gain_over_zero_shot": None, "n_seeds": len(full),
            "collapsed": ",".join(b for b, x in zip(cfg.budget_list, bad) if x), "note": ""}
     if bad[-1]:
-        row["note"] = "content collapsed at the largest budget: no saturation budget"
+        row["note"] = "captions collapsed at the largest budget (content or degeneracy): no saturation budget"
         return row
     keep = [j for j, x in enumerate(bad) if not x]
     sat = saturation_budget([cfg.shares[j] for j in keep], [[g[j] for j in keep] for g in full], share=0.95, floor=zero)

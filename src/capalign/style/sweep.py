@@ -54,7 +54,7 @@ class StyleSweepConfig(StyleDataArgs):
     steps: int = arg(200, "Optimizer steps per cell, the same for every budget, so cells differ only in their data (small budgets repeat their pairs); 0: --epochs over each budget's pairs, at least --min_steps (then bigger budgets also get more steps).")
     epochs: float = arg(2.0, "With --steps 0: epochs over each budget's pairs.")
     min_steps: int = arg(20, "With --steps 0: at least this many optimizer steps per cell (small budgets repeat their pairs).")
-    collapse_share: float = arg(0.5, "Collapse guard: a budget whose mean content recall (recall_attr) is below this share of the factual Base's is collapsed; style measures there are not counted as gains (see sweep.json's saturation_definition).")
+    collapse_share: float = arg(0.5, "Collapse guard: a budget whose mean content recall (recall_attr) is below this share of the factual Base's is collapsed (as is one whose captions the degenerate metric's rule marks collapsed); style measures there are not counted as gains (see sweep.json's saturation_definition).")
     batch_size: int = arg(8, "Pairs per optimizer step.")
     lr: float = arg(2e-3, "LoRA learning rate.")
     lora_r: int = arg(16, "LoRA rank (alpha = 2 x rank).")
@@ -150,6 +150,7 @@ def _caption(vlm, images: list, prompt: str | None, max_new_tokens: int, batch: 
 
 def evaluate(vlm, test: list, style: str | None, prompt: str | None, cfg: StyleSweepConfig, clf_path: str) -> tuple[dict, list[str]]:
     """Measures of one model on the test pairs: style accuracy and content of its captions, WR-LogP."""
+    from ..metrics.degenerate import degeneracy, vocabulary_for
     from ..metrics.style import content_kept, distinct_frames, style_accuracy, wr_logp
 
     vlm.model.eval()
@@ -160,6 +161,8 @@ def evaluate(vlm, test: list, style: str | None, prompt: str | None, cfg: StyleS
          "recall_name": g.get("name", {}).get("recall")}
     if "per_caption" in g:
         m["distinct_frames"] = distinct_frames(caps)
+    d = degeneracy(caps, vocabulary_for([p.chosen, p.rejected] for p in test))  # the collapse guard's second half (style/results.py)
+    m.update({f"degenerate_{k}": v for k, v in d["corpus"].items()})
     for s in [style] if style else cfg.style_list:  # the base cell: how often each style is (wrongly) detected
         acc = style_accuracy(caps, s, clf)
         m["style_acc" if style else f"style_acc/{s}"] = acc["style_accuracy"]

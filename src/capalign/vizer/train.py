@@ -6,6 +6,8 @@ Each step, for a batch of *unlabeled* images (this command never reads captions)
   3. forward image + prompt + caption through the language model (train mode, LoRA active, reusing
      the step-1 image embeddings), pool the caption tokens' last hidden states        [B, D_t]
   4. map them with the frozen mapper and minimise 1 - cos(F_I, h(states)); only LoRA is updated.
+Each step's history row (vizer_result.json) has its loss, cos and the degeneracy shares of the step-2 captions
+(degenerate_empty/nonword/repeat/distinct: metrics/degenerate.py, the keys of the RL history).
 F_I comes from the same single vision pass as the prompt embeddings (the vision tower and connector
 are frozen, so it equals the cached features the mapper was trained on, at no extra cost).
 
@@ -168,7 +170,7 @@ def run(cfg: VizerTrainConfig) -> dict:
     acc.register_save_state_pre_hook(save_hook)
     acc.register_load_state_pre_hook(load_hook)
 
-    step, history = 0, []
+    step, history, vocab = 0, [], None
     begin_run(cfg, overwrite, ("vizer_result.json",))
     resume = None if overwrite else last_checkpoint(out, PROGRESS)
     if resume:
@@ -194,12 +196,13 @@ def run(cfg: VizerTrainConfig) -> dict:
             if step >= total:
                 break
             micro = len(images) // cfg.grad_accum
-            loss_sum, cos_sum = 0.0, 0.0
+            loss_sum, cos_sum, sampled = 0.0, 0.0, []
             for k in range(cfg.grad_accum):
                 chunk = images[k * micro : (k + 1) * micro]
                 vlm.model.eval()  # F_I and the captions from the frozen model in eval mode (train() is set below)
                 enc = vlm.encode(chunk)  # 1. vision tower once
                 caps = vlm.generate(enc, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature)  # 2.
+                sampled += caps.texts
                 objective.train()
                 sync = acc.no_sync(objective) if k < cfg.grad_accum - 1 else nullcontext()
                 with sync:
@@ -215,9 +218,10 @@ def run(cfg: VizerTrainConfig) -> dict:
             step += 1
             loss_avg = acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean").item()
             cos_avg = acc.reduce(torch.tensor(cos_sum, device=acc.device), "mean").item()
-            history.append({"step": step, "loss": loss_avg, "cos": cos_avg})
+            shares, vocab = _degeneracy(sampled, vocab)
+            history.append({"step": step, "loss": loss_avg, "cos": cos_avg, **shares})
             if step % cfg.log_every == 0:
-                acc.log({"train/loss": loss_avg, "train/cos": cos_avg}, step=step)
+                acc.log({"train/loss": loss_avg, "train/cos": cos_avg, **{f"train/{k}": v for k, v in shares.items()}}, step=step)
             bar.update(task, completed=step, rate=f"loss {loss_avg:.4f} cos {cos_avg:.3f}")
             if step in cfg.export_list and acc.is_main_process:
                 _export_adapter(peft_model, out / f"step-{step}", lambda d: write_adapter_meta(d, vlm, cfg.model, prompt=vlm.prompt or ""))
@@ -228,7 +232,7 @@ def run(cfg: VizerTrainConfig) -> dict:
         peft_model.save_pretrained(out)
         write_adapter_meta(out, vlm, cfg.model, prompt=vlm.prompt or "")  # the mapper's prompt: captioning with it is the default
         save_config(cfg, out)
-        atomic_write_json(out / "vizer_result.json", {"steps": step, "history": history, "mapper_meta": meta})
+        atomic_write_json(out / "vizer_result.json", {"steps": step, "history": history, "mapper_meta": meta, "degenerate_vocabulary": vocab})
         print0(f"vizer: {step} steps; adapter saved to {out} (use: capalign caption --model {cfg.model} --adapter {out})")
     acc.end_training()
     return {"steps": step, "history": history}
@@ -243,6 +247,19 @@ def _export_adapter(peft_model, path: Path, write_meta=None) -> None:
         write_meta(tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.replace(path)
+
+
+def _degeneracy(texts: list[str], vocab: str | None) -> tuple[dict, str]:
+    """The step's sampled captions (all processes') -> ({degenerate_<flag>: share}, vocabulary): metrics/degenerate.py,
+    the metric `capalign evaluate --metrics degenerate` reports, with the keys of the RL history. ViZer reads no
+    references, so the vocabulary is picked (degenerate.vocabulary_for) from the first step's captions of this run."""
+    from accelerate.utils import gather_object
+
+    from ..metrics.degenerate import degeneracy, vocabulary_for
+
+    texts = gather_object(texts)
+    vocab = vocab or vocabulary_for(texts)
+    return {f"degenerate_{k}": v for k, v in degeneracy(texts, vocab)["corpus"].items()}, vocab
 
 
 def _save_checkpoint(acc, out: Path, step: int, history: list, keep: int) -> None:
