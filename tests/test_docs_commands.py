@@ -83,6 +83,8 @@ SHRINK: dict[tuple[str, ...], dict[str, str]] = {
     ("evaluate",): {"--bertscore_model": str(MINILM), "--bertscore_layer": "3", "--clip_model": "{clip}", "--device": "cpu"},
     ("shapes",): {"--n": "8"},
     ("nano", "train"): {"--steps": "2", "--n_train": "8", "--n_val": "2", "--batch_size": "4", "--eval_batch_size": "2"},
+    ("nano", "vision"): {"--steps": "2", "--n_train": "16", "--batch_size": "8", "--probe_train": "40", "--probe_test": "20", "--lit_steps": "2"},
+    ("nano", "probe"): {"--probe_train": "40", "--probe_test": "20", "--lit_steps": "2"},
     ("mapper", "train"): {"--samples": "8", "--max_new_tokens": "4", "--feature_batch_size": "8"},
     ("vizer", "train"): {"--max_steps": "1", "--batch_size": "4", "--max_new_tokens": "4", "--save_every": "0"},
     ("vizer", "sweep"): {"--widths": "8", "--sizes": "8", "--vizer_max_steps": "1", "--vizer_batch_size": "4", "--max_new_tokens": "4"},
