@@ -78,3 +78,15 @@ def test_interrupt_message_promises_a_resume_only_for_commands_that_resume(tmp_p
     assert main(["shapes", "--out", str(tmp_path / "ds"), "--n", "2"]) == 130
     err = capsys.readouterr().err
     assert "does not resume" in err and "to resume" not in err
+
+
+def test_retraining_over_a_finished_folder_marks_it_unfinished_until_done(tmp_path, monkeypatch):
+    out = tmp_path / "nano"
+    assert main(["nano", "train", "--out", str(out), *TINY]) == 0
+    assert (out / "nano_result.json").is_file()
+    with monkeypatch.context() as m:
+        _interrupt_at_step(m, 1)  # a second run over the finished folder, stopped before its first checkpoint
+        assert main(["nano", "train", "--out", str(out), *TINY, "--lr", "0.01"]) == 130
+    assert not (out / "nano_result.json").exists()  # the study's "stage done" marker is gone with the old model
+    with pytest.raises(CapalignError, match="is an unfinished model"):
+        load_vlm(str(out), device="cpu")

@@ -172,6 +172,7 @@ def run(cfg: NanoTrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / UNFINISHED_MARKER, {"note": "capalign nano train has not finished this model; re-run it to resume"})
     save_config(cfg, out)  # what check_resume compares a resume with
+    (out / "nano_result.json").unlink(missing_ok=True)  # an earlier run's, if retraining over it
     if src is not None:
         src.model.save_pretrained(out)
         src.processor.save_pretrained(out)
@@ -255,10 +256,10 @@ def run(cfg: NanoTrainConfig) -> dict:
     result = {"mode": cfg.mode, "steps": step, "train_seconds": round(train_s, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
               "val_exact": acc, "curve": curve, "n_val": len(val), "image_size": cfg.image_size, "params": n_params, "threads": torch.get_num_threads(),
               "samples": rows[:10]}
-    atomic_write_json(out / "nano_result.json", result)
-    save_config(cfg, out / "nano_config.json")
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    (out / UNFINISHED_MARKER).unlink()  # last: the folder is a finished model
+    (out / UNFINISHED_MARKER).unlink()  # the folder is a finished model
+    save_config(cfg, out / "nano_config.json")
+    atomic_write_json(out / "nano_result.json", result)  # last: its presence marks a finished run (the study's stages read it)
     print0(f"nano {cfg.mode}: {step} steps in {train_s:.0f}s, {n_params / 1e6:.2f}M params, held-out exact match {acc:.1%}")
     for r in rows[:3]:
         print0(f"  {r['id']}: {r['caption']!r}")
