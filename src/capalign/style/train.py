@@ -48,6 +48,7 @@ from ..io import atomic_write_json
 from ..training import losses
 from ..training.args import trainer_arguments
 from ..training.checkpoints import begin_run, last_checkpoint
+from ..training.progress import show_progress
 from ..utils import print0, seed_everything
 from .config import StyleTrainConfig  # noqa: F401 (StyleTrainConfig: the CLI reads it here)
 
@@ -191,7 +192,7 @@ def training_args(cfg: StyleTrainConfig, steps: int):
     per_device = cfg.batch_size // cfg.grad_accum // world
     if per_device * cfg.grad_accum * world != cfg.batch_size:
         raise CapalignError(f"batch_size {cfg.batch_size} must be divisible by grad_accum x processes ({cfg.grad_accum} x {world})")
-    return trainer_arguments(cfg, per_device, steps, disable_tqdm=quiet()), resolve_precision(cfg.mixed_precision, cfg.device)
+    return trainer_arguments(cfg, per_device, steps, disable_tqdm=True), resolve_precision(cfg.mixed_precision, cfg.device)
 
 
 def _trl_trainer(cfg: StyleTrainConfig, vlm, args_kw: dict, pairs: list, peft_cfg):
@@ -261,10 +262,7 @@ def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
         return None, result
     trainer, vlm, _ = build(cfg, subset)
     begin_run(cfg, overwrite, ("style_result.json",))
-    if quiet():
-        from transformers import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)  # disable_tqdm=True would print every log dict instead of a bar
+    show_progress(trainer, f"{cfg.method} {cfg.style}", disable=quiet())  # capalign's bar or log lines, never raw log dicts
     resume = None if overwrite else last_checkpoint(out)
     if resume:
         print0(f"resuming from {resume}")

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..config import arg, save_config, show_config
 from ..io import atomic_write_json
-from ..utils import print0, seed_everything
+from ..utils import print0, progress, seed_everything
 from .features import collect_features
 
 
@@ -98,8 +98,9 @@ class MapperTrainConfig:
 
 def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int = 2, epochs: int = 1, batch_size: int = 64,
                lr: float = 1e-3, weight_decay: float = 0.01, val_fraction: float = 0.1, seed: int = 0,
-               center: bool = False) -> tuple[Mapper, dict]:
-    """Train h on ([N, D_t] states, [N, D_v] features); returns the mapper and train/held-out cosines."""
+               center: bool = False, desc: str | None = None) -> tuple[Mapper, dict]:
+    """Train h on ([N, D_t] states, [N, D_v] features); returns the mapper and train/held-out cosines.
+    `desc`: show progress (utils.progress) under this name."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(states), generator=g)
     n_val = max(1, int(round(val_fraction * len(states)))) if len(states) > 1 else 0
@@ -110,14 +111,17 @@ def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int
         mapper.feature_mean.copy_(feats[tr].mean(0))
     feats = mapper.target(feats)  # [N, D_v]: F_I - c
     opt = torch.optim.AdamW(mapper.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(epochs):
-        order = tr[torch.randperm(len(tr), generator=g)]
-        for i in range(0, len(order), batch_size):
-            b = order[i : i + batch_size]
-            loss = cosine_loss(feats[b], mapper(states[b]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    with progress(disable=desc is None) as bar:
+        task = bar.add_task(desc or "", total=epochs * -(-len(tr) // batch_size), rate="")
+        for _ in range(epochs):
+            order = tr[torch.randperm(len(tr), generator=g)]
+            for i in range(0, len(order), batch_size):
+                b = order[i : i + batch_size]
+                loss = cosine_loss(feats[b], mapper(states[b]))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bar.update(task, advance=1, rate=f"loss {loss.item():.3f}")
     mapper.eval()
     with torch.no_grad():
         cos = lambda idx: F.cosine_similarity(mapper(states[idx]), feats[idx], dim=-1).mean().item() if len(idx) else float("nan")  # noqa: E731
@@ -140,7 +144,7 @@ def run(cfg: MapperTrainConfig) -> dict:
     data = collect_features(vlm, cfg.data, cfg.variant, cfg.samples, cache, model_id=str(cfg.model), batch_size=cfg.feature_batch_size,
                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     mapper, stats = fit_mapper(data["text_states"], data["image_features"], cfg.width, cfg.depth, cfg.epochs, cfg.batch_size,
-                               cfg.lr, cfg.weight_decay, cfg.val_fraction, cfg.seed, cfg.center)
+                               cfg.lr, cfg.weight_decay, cfg.val_fraction, cfg.seed, cfg.center, desc=f"mapper {cfg.variant}")
     out = Path(cfg.out)
     mapper.save_pretrained(out)
     meta = {"variant": cfg.variant, "model": cfg.model, "pooling": vlm.pooling, "prompt": vlm.prompt, "samples": len(data["ids"]),
