@@ -37,11 +37,12 @@ from pathlib import Path
 import torch
 
 from .. import CapalignError
-from ..config import arg, save_config, show_config
+from ..config import arg, config_dict, save_config, show_config
 from ..data.shapes import CORRUPTIONS, IMAGE_SIZE, Scene, corrupt, factual_captions, scene_from_objects
 from ..io import atomic_write_json
 from ..metrics.judge import JUDGE_FILE, LETTER_SCORES, LETTERS, Judge, fill
 from ..nano.train import NanoTrainConfig, _examples, build_nano
+from ..training.card import write_model_card
 from ..training.loop import fit
 from ..utils import print0, seed_everything
 from .candidates import KINDS as DEGENERATE_KINDS
@@ -301,6 +302,15 @@ def run(cfg: JudgeTrainConfig) -> dict:
               "loss_curve": [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 4) for i in range(0, len(losses), 100)]}
     atomic_write_json(out / "judge_result.json", result)
     save_config(cfg, out / "judge_config.json")
+    write_model_card(out, title="capalign nano judge", tags=("judge", "shapes-world", "idefics3"), config=config_dict(cfg),
+                     method=f"A small SmolVLM-architecture (Idefics3) judge trained from scratch to grade (image, reference, candidate) A-E "
+                            f"with the letter's cross-entropy (plus {cfg.lm_weight} x next-token loss on the prompt), {cfg.steps} AdamW steps.",
+                     data=f"{cfg.n_train} synthetic shapes-world images (seed {cfg.seed}), candidates drawn fresh each step; {cfg.n_val} held-out images.",
+                     metrics={"steps": cfg.steps, "final_loss": result["final_loss"], "params": n_params, "held-out exact grade": m["exact"],
+                              "held-out within one grade": m["within_one"]},
+                     usage="The judge of `capalign judge --judge THIS_FOLDER` and `capalign rl train --reward judge --judge THIS_FOLDER` "
+                           "(its prompt and letters are in judge.json).",
+                     limits="A research toy: it grades captions of the synthetic shapes world only.")
     print0(f"nano judge: {cfg.steps} steps in {train_s:.0f}s, {n_params / 1e6:.2f}M params; held-out ({m['n']} candidates of {cfg.n_val} images): "
            f"exact grade {m['exact']:.1%}, within one grade {m['within_one']:.1%}, off-letter mass {m['off_letter_mass_mean']:.4f}")
     print0(confusion_table(m))

@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..config import arg, save_config, show_config
+from ..config import arg, config_dict, save_config, show_config
 from ..data import shapes
 from ..data.shapes_style import styled_caption
 from ..io import atomic_write_json
+from ..training.card import write_model_card
 from ..training.loop import fit
 from ..utils import print0, seed_everything
 
@@ -207,6 +208,14 @@ def run(cfg: NanoTrainConfig) -> dict:
               "samples": rows[:10]}
     atomic_write_json(out / "nano_result.json", result)
     save_config(cfg, out / "nano_config.json")
+    write_model_card(out, title=f"capalign nano captioner ({cfg.mode})", base_model=cfg.init_from, tags=("nano", "shapes-world", "idefics3"),
+                     method=f"A small SmolVLM-architecture (Idefics3) captioner trained {'from ' + repr(cfg.init_from) if cfg.init_from else 'from scratch'} "
+                            f"with next-token loss on captions ({cfg.mode} mode), {cfg.steps} AdamW steps.",
+                     data=f"{cfg.n_train} synthetic shapes-world images (seed {cfg.seed}) with generated captions; {cfg.n_val} held-out images.",
+                     config=config_dict(cfg), metrics={k: result[k] for k in ("steps", "final_loss", "val_exact", "params")},
+                     usage="A transformers model folder: `capalign caption --model THIS_FOLDER ...`, or "
+                           "`AutoModelForImageTextToText.from_pretrained(THIS_FOLDER)` with `AutoProcessor`.",
+                     limits="A research toy: it captions only the synthetic shapes world it was trained on.")
     print0(f"nano {cfg.mode}: {step} steps in {train_s:.0f}s, {n_params / 1e6:.2f}M params, held-out exact match {acc:.1%}")
     for r in rows[:3]:
         print0(f"  {r['id']}: {r['caption']!r}")

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ..config import arg, save_config, show_config
+from ..config import arg, config_dict, save_config, show_config
 from ..io import atomic_write_json
+from ..training.card import write_model_card
 from ..utils import print0, seed_everything
 from .features import collect_features
 
@@ -147,6 +148,14 @@ def run(cfg: MapperTrainConfig) -> dict:
             "width": cfg.width, "depth": cfg.depth, "center": cfg.center, **stats}
     atomic_write_json(out / "mapper_meta.json", meta)
     save_config(cfg, out)
+    write_model_card(out, title=f"ViZer mapper ({cfg.variant}) of {cfg.model}", base_model=cfg.model, tags=("vizer", "vizer-mapper"),
+                     method=f"The ViZer mapper h: a depth-{cfg.depth}, width-{cfg.width} MLP from the VLM's caption states to its pooled "
+                            f"({vlm.pooling}) vision features, trained with the cosine loss; variant {cfg.variant} "
+                            + ("(human captions)." if cfg.variant == "gt" else "(the model's own greedy captions)."),
+                     data=f"{len(data['ids'])} (image, caption) pairs from `{cfg.data}`; {cfg.val_fraction:.0%} held out for the cosine.",
+                     config=config_dict(cfg), metrics=stats,
+                     usage=f"The frozen reward of `capalign vizer train --model {cfg.model} --mapper THIS_FOLDER --images IMAGES --out ADAPTER`; "
+                           "load it in Python with `capalign.vizer.mapper.Mapper.from_pretrained(THIS_FOLDER)` (safetensors + config.json).")
     print0(f"mapper ({cfg.variant}, w={cfg.width}, n={len(data['ids'])}): held-out cos {stats['val_cos']:.4f} "
            f"(train {stats['train_cos']:.4f}; mean-feature baseline {stats['val_cos_mean_feature_baseline']:.4f})")
     if stats["beats_mean_feature_baseline"] is False:
