@@ -43,6 +43,7 @@ from ..io import atomic_write_json
 from ..metrics.judge import JUDGE_FILE, LETTER_SCORES, LETTERS, Judge, fill
 from ..nano.train import NanoTrainConfig, _examples, build_nano
 from ..training.card import write_model_card
+from ..training.hub import PUBLIC_HELP, PUSH_HELP, hub_token, push_folder
 from ..training.loop import fit
 from ..utils import print0, seed_everything
 from .candidates import KINDS as DEGENERATE_KINDS
@@ -168,6 +169,8 @@ class JudgeTrainConfig:
     prompt: str = arg(NANO_PROMPT, "Judge prompt with {reference} and {caption}; recorded in judge.json.")
     lm_weight: float = arg(1.0, "Weight of the auxiliary next-token loss on the prompt's text (reference and candidate); 0: the letter only.")
     eval_batch_size: int = arg(64, "Held-out candidates per judge forward.")
+    push_to_hub: str = arg(None, PUSH_HELP)
+    hub_public: bool = arg(False, PUBLIC_HELP)
     degenerate_share: float = arg(0.15, "Share of training candidates that are degenerate (non-words, noise, repeats, truncated, empty, "
                                         "another image's, garbage after a correct caption), graded E; 0: the ordinary five sources only.")
 
@@ -250,6 +253,8 @@ def run(cfg: JudgeTrainConfig) -> dict:
     from ..models import load_vlm
 
     show_config(cfg)
+    if cfg.push_to_hub:
+        hub_token()  # before any work
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     train = _examples(cfg.seed, cfg.n_train, "train", cfg.image_size)
@@ -317,6 +322,8 @@ def run(cfg: JudgeTrainConfig) -> dict:
     d = held["val_degenerate"]
     print0(f"degenerate candidates ({d['n']}): graded E {d['exact']:.1%}, within one grade {d['within_one']:.1%}; mean score by kind: "
            + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in d["mean_score_by_source"].items()))
+    if cfg.push_to_hub:
+        push_folder(out, cfg.push_to_hub, private=not cfg.hub_public)
     return result
 
 

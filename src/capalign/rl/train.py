@@ -44,6 +44,7 @@ from ..models.shared_vision import SharedVision
 from ..training.args import trainer_arguments
 from ..training.card import write_model_card
 from ..training.checkpoints import begin_run, last_checkpoint
+from ..training.hub import push_folder
 from ..utils import print0
 from .config import RLTrainConfig  # noqa: F401  (the CLI finds the config class here)
 
@@ -250,4 +251,6 @@ def run(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> dict:
         atomic_write_json(out / "rl_result.json", {"steps": steps, "history": history, "config": config_dict(cfg),
                                                    "vision": {"requested": shared.requested, "encoded": shared.encoded} if shared else None})
         print0(f"rl: {steps} steps; adapter saved to {out} (use: capalign caption --model {cfg.model} --adapter {out})")
+        if cfg.push_to_hub:
+            push_folder(out, cfg.push_to_hub, private=not cfg.hub_public)
     return {"steps": steps, "history": history, "adapter": str(out)}

@@ -49,6 +49,7 @@ from ..training import losses
 from ..training.args import trainer_arguments
 from ..training.card import write_model_card
 from ..training.checkpoints import begin_run, last_checkpoint
+from ..training.hub import push_folder
 from ..utils import print0, seed_everything
 from .config import StyleTrainConfig  # noqa: F401 (StyleTrainConfig: the CLI reads it here)
 
@@ -289,6 +290,8 @@ def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
                          metrics={"steps": result["steps"], "pairs": len(subset), "train_seconds": result["train_seconds"],
                                   **({"final train loss": losses[-1]} if losses else {})})
         atomic_write_json(out / "style_result.json", result)  # last: its presence marks a finished run
+        if cfg.push_to_hub:
+            push_folder(out, cfg.push_to_hub, private=not cfg.hub_public)
         if not quiet():
             print0(f"{cfg.method} {cfg.style} {cfg.budget} ({len(subset)} pairs): {trainer.state.global_step} steps in {seconds:.0f}s; "
                    f"adapter in {out} (use: capalign caption --model {cfg.model} --adapter {out} --prompt {json.dumps(cfg.style_prompt)})")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ..config import arg
 from ..devices import MIXED_PRECISION, resolve_precision
+from .hub import PUBLIC_HELP, PUSH_HELP
 from .lora import LM_LINEAR, lora_config
 
 REPORT_TO = ("tensorboard", "wandb", "none")
@@ -107,6 +108,8 @@ class RunArgs:
     keep_checkpoints: int = arg(2, "How many checkpoints to keep.")
     log_every: int = arg(1, "Log the training metrics every N steps.")
     report_to: str = arg("tensorboard", "Where training metrics go besides the run's JSON: tensorboard (logs in <out>/runs), wandb, or none.")
+    push_to_hub: str = arg(None, PUSH_HELP)
+    hub_public: bool = arg(False, PUBLIC_HELP)
     overwrite: bool = arg(False, "Start over: discard the checkpoints and result of an earlier run in --out (recognised by its capalign_config.json) "
                                  "instead of resuming from them, also when its settings differ. A resume must repeat every setting that changes "
                                  "the result; others are refused, naming the fields.")

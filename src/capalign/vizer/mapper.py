@@ -29,6 +29,7 @@ from torch import nn
 from ..config import arg, config_dict, save_config, show_config
 from ..io import atomic_write_json
 from ..training.card import write_model_card
+from ..training.hub import PUBLIC_HELP, PUSH_HELP, hub_token, push_folder
 from ..utils import print0, seed_everything
 from .features import collect_features
 
@@ -86,6 +87,8 @@ class MapperTrainConfig:
     device: str = arg("auto", "auto, cpu, cuda, cuda:N, mps.")
     dtype: str = arg("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16.")
     seed: int = arg(0, "Seed (caption choice, split, init, order).")
+    push_to_hub: str = arg(None, PUSH_HELP)
+    hub_public: bool = arg(False, PUBLIC_HELP)
 
     def __post_init__(self):
         if self.variant not in ("gt", "g"):
@@ -135,6 +138,8 @@ def run(cfg: MapperTrainConfig) -> dict:
     from ..models import load_vlm
 
     show_config(cfg)
+    if cfg.push_to_hub:
+        hub_token()  # before any work
     seed_everything(cfg.seed)
     vlm = load_vlm(cfg.model, device=cfg.device, dtype=cfg.dtype, prompt=cfg.prompt, pooling=cfg.pooling)
     cache = cfg.cache_dir or str(Path(cfg.out) / "feature-cache")  # under --out unless asked: never beside it
@@ -163,4 +168,6 @@ def run(cfg: MapperTrainConfig) -> dict:
                f"{stats['val_cos_mean_feature_baseline']:.4f}, the caption-blind prediction): its reward cannot tell captions of one image "
                "from another's; try more --samples, --center or another --pooling (docs/vizer.md). mapper_meta.json: "
                "beats_mean_feature_baseline false")
+    if cfg.push_to_hub:
+        push_folder(out, cfg.push_to_hub, private=not cfg.hub_public)
     return meta

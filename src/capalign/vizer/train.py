@@ -48,6 +48,7 @@ from ..models.adapter import write_adapter_meta
 from ..training.args import LoraArgs, OptimArgs, RunArgs, method_defaults
 from ..training.card import write_model_card
 from ..training.checkpoints import begin_run, last_checkpoint, rotate
+from ..training.hub import push_folder
 from ..utils import print0, progress, seed_everything
 from .mapper import Mapper, cosine_loss
 
@@ -231,6 +232,8 @@ def run(cfg: VizerTrainConfig) -> dict:
         save_config(cfg, out)
         atomic_write_json(out / "vizer_result.json", {"steps": step, "history": history, "mapper_meta": meta})
         print0(f"vizer: {step} steps; adapter saved to {out} (use: capalign caption --model {cfg.model} --adapter {out})")
+        if cfg.push_to_hub:
+            push_folder(out, cfg.push_to_hub, private=not cfg.hub_public)
     acc.end_training()
     return {"steps": step, "history": history}
 
