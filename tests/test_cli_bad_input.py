@@ -344,6 +344,9 @@ ROWS = [
     (ESTIMATE, "yaml_malformed", "{tmp}/run.yaml"),
     (ESTIMATE, "yaml_unknown", "unknown stage 'bogus_field'"),
     ("estimate {tmp}/nope.yaml", "none", "{tmp}/nope.yaml"),
+    # ------------------------------------------------------------------ publish (refused before any token lookup or upload)
+    ("publish {tmp}/nope --repo_id me/x", "none", "{tmp}/nope is not a trained folder"),
+    ("publish {tmp}/empty --repo_id me/x", "empty_dir", "{tmp}/empty is not a trained folder"),
     # ------------------------------------------------------------------ rl train
     (_with(RL, num_generations="1"), "none", "num_generations (samples per image) must be >= 2"),
     (_with(RL, reward="bleu"), "none", "unknown reward 'bleu'"),

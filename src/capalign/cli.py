@@ -46,10 +46,11 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("judge", "calibrate"): ("capalign.judge.calibrate", "JudgeCalibrateConfig", "run", "Can a judge be fooled? Grade degenerate captions built from references (non-words, noise, repeats, truncated, empty, ...)."),
     ("judge", "train"): ("capalign.judge.train", "JudgeTrainConfig", "run", "Train a nano VLM judge (SmolVLM architecture) on the shapes world; held-out accuracy."),
     ("rl", "train"): ("capalign.rl.train", "RLTrainConfig", "run", "GRPO on the language model (LoRA) with a judge or metric reward."),
+    ("publish",): ("capalign.training.hub", "PublishConfig", "run", "Upload a trained folder (adapter, mapper, model) with its model card to the Hugging Face Hub (private by default)."),
 }
 
 # commands whose first argument may be given without its flag: `capalign study RECIPE.yaml`, `capalign report RUN`
-POSITIONAL = {("study",): "--recipe", ("estimate",): "--recipe", ("report",): "--run"}
+POSITIONAL = {("study",): "--recipe", ("estimate",): "--recipe", ("report",): "--run", ("publish",): "--path"}
 
 
 def _load(path: tuple[str, ...]):

@@ -310,7 +310,7 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
 
 # fields a resumed run may change, for every command: they decide where and how it runs and logs, never what it writes
-RESUME_FREE = frozenset({"out", "overwrite", "device", "save_every", "keep_checkpoints", "log_every", "report_to", "workers"})
+RESUME_FREE = frozenset({"out", "overwrite", "device", "save_every", "keep_checkpoints", "log_every", "report_to", "workers", "push_to_hub", "hub_public"})
 
 
 def check_resume(cfg: Any, out: str | Path, what: str = "--out") -> bool:

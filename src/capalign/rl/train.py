@@ -42,8 +42,10 @@ from ..io import atomic_write_json
 from ..models.adapter import write_adapter_meta
 from ..models.shared_vision import SharedVision
 from ..training.args import trainer_arguments
+from ..training.card import write_model_card
 from ..training.checkpoints import begin_run, last_checkpoint
 from ..training.progress import show_progress
+from ..training.hub import push_folder
 from ..utils import print0
 from .config import RLTrainConfig  # noqa: F401  (the CLI finds the config class here)
 
@@ -242,7 +244,15 @@ def run(cfg: RLTrainConfig, custom_rewards: dict | None = None) -> dict:
     if trainer.is_world_process_zero():
         write_adapter_meta(out, trainer.vlm, cfg.model, prompt=trainer.vlm.prompt or "")  # captioning with it is the default
         save_config(cfg, out)
+        last = history[-1] if history else {}
+        write_model_card(out, title=f"GRPO LoRA adapter of {cfg.model}", base_model=cfg.model, adapter=True, tags=("grpo", "image-captioning"),
+                         method=f"GRPO (capalign rl train, TRL's GRPOTrainer) on the language model with reward `{cfg.reward}`"
+                                + (f" (judge `{cfg.judge}`)" if cfg.judge else "") + f", {cfg.num_generations} sampled captions per image.",
+                         data=f"Images with references from `{cfg.data}`" + (f" (at most {cfg.limit})" if cfg.limit else "") + ".",
+                         config=config_dict(cfg), metrics={"steps": steps, **{f"last logged {k}": v for k, v in last.items() if k != "step"}})
         atomic_write_json(out / "rl_result.json", {"steps": steps, "history": history, "config": config_dict(cfg),
                                                    "vision": {"requested": shared.requested, "encoded": shared.encoded} if shared else None})
         print0(f"rl: {steps} steps; adapter saved to {out} (use: capalign caption --model {cfg.model} --adapter {out})")
+        if cfg.push_to_hub:
+            push_folder(out, cfg.push_to_hub, private=not cfg.hub_public)
     return {"steps": steps, "history": history, "adapter": str(out)}

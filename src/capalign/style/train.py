@@ -47,8 +47,10 @@ from ..devices import resolve_precision
 from ..io import atomic_write_json
 from ..training import losses
 from ..training.args import trainer_arguments
+from ..training.card import write_model_card
 from ..training.checkpoints import begin_run, last_checkpoint
 from ..training.progress import show_progress
+from ..training.hub import push_folder
 from ..utils import print0, seed_everything
 from .config import StyleTrainConfig  # noqa: F401 (StyleTrainConfig: the CLI reads it here)
 
@@ -277,7 +279,17 @@ def train(cfg: StyleTrainConfig, subset: list, info: dict | None = None):
         result.update(adapter=str(out), steps=trainer.state.global_step, train_seconds=round(seconds, 2),
                       images_skipped=getattr(trainer, "images_skipped", 0),
                       history=[h for h in trainer.state.log_history if "loss" in h])
+        losses = [h["loss"] for h in result["history"]]
+        write_model_card(out, title=f"{cfg.method.upper()} {cfg.style} style LoRA adapter of {cfg.model}", base_model=cfg.model, adapter=True,
+                         tags=("style", cfg.method, "image-captioning"), config=config_dict(cfg),
+                         method=f"{cfg.method.upper()} (capalign style train) towards {cfg.style} captions, trained with the prompt "
+                                f"{json.dumps(cfg.style_prompt)} (caption with the same prompt; capalign does by default).",
+                         data=f"{len(subset)} preference pairs of style {cfg.style} (budget {cfg.budget}) from `{cfg.data}`.",
+                         metrics={"steps": result["steps"], "pairs": len(subset), "train_seconds": result["train_seconds"],
+                                  **({"final train loss": losses[-1]} if losses else {})})
         atomic_write_json(out / "style_result.json", result)  # last: its presence marks a finished run
+        if cfg.push_to_hub:
+            push_folder(out, cfg.push_to_hub, private=not cfg.hub_public)
         if not quiet():
             print0(f"{cfg.method} {cfg.style} {cfg.budget} ({len(subset)} pairs): {trainer.state.global_step} steps in {seconds:.0f}s; "
                    f"adapter in {out} (use: capalign caption --model {cfg.model} --adapter {out} --prompt {json.dumps(cfg.style_prompt)})")

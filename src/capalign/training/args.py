@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from ..config import arg
 from ..devices import MIXED_PRECISION, resolve_precision
+from .hub import PUBLIC_HELP, PUSH_HELP
 from .lora import LM_LINEAR, lora_config
-
-REPORT_TO = ("tensorboard", "wandb", "none")
+from .tracking import REPORT_HELP, check_report_to
 
 
 def _next(obj, cls) -> None:
@@ -106,7 +106,9 @@ class RunArgs:
     save_every: int = arg(50, "Save a resumable checkpoint every N steps (0: only the final adapter); re-running the same command resumes from the newest.")
     keep_checkpoints: int = arg(2, "How many checkpoints to keep.")
     log_every: int = arg(1, "Log the training metrics every N steps.")
-    report_to: str = arg("tensorboard", "Where training metrics go besides the run's JSON: tensorboard (logs in <out>/runs), wandb, or none.")
+    report_to: str = arg("tensorboard", REPORT_HELP)
+    push_to_hub: str = arg(None, PUSH_HELP)
+    hub_public: bool = arg(False, PUBLIC_HELP)
     overwrite: bool = arg(False, "Start over: discard the checkpoints and result of an earlier run in --out (recognised by its capalign_config.json) "
                                  "instead of resuming from them, also when its settings differ. A resume must repeat every setting that changes "
                                  "the result; others are refused, naming the fields.")
@@ -121,8 +123,7 @@ class RunArgs:
             raise ValueError(f"save_every must be >= 0, got {self.save_every}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
-        if self.report_to not in REPORT_TO:
-            raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
+        check_report_to(self.report_to)
         _next(self, RunArgs)
 
     @property

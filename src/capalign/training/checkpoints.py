@@ -57,6 +57,10 @@ def begin_run(cfg, overwrite: bool, result_files: tuple[str, ...] = ()) -> None:
     from ..utils import is_main_process
 
     out = Path(cfg.out)
+    if getattr(cfg, "push_to_hub", None):  # the upload after training needs a token: say so before any training
+        from .hub import hub_token
+
+        hub_token()
     if not is_main_process():
         return
     if overwrite:

@@ -20,14 +20,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ..config import arg, save_config, show_config
+from ..config import arg, config_dict, save_config, show_config
 from ..io import atomic_write_json
+from ..training.card import write_model_card
+from ..training.hub import PUBLIC_HELP, PUSH_HELP, hub_token, push_folder
+from ..training.tracking import REPORT_HELP, Tracker, check_report_to
 from ..utils import print0, progress, seed_everything
 from .features import collect_features
 
@@ -85,8 +89,12 @@ class MapperTrainConfig:
     device: str = arg("auto", "auto, cpu, cuda, cuda:N, mps.")
     dtype: str = arg("auto", "auto (bf16 on CUDA, fp32 elsewhere), float32, bfloat16.")
     seed: int = arg(0, "Seed (caption choice, split, init, order).")
+    report_to: str = arg("tensorboard", REPORT_HELP)
+    push_to_hub: str = arg(None, PUSH_HELP)
+    hub_public: bool = arg(False, PUBLIC_HELP)
 
     def __post_init__(self):
+        check_report_to(self.report_to)
         if self.variant not in ("gt", "g"):
             raise ValueError(f"variant must be gt or g, got {self.variant!r}")
         for k in ("width", "depth", "samples", "epochs", "batch_size", "max_new_tokens"):
@@ -98,9 +106,9 @@ class MapperTrainConfig:
 
 def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int = 2, epochs: int = 1, batch_size: int = 64,
                lr: float = 1e-3, weight_decay: float = 0.01, val_fraction: float = 0.1, seed: int = 0,
-               center: bool = False, desc: str | None = None) -> tuple[Mapper, dict]:
+               center: bool = False, desc: str | None = None, on_step: Callable[[int, float], None] | None = None) -> tuple[Mapper, dict]:
     """Train h on ([N, D_t] states, [N, D_v] features); returns the mapper and train/held-out cosines.
-    `desc`: show progress (utils.progress) under this name."""
+    `desc`: show progress (utils.progress) under this name; `on_step(step, loss)` after each optimizer step (the tracker of --report_to)."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(states), generator=g)
     n_val = max(1, int(round(val_fraction * len(states)))) if len(states) > 1 else 0
@@ -111,6 +119,7 @@ def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int
         mapper.feature_mean.copy_(feats[tr].mean(0))
     feats = mapper.target(feats)  # [N, D_v]: F_I - c
     opt = torch.optim.AdamW(mapper.parameters(), lr=lr, weight_decay=weight_decay)
+    step = 0
     with progress(disable=desc is None) as bar:
         task = bar.add_task(desc or "", total=epochs * -(-len(tr) // batch_size), rate="")
         for _ in range(epochs):
@@ -121,7 +130,10 @@ def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                step += 1
                 bar.update(task, advance=1, rate=f"loss {loss.item():.3f}")
+                if on_step is not None:
+                    on_step(step, loss.item())
     mapper.eval()
     with torch.no_grad():
         cos = lambda idx: F.cosine_similarity(mapper(states[idx]), feats[idx], dim=-1).mean().item() if len(idx) else float("nan")  # noqa: E731
@@ -138,19 +150,32 @@ def run(cfg: MapperTrainConfig) -> dict:
     from ..models import load_vlm
 
     show_config(cfg)
+    if cfg.push_to_hub:
+        hub_token()  # before any work
     seed_everything(cfg.seed)
     vlm = load_vlm(cfg.model, device=cfg.device, dtype=cfg.dtype, prompt=cfg.prompt, pooling=cfg.pooling)
     cache = cfg.cache_dir or str(Path(cfg.out) / "feature-cache")  # under --out unless asked: never beside it
     data = collect_features(vlm, cfg.data, cfg.variant, cfg.samples, cache, model_id=str(cfg.model), batch_size=cfg.feature_batch_size,
                             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    tracker = Tracker(cfg.report_to, cfg.out, "mapper", config_dict(cfg))
     mapper, stats = fit_mapper(data["text_states"], data["image_features"], cfg.width, cfg.depth, cfg.epochs, cfg.batch_size,
-                               cfg.lr, cfg.weight_decay, cfg.val_fraction, cfg.seed, cfg.center, desc=f"mapper {cfg.variant}")
+                               cfg.lr, cfg.weight_decay, cfg.val_fraction, cfg.seed, cfg.center, desc=f"mapper {cfg.variant}",
+                               on_step=lambda step, loss: tracker.log({"train/loss": loss}, step))
+    tracker.close()
     out = Path(cfg.out)
     mapper.save_pretrained(out)
     meta = {"variant": cfg.variant, "model": cfg.model, "pooling": vlm.pooling, "prompt": vlm.prompt, "samples": len(data["ids"]),
             "width": cfg.width, "depth": cfg.depth, "center": cfg.center, **stats}
     atomic_write_json(out / "mapper_meta.json", meta)
     save_config(cfg, out)
+    write_model_card(out, title=f"ViZer mapper ({cfg.variant}) of {cfg.model}", base_model=cfg.model, tags=("vizer", "vizer-mapper"),
+                     method=f"The ViZer mapper h: a depth-{cfg.depth}, width-{cfg.width} MLP from the VLM's caption states to its pooled "
+                            f"({vlm.pooling}) vision features, trained with the cosine loss; variant {cfg.variant} "
+                            + ("(human captions)." if cfg.variant == "gt" else "(the model's own greedy captions)."),
+                     data=f"{len(data['ids'])} (image, caption) pairs from `{cfg.data}`; {cfg.val_fraction:.0%} held out for the cosine.",
+                     config=config_dict(cfg), metrics=stats,
+                     usage=f"The frozen reward of `capalign vizer train --model {cfg.model} --mapper THIS_FOLDER --images IMAGES --out ADAPTER`; "
+                           "load it in Python with `capalign.vizer.mapper.Mapper.from_pretrained(THIS_FOLDER)` (safetensors + config.json).")
     print0(f"mapper ({cfg.variant}, w={cfg.width}, n={len(data['ids'])}): held-out cos {stats['val_cos']:.4f} "
            f"(train {stats['train_cos']:.4f}; mean-feature baseline {stats['val_cos_mean_feature_baseline']:.4f})")
     if stats["beats_mean_feature_baseline"] is False:
@@ -158,4 +183,6 @@ def run(cfg: MapperTrainConfig) -> dict:
                f"{stats['val_cos_mean_feature_baseline']:.4f}, the caption-blind prediction): its reward cannot tell captions of one image "
                "from another's; try more --samples, --center or another --pooling (docs/vizer.md). mapper_meta.json: "
                "beats_mean_feature_baseline false")
+    if cfg.push_to_hub:
+        push_folder(out, cfg.push_to_hub, private=not cfg.hub_public)
     return meta

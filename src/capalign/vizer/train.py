@@ -48,7 +48,9 @@ from ..devices import resolve_precision
 from ..io import atomic_write_json
 from ..models.adapter import write_adapter_meta
 from ..training.args import LoraArgs, OptimArgs, RunArgs, method_defaults
+from ..training.card import write_model_card
 from ..training.checkpoints import begin_run, last_checkpoint, rotate
+from ..training.hub import push_folder
 from ..utils import print0, progress, seed_everything
 from .mapper import Mapper, cosine_loss
 
@@ -224,18 +226,36 @@ def run(cfg: VizerTrainConfig) -> dict:
                 acc.log({"train/loss": loss_avg, "train/cos": cos_avg, **{f"train/{k}": v for k, v in shares.items()}}, step=step)
             bar.update(task, completed=step, rate=f"loss {loss_avg:.4f} cos {cos_avg:.3f}")
             if step in cfg.export_list and acc.is_main_process:
-                _export_adapter(peft_model, out / f"step-{step}", lambda d: write_adapter_meta(d, vlm, cfg.model, prompt=vlm.prompt or ""))
+                _export_adapter(peft_model, out / f"step-{step}", lambda d: _describe(d, vlm, cfg, history))
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 _save_checkpoint(acc, out, step, history, cfg.keep_checkpoints)
     acc.wait_for_everyone()
     if acc.is_main_process:
         peft_model.save_pretrained(out)
-        write_adapter_meta(out, vlm, cfg.model, prompt=vlm.prompt or "")  # the mapper's prompt: captioning with it is the default
+        _describe(out, vlm, cfg, history, meta)
         save_config(cfg, out)
         atomic_write_json(out / "vizer_result.json", {"steps": step, "history": history, "mapper_meta": meta, "degenerate_vocabulary": vocab})
         print0(f"vizer: {step} steps; adapter saved to {out} (use: capalign caption --model {cfg.model} --adapter {out})")
+        if cfg.push_to_hub:
+            push_folder(out, cfg.push_to_hub, private=not cfg.hub_public)
     acc.end_training()
     return {"steps": step, "history": history}
+
+
+def _describe(folder, vlm, cfg: VizerTrainConfig, history: list, mapper_meta: dict | None = None) -> None:
+    """What an adapter folder says about itself: capalign's adapter record (the mapper's prompt: captioning with it is
+    the default) and its model card, over the template one peft wrote."""
+    write_adapter_meta(folder, vlm, cfg.model, prompt=vlm.prompt or "")
+    last = history[-max(1, len(history) // 10):]  # the last tenth of the steps
+    metrics = {"steps": len(history), **({"loss (last 10% of steps)": sum(h["loss"] for h in last) / len(last),
+                                          "cos (last 10% of steps)": sum(h["cos"] for h in last) / len(last)} if history else {}),
+               **({"mapper held-out cos": mapper_meta["val_cos"]} if mapper_meta and "val_cos" in mapper_meta else {})}
+    write_model_card(folder, title=f"ViZer LoRA adapter of {cfg.model}", base_model=cfg.model, adapter=True, tags=("vizer", "image-captioning"),
+                     method="ViZer: zero-label LoRA training of the language model; the frozen mapper (`capalign mapper train`, "
+                            f"`{cfg.mapper}`) maps the model's caption states to the image's vision features and the loss is their "
+                            "cosine distance, so captions are pulled towards what the image shows. No caption labels are used.",
+                     data=f"Unlabeled images from `{cfg.images}`" + (f" (at most {cfg.limit})" if cfg.limit else "") + ".",
+                     config=config_dict(cfg), metrics=metrics)
 
 
 def _export_adapter(peft_model, path: Path, write_meta=None) -> None:
