@@ -5,7 +5,8 @@ min and max pixels, so images in a batch have different token counts; pooling sp
 encoder's patch states by `image_grid_thw`. Features are the encoder's states before the patch
 merger (the merger is Qwen's connector into the language model). The patches of an image come merge
 block by merge block (the processor's order: t, h/m, w/m, m, m for merge size m); a gridRxC pooling puts
-each back at its (row, column) and averages R x C regions of the h x w grid. Positions are M-RoPE, computed by
+each back at its (row, column) and averages R x C regions of the h x w grid (Qwen2.5-VL's encoder returns
+the blocks in its window-attention order, which the pooling undoes first). Positions are M-RoPE, computed by
 the model from input_ids + image_grid_thw + mm_token_type_ids, so extending the prompt with a
 caption only needs mm_token_type_ids extended with text (0) entries.
 Default prompt as in the ViZer paper: system "You are a helpful assistant.", user: image +
@@ -64,9 +65,16 @@ class Qwen2VLM(VLM):
         parts = h.split(grid_thw.prod(-1).tolist())
         grid = grid_shape(how)
         if grid:
-            m = self.model.config.vision_config.spatial_merge_size
-            return torch.stack([region_means(part, *patch_positions(int(hh), int(ww), m, len(part), part.device), int(hh), int(ww), grid)
-                                for part, (_, hh, ww) in zip(parts, grid_thw.tolist())])
+            vc = self.model.config.vision_config
+            m, out = vc.spatial_merge_size, []
+            for k, (part, (_, hh, ww)) in enumerate(zip(parts, grid_thw.tolist())):
+                if self.model.config.model_type == "qwen2_5_vl":  # its encoder returns the merge blocks in window order: undo it
+                    from transformers.vision_utils import get_vision_window_index
+
+                    order, _ = get_vision_window_index(grid_thw[k : k + 1], m, vc.window_size, vc.patch_size)
+                    part = part.view(-1, m * m, part.shape[-1])[torch.argsort(order.to(part.device))].flatten(0, 1)
+                out.append(region_means(part, *patch_positions(hh, ww, m, len(part), part.device), hh, ww, grid))
+            return torch.stack(out)
         return torch.stack([p.amax(0) if how == "max" else p.mean(0) for p in parts])  # "global" == mean: one view per image
 
     def extend_inputs(self, inputs: dict, ids: torch.Tensor, mask: torch.Tensor) -> dict:
