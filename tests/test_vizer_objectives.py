@@ -191,8 +191,17 @@ def test_late_mapper_train_vizer_and_diagnose_on_a_tiny_model(tiny_idefics3_path
         enc = vlm.encode(images)
         tokens, weights = vlm.caption_token_states(enc, vlm.generate(enc, max_new_tokens=4))
         assert first == pytest.approx(mapper.loss(tokens, enc.features, weights).item(), abs=1e-5)
-    diag = tmp_path / "diag.json"
-    assert main(["vizer", "diagnose", "--model", str(tiny_idefics3_path), "--mappers", str(mdir), "--data", str(data),
-                 "--group", "4", "--out", str(diag)]) == 0
-    res = json.loads(diag.read_text())["mappers"][str(mdir)]
-    assert res["objective"] == "late" and 0 <= res["auc"]["all"] <= 1 and res["retrieval_images"] == 8
+    # diagnose the late mapper together with a mean-pooled paper mapper: one pass per pooling, each as it was trained,
+    # the paper mapper's numbers the same as when it is diagnosed alone
+    paper = tmp_path / "paper"
+    assert main(["mapper", "train", "--model", str(tiny_idefics3_path), "--data", str(data), "--variant", "gt", "--width", "16",
+                 "--samples", "8", "--out", str(paper), "--device", "cpu"]) == 0
+    both, alone = tmp_path / "both.json", tmp_path / "alone.json"
+    for out_file, mappers in ((both, [str(mdir), str(paper)]), (alone, [str(paper)])):
+        assert main(["vizer", "diagnose", "--model", str(tiny_idefics3_path), "--mappers", *mappers, "--data", str(data),
+                     "--group", "4", "--out", str(out_file)]) == 0
+    res = json.loads(both.read_text())["mappers"]
+    assert list(res) == [str(mdir), str(paper)]
+    assert (res[str(mdir)]["objective"], res[str(mdir)]["pooling"], res[str(paper)]["objective"]) == ("late", "grid1x2", "cosine")
+    assert 0 <= res[str(mdir)]["auc"]["all"] <= 1 and res[str(mdir)]["retrieval_images"] == 8
+    assert res[str(paper)] == json.loads(alone.read_text())["mappers"][str(paper)]

@@ -203,40 +203,49 @@ def run(cfg: DiagnoseConfig) -> dict:
         if not meta.is_file():
             raise CapalignError(f"not a mapper folder (no mapper_meta.json): {m}; train one with `capalign mapper train`")
         metas.append(json.loads(meta.read_text()))
-    keys = {(m["pooling"], m.get("prompt")) for m in metas}
-    if len(keys) > 1:
-        raise CapalignError(f"the mappers were trained with different pooling/prompt settings {sorted(keys, key=str)}; diagnose them separately")
-    pooling, prompt = keys.pop()
     source = open_images(cfg.data, limit=cfg.limit)
-    mode, rng, skipped, examples = cfg.corruptions, random.Random(cfg.seed), {}, []
+    mode = cfg.corruptions
     if mode == "auto":
         first = next(iter(source.entries()), None)
         mode = "shapes" if first is not None and shapes_world(first.meta.get("objects")) else "text"
-    if mode == "shapes":
-        kinds, captions_of = CORRUPTIONS, shapes_captions(source, rng)
-    else:
+    if mode == "text":
         vocab = load_words(cfg.nouns, cfg.colours)
         rows = [(e.id, e.captions[0]) for e in source.entries() if e.captions]  # captions only: no image is decoded
         if not rows:
             raise CapalignError(f"{cfg.data}: no image has a caption; the text corruptions change each image's first reference caption")
-        kinds, skipped = TEXT_CORRUPTIONS, {k: 0 for k in (*TEXT_CORRUPTIONS, "no_caption")}
-        captions_of = text_captions(phrase_pool(rows, vocab), vocab, rng, skipped)
+        pool = phrase_pool(rows, vocab)
+
+    def corruptions():  # the same seed each time: every group of mappers sees the same captions
+        rng = random.Random(cfg.seed)
+        if mode == "shapes":
+            return CORRUPTIONS, shapes_captions(source, rng), {}
+        skipped = {k: 0 for k in (*TEXT_CORRUPTIONS, "no_caption")}
+        return TEXT_CORRUPTIONS, text_captions(pool, vocab, rng, skipped), skipped
+
+    kinds = corruptions()[0]
     print0(f"diagnose: {mode} corruptions ({', '.join(kinds)})")
-    vlm = load_vlm(cfg.model, device=cfg.device, dtype="float32", prompt=prompt or "", pooling=pooling)
-    mappers = {path: Mapper.from_pretrained(path).eval() for path in cfg.mappers}
-    tokens = any(m.objective == "late" for m in mappers.values())  # late interaction needs each token's state
-    ids, feats, correct, wrong = caption_sets(vlm, source, captions_of, kinds, cfg.batch_size, examples, tokens=tokens)
-    d_t = (correct[0] if tokens else correct).shape[-1]
-    results = {}
+    groups: dict = {}  # mappers trained with other pooling or prompt settings see other features and states: one pass per setting
     for path, meta in zip(cfg.mappers, metas):
-        mapper = mappers[path]
-        if mapper.in_dim != d_t or mapper.feature_dim != feats.shape[1]:
-            raise CapalignError(f"mapper {path} maps {mapper.in_dim}->{mapper.feature_dim}, but {cfg.model} has "
-                                f"D_t={correct.shape[1]}, D_v={feats.shape[1]}; it was trained on another model")
-        r = score_mapper(mapper, feats, correct, wrong, cfg.group)
-        results[path] = {"variant": meta["variant"], "center": bool(meta.get("center")), "objective": mapper.objective, **r}
-        print0(f"{path} ({meta['variant']}, {mapper.objective}, {'centred' if meta.get('center') else 'raw'}): AUC "
-               + " ".join(f"{k} {v:.3f}" for k, v in r["auc"].items()) + f" | R@1 {r['retrieval_r1']} (chance {r['retrieval_chance']:.3f})")
+        groups.setdefault((meta["pooling"], meta.get("prompt")), []).append((path, meta))
+    results, examples = {}, []
+    for (pooling, prompt), members in groups.items():
+        kinds, captions_of, skipped = corruptions()
+        vlm = load_vlm(cfg.model, device=cfg.device, dtype="float32", prompt=prompt or "", pooling=pooling)
+        mappers = {path: Mapper.from_pretrained(path).eval() for path, _ in members}
+        tokens = any(m.objective == "late" for m in mappers.values())  # late interaction needs each token's state
+        ids, feats, correct, wrong = caption_sets(vlm, source, captions_of, kinds, cfg.batch_size, examples if not results else None, tokens=tokens)
+        d_t = (correct[0] if tokens else correct).shape[-1]
+        for path, meta in members:
+            mapper = mappers[path]
+            if mapper.in_dim != d_t or mapper.feature_dim != feats.shape[1]:
+                raise CapalignError(f"mapper {path} maps {mapper.in_dim}->{mapper.feature_dim}, but {cfg.model} has "
+                                    f"D_t={d_t}, features of {feats.shape[1]} ({pooling} pooling); it was trained on another model")
+            r = score_mapper(mapper, feats, correct, wrong, cfg.group)
+            results[path] = {"variant": meta["variant"], "center": bool(meta.get("center")), "objective": mapper.objective,
+                             "pooling": pooling, **r}
+            print0(f"{path} ({meta['variant']}, {mapper.objective}, {pooling}, {'centred' if meta.get('center') else 'raw'}): AUC "
+                   + " ".join(f"{k} {v:.3f}" for k, v in r["auc"].items()) + f" | R@1 {r['retrieval_r1']} (chance {r['retrieval_chance']:.3f})")
+    results = {p: results[p] for p in cfg.mappers}  # in the order given
     out = {"images": len(ids), "group": cfg.group, "mode": mode, "corruptions": list(kinds), "mappers": results, "examples": examples}
     if mode == "text":
         out.update(skipped=skipped, words=vocab.source)
