@@ -209,7 +209,8 @@ def test_mapper_save_load_roundtrip(tmp_path):
     x = torch.randn(4, 12)
     m.save_pretrained(tmp_path)
     assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
-    assert json.loads((tmp_path / "config.json").read_text()) == {"in_dim": 12, "out_dim": 7, "width": 5, "depth": 3}
+    assert json.loads((tmp_path / "config.json").read_text()) == {"in_dim": 12, "out_dim": 7, "width": 5, "depth": 3,
+                                                                  "objective": "cosine", "temperature": 0.07, "regions": 1}
     m2 = Mapper.from_pretrained(tmp_path).eval()
     assert [l.weight.shape for l in m2.net if hasattr(l, "weight")] == [(5, 12), (5, 5), (7, 5)]
     with torch.no_grad():

@@ -217,7 +217,7 @@ def _actions(parser) -> dict[str, argparse.Action]:
 def coerce(cls: type, values: dict, where: str = "recipe") -> dict:
     """Recipe values for the fields of `cls`, converted and checked exactly as `--config` YAML values are
     (strings such as `1e-3` become numbers, a wrong type is one error line naming the field). Fields whose
-    type no flag can express (a study option such as `int | str`) pass through unchanged."""
+    type no flag can express (a study option such as `int | str` or a dict) pass through unchanged."""
     actions = _field_actions(cls)
     return {k: _yaml_value(actions[k], v, f"{where}: {k}") if k in actions else v for k, v in values.items()}
 
@@ -228,8 +228,8 @@ def _field_actions(cls: type) -> dict[str, argparse.Action]:
 
     parser, (own, groups) = _parser_class()([]), _field_groups(cls)
     for f in [*own, *(f for fs in groups.values() for f in fs)]:
-        if len([t for t in typing.get_args(f.type) if t is not type(None)]) > 1:
-            continue  # a union such as `int | str` (a count or a path): no flag type expresses it, left as given
+        if len([t for t in typing.get_args(f.type) if t is not type(None)]) > 1 or dict in (f.type, *typing.get_args(f.type)):
+            continue  # a union such as `int | str` (a count or a path) or a mapping: no flag type expresses it, left as given
         parser._parse_dataclass_field(parser, f)
     return _actions(parser)
 

@@ -11,8 +11,8 @@ share that image's single vision pass.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from PIL import Image
@@ -20,7 +20,30 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .. import CapalignError
 
-Pooling = Literal["mean", "global", "max"]
+Pooling = str  # mean, global, max, or gridRxC (e.g. grid1x3, grid2x2: the patch grid cut into R x C regions)
+
+
+def grid_shape(pooling: str) -> tuple[int, int] | None:
+    """(R, C) of a region pooling `gridRxC` (each region's mean patch state, concatenated row by row:
+    features [B, R*C*D_v]), None for mean/global/max; an unknown name is an error."""
+    if pooling in ("mean", "global", "max"):
+        return None
+    m = re.fullmatch(r"grid([1-9][0-9]?)x([1-9][0-9]?)", str(pooling))
+    if m is None:
+        raise CapalignError(f"unknown pooling {pooling!r}; expected mean, global, max or gridRxC (e.g. grid1x3, grid2x2)")
+    return int(m[1]), int(m[2])
+
+
+def region_means(states: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, height: int, width: int, grid: tuple[int, int]) -> torch.Tensor:
+    """[P, D] patch states at patch (rows[k], cols[k]) of a height x width patch grid -> [R*C*D]: the mean state of
+    each of R x C regions (region (i, j) holds the rows i*height//R .. and the columns j*width//C ..), row by row."""
+    R, C = grid
+    if height < R or width < C:
+        raise CapalignError(f"pooling grid{R}x{C} needs at least {R}x{C} patches, the image has {height}x{width}")
+    region = (rows * R // height) * C + cols * C // width  # [P]
+    sums = torch.zeros(R * C, states.shape[-1], dtype=states.dtype, device=states.device).index_add_(0, region, states)
+    counts = torch.bincount(region, minlength=R * C).clamp(min=1).to(states.dtype)
+    return (sums / counts[:, None]).flatten()
 
 
 @dataclass
@@ -50,6 +73,11 @@ class Captions:
     content: torch.Tensor = field(default=None)  # [N, L] 1 for content tokens only (what gets pooled)
 
 
+def masked_mean(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """[N, L, D] x [N, L] weights -> [N, D]: the weighted mean over L (caption_states' pooling)."""
+    return (h * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1)
+
+
 class VLM:
     """A loaded VLM plus its processor. Subclasses implement the family-specific hooks below."""
 
@@ -65,8 +93,7 @@ class VLM:
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # batched generation appends to the right
         self.prompt = self.default_prompt if prompt is None else (prompt or None)
-        if pooling not in ("mean", "global", "max"):
-            raise CapalignError(f"unknown pooling {pooling!r}; expected mean, global or max")
+        grid_shape(pooling)  # an unknown pooling is an error here, not at the first batch
         self.pooling = pooling
         self.vision_batch_size: int | None = None  # images per vision-tower pass in encode(); None: 1 on CPU, else all
         gen_eos = model.generation_config.eos_token_id
@@ -120,7 +147,13 @@ class VLM:
 
     @property
     def vision_hidden_size(self) -> int:
-        return self.model.config.vision_config.hidden_size  # D_v of `features`
+        return self.model.config.vision_config.hidden_size  # D_v of one patch state
+
+    @property
+    def feature_size(self) -> int:
+        """Width of `Encoded.features`: D_v, or R*C*D_v for a gridRxC pooling (the regions' means concatenated)."""
+        r, c = grid_shape(self.pooling) or (1, 1)
+        return r * c * self.vision_hidden_size
 
     def vision_parameters(self):
         """Parameters of the vision tower and connector (frozen in every method of this package)."""
@@ -248,12 +281,16 @@ class VLM:
         out = self.model.model(**kw, mm_encoder_outputs=enc.mm_outputs, use_cache=False)
         return out.last_hidden_state
 
-    def caption_states(self, enc: Encoded, caps: Captions) -> torch.Tensor:
-        """[N, D_t] mean of the last hidden state over the caption's content tokens; differentiable."""
+    def caption_token_states(self, enc: Encoded, caps: Captions) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N, L, D_t] last hidden state at each caption token, [N, L] weights: 1 at the tokens caption_states
+        pools, the content tokens, or the end token of an empty caption); differentiable."""
         h = self._forward(enc, caps)[:, enc.inputs["input_ids"].shape[1] :]  # [N, L, D_t]
         w = caps.content if caps.content is not None else caps.mask
-        w = torch.where(w.sum(1, keepdim=True) > 0, w, caps.mask).to(h.dtype)  # empty caption: pool its end token
-        return (h * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1)
+        return h, torch.where(w.sum(1, keepdim=True) > 0, w, caps.mask).to(h.dtype)  # empty caption: its end token
+
+    def caption_states(self, enc: Encoded, caps: Captions) -> torch.Tensor:
+        """[N, D_t] mean of the last hidden state over the caption's content tokens; differentiable."""
+        return masked_mean(*self.caption_token_states(enc, caps))
 
     def caption_logprobs(self, enc: Encoded, caps: Captions, normalize: bool = True) -> torch.Tensor:
         """[N] log p(caption | image, prompt), summed over caption tokens incl. the end token, or their mean."""

@@ -2,7 +2,8 @@
 
 SmolVLM's processor splits a large image into tiles plus a downscaled global image, so one image is
 several sub-images: `pool` averages the SigLIP patch states of all of an image's sub-images (only
-real patches, by the same pixel_attention_mask rule the model uses), or only the global one.
+real patches, by the same pixel_attention_mask rule the model uses), or only the global one; a
+gridRxC pooling cuts the global image's patch grid (its real patches) into R x C regions.
 SmolVLM-Base takes no text prompt (the image alone); a prompt, if given, goes through the
 processor's chat template when it has one (Instruct checkpoints), else follows the image tokens. No
 text (None or "") is the image tokens alone in either case.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import VLM, Pooling
+from .base import VLM, Pooling, grid_shape, region_means
 
 
 class Idefics3VLM(VLM):
@@ -42,10 +43,16 @@ class Idefics3VLM(VLM):
         real = (pv.flatten(2) != 0).any(-1)  # [B, N]: padding sub-images are all zero (as in the model)
         p = self.model.config.vision_config.patch_size
         pm = pam[real].unfold(1, p, p).unfold(2, p, p).sum((-1, -2)) > 0  # [S, H/p, W/p]
-        pm = pm.flatten(1).to(h.dtype)  # [S, P]
+        grid, wp = grid_shape(how), pm.shape[-1]
+        pm = pm.flatten(1).to(h.dtype)  # [S, P], patches row by row
         counts = real.sum(1).tolist()
         out = []
         for hs, ms in zip(h.split(counts), pm.split(counts)):  # per image: [n_sub, P, D], [n_sub, P]
+            if grid:  # the global image (last): its real patches (padding is below and right of them) in R x C regions
+                (k,) = ms[-1].nonzero(as_tuple=True)
+                rows, cols = k // wp, k % wp
+                out.append(region_means(hs[-1][k], rows, cols, int(rows.max()) + 1, int(cols.max()) + 1, grid))
+                continue
             if how == "global":  # the processor puts the global image last
                 hs, ms = hs[-1:], ms[-1:]
             if how == "max":

@@ -3,7 +3,10 @@
 Dynamic resolution: each image becomes a (t, h, w) grid of 14-px patches between the processor's
 min and max pixels, so images in a batch have different token counts; pooling splits the vision
 encoder's patch states by `image_grid_thw`. Features are the encoder's states before the patch
-merger (the merger is Qwen's connector into the language model). Positions are M-RoPE, computed by
+merger (the merger is Qwen's connector into the language model). The patches of an image come merge
+block by merge block (the processor's order: t, h/m, w/m, m, m for merge size m); a gridRxC pooling puts
+each back at its (row, column) and averages R x C regions of the h x w grid (Qwen2.5-VL's encoder returns
+the blocks in its window-attention order, which the pooling undoes first). Positions are M-RoPE, computed by
 the model from input_ids + image_grid_thw + mm_token_type_ids, so extending the prompt with a
 caption only needs mm_token_type_ids extended with text (0) entries.
 Default prompt as in the ViZer paper: system "You are a helpful assistant.", user: image +
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import VLM, Pooling
+from .base import VLM, Pooling, grid_shape, region_means
 
 
 class Qwen2VLM(VLM):
@@ -58,7 +61,20 @@ class Qwen2VLM(VLM):
 
     def pool(self, mm, inputs: dict, how: Pooling) -> torch.Tensor:
         h = mm.last_hidden_state  # [sum_i t*h*w, D_v] patch states of all images, image after image
-        parts = h.split(inputs["image_grid_thw"].prod(-1).tolist())
+        grid_thw = inputs["image_grid_thw"]
+        parts = h.split(grid_thw.prod(-1).tolist())
+        grid = grid_shape(how)
+        if grid:
+            vc = self.model.config.vision_config
+            m, out = vc.spatial_merge_size, []
+            for k, (part, (_, hh, ww)) in enumerate(zip(parts, grid_thw.tolist())):
+                if self.model.config.model_type == "qwen2_5_vl":  # its encoder returns the merge blocks in window order: undo it
+                    from transformers.vision_utils import get_vision_window_index
+
+                    order, _ = get_vision_window_index(grid_thw[k : k + 1], m, vc.window_size, vc.patch_size)
+                    part = part.view(-1, m * m, part.shape[-1])[torch.argsort(order.to(part.device))].flatten(0, 1)
+                out.append(region_means(part, *patch_positions(hh, ww, m, len(part), part.device), hh, ww, grid))
+            return torch.stack(out)
         return torch.stack([p.amax(0) if how == "max" else p.mean(0) for p in parts])  # "global" == mean: one view per image
 
     def extend_inputs(self, inputs: dict, ids: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -67,3 +83,11 @@ class Qwen2VLM(VLM):
         if "mm_token_type_ids" in inputs:
             kw["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids, dtype=inputs["mm_token_type_ids"].dtype)], 1)
         return kw
+
+
+def patch_positions(h: int, w: int, m: int, n: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) in the h x w patch grid of each of the n patches of one image (t frames of h*w patches), in
+    the processor's order: frame, block row, block column (blocks of m x m), row in block, column in block."""
+    k = torch.arange(n, device=device) % (h * w)
+    block, inner = k // (m * m), k % (m * m)
+    return (block // (w // m)) * m + inner // m, (block % (w // m)) * m + inner % m

@@ -44,8 +44,8 @@ from ..models.shared_vision import SharedVision
 from ..training.args import trainer_arguments
 from ..training.card import write_model_card
 from ..training.checkpoints import begin_run, last_checkpoint
-from ..training.progress import show_progress
 from ..training.hub import push_folder
+from ..training.progress import show_progress
 from ..utils import print0
 from .config import RLTrainConfig  # noqa: F401  (the CLI finds the config class here)
 

@@ -138,6 +138,8 @@ def run_study(recipe: Recipe, root: Path, dry_run: bool = False, until: str | No
         for st, ctx in steps:
             done = st.outputs(ctx) and all(p.exists() for p in st.outputs(ctx)) and not st.always_run
             print0(f"{'done  ' if done else 'to run'}  {st.name:<9} {'seed ' + str(ctx.seed) if ctx.seed is not None else 'all seeds'}")
+        if seeds:
+            print0("systems: " + ", ".join(next(iter(seeds.values())).systems))
         return {}
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(old, recipe.dump())

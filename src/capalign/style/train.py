@@ -49,8 +49,8 @@ from ..training import losses
 from ..training.args import trainer_arguments
 from ..training.card import write_model_card
 from ..training.checkpoints import begin_run, last_checkpoint
-from ..training.progress import show_progress
 from ..training.hub import push_folder
+from ..training.progress import show_progress
 from ..utils import print0, seed_everything
 from .config import StyleTrainConfig  # noqa: F401 (StyleTrainConfig: the CLI reads it here)
 

@@ -10,7 +10,9 @@ invented), all conditioned on the same image, as ViZer's training forward is. Pe
 - caption-to-image retrieval R@1 among groups of `group` images (default 100, chance 1/group): the
   mapped state of an image's correct caption is compared with the features of every image of its group
   (the states come from the caption's forward conditioned on its own image, as in training).
-Run it on GT and G mappers, raw (the paper) and centred (`mapper train --center`).
+Run it on GT and G mappers, raw (the paper) and centred (`mapper train --center`). Each mapper scores a
+caption by the objective it was trained with (mapper_meta.json / config.json; vizer/mapper.py
+`pair_loss`): 1 - cos for cosine and infonce, 1 - the token-to-region score for late interaction.
 
 Any other captioned set (`--corruptions text`, chosen by `auto` when the rows have no shapes-world
 `objects`): the image's first reference caption against free-text corruptions of it, each one rule-made
@@ -25,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .. import CapalignError
 from ..config import arg, save_config, show_config
@@ -111,11 +112,18 @@ def text_captions(pool, vocab, rng: random.Random, skipped: dict):
     return captions
 
 
+def _pad(rows: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(token states [L_i, D], weights [L_i]), ...] -> ([N, L, D], [N, L]), padded with weight 0."""
+    pad = torch.nn.utils.rnn.pad_sequence
+    return pad([h for h, _ in rows], batch_first=True), pad([w for _, w in rows], batch_first=True)
+
+
 @torch.no_grad()
-def caption_sets(vlm, source, captions_of, kinds, batch_size: int, examples: list | None = None):
+def caption_sets(vlm, source, captions_of, kinds, batch_size: int, examples: list | None = None, tokens: bool = False):
     """Per image: F_I [D_v] and pooled LM states [D_t] of its correct caption and of each corruption;
     `captions_of(record)` -> [(None, correct), (kind, corrupted), ...] ([] = leave the image out).
-    Returns (ids, features [N, D_v], correct states [N, D_t], {kind: (image index [M], states [M, D_t])})."""
+    Returns (ids, features [N, D_v], correct states [N, D_t], {kind: (image index [M], states [M, D_t])});
+    with `tokens`, each states is a pair (token states [N, L, D_t], weights [N, L]) instead."""
     ids, feats, correct, wrong = [], [], [], {k: ([], []) for k in kinds}
     with progress() as bar:
         task = bar.add_task("diagnose", total=source.num_known(), rate="")
@@ -129,7 +137,12 @@ def caption_sets(vlm, source, captions_of, kinds, batch_size: int, examples: lis
                 examples += [{"id": r.id, **{k or "correct": c for k, c in cs}} for r, cs in zip(recs, sets)][:5 - len(examples)]
             enc = vlm.encode([r.image for r in recs])
             rows = [(j, kind, c) for j, cs in enumerate(sets) for kind, c in cs]  # (image index in batch, kind or None, caption)
-            states = vlm.caption_states(vlm.select(enc, [j for j, _, _ in rows]), vlm.tokenize_captions([c for _, _, c in rows])).float().cpu()
+            sel, caps = vlm.select(enc, [j for j, _, _ in rows]), vlm.tokenize_captions([c for _, _, c in rows])
+            if tokens:
+                h, w = vlm.caption_token_states(sel, caps)
+                states = [(x[m > 0], m[m > 0]) for x, m in zip(h.float().cpu(), w.float().cpu())]  # each caption's own tokens
+            else:
+                states = vlm.caption_states(sel, caps).float().cpu()
             base = len(ids)
             for (j, kind, _), s in zip(rows, states):
                 if kind is None:
@@ -142,17 +155,19 @@ def caption_sets(vlm, source, captions_of, kinds, batch_size: int, examples: lis
             bar.update(task, advance=len(recs))
     if not ids:
         raise CapalignError(f"{source.name}: no image to diagnose" + (" (no readable image)" if source.skipped else ""))
-    wrong = {k: (torch.tensor(i, dtype=torch.long), torch.stack(s)) for k, (i, s) in wrong.items() if i}
+    stack = _pad if tokens else torch.stack
+    wrong = {k: (torch.tensor(i, dtype=torch.long), stack(s)) for k, (i, s) in wrong.items() if i}
     if not wrong:
         raise CapalignError(f"{source.name}: no caption could be corrupted by any of {', '.join(kinds)}; nothing to compare")
-    return ids, torch.cat(feats), torch.stack(correct), wrong
+    return ids, torch.cat(feats), stack(correct), wrong
 
 
 @torch.no_grad()
 def score_mapper(mapper, feats: torch.Tensor, correct: torch.Tensor, wrong: dict, group: int) -> dict:
-    """AUC per corruption kind (and over all pairs) and caption-to-image R@1 for one mapper."""
-    target = mapper.target(feats)  # [N, D_v]: F_I - c
-    loss = lambda idx, states: 1 - F.cosine_similarity(mapper(states), target[idx], dim=-1)  # noqa: E731
+    """AUC per corruption kind (and over all pairs) and caption-to-image R@1 for one mapper, each caption scored by
+    the mapper's `pair_loss` against its image. States: [N, D_t] pooled, or pairs (token states [N, L, D_t], weights)."""
+    split = lambda s: s if isinstance(s, tuple) else (s, None)  # noqa: E731
+    loss = lambda idx, states: mapper.pair_loss(split(states)[0], feats[idx], split(states)[1])  # noqa: E731
     good = loss(torch.arange(len(feats)), correct)  # [N]
     res, all_good, all_bad = {"auc": {}, "pairs": {}}, [], []
     for kind, (idx, states) in wrong.items():
@@ -163,11 +178,11 @@ def score_mapper(mapper, feats: torch.Tensor, correct: torch.Tensor, wrong: dict
     res["auc"]["all"] = auc(torch.cat(all_good), torch.cat(all_bad))
     res["pairs"]["all"] = sum(res["pairs"].values())
     # retrieval: each correct caption against the images of its group
-    mapped = F.normalize(mapper(correct), dim=-1)
-    tgt = F.normalize(target, dim=-1)
+    states, weights = split(correct)
     hits, n = 0, 0
     for s in range(0, len(feats) - group + 1, group):  # whole groups only, so chance is exactly 1/group
-        sim = mapped[s : s + group] @ tgt[s : s + group].T  # [G, G]
+        w = None if weights is None else weights[s : s + group]
+        sim = mapper.similarity_matrix(states[s : s + group], feats[s : s + group], w)  # [G, G]: caption i against image j
         hits += (sim.argmax(1) == torch.arange(group)).sum().item()
         n += group
     res["retrieval_r1"] = hits / n if n else None
@@ -188,37 +203,49 @@ def run(cfg: DiagnoseConfig) -> dict:
         if not meta.is_file():
             raise CapalignError(f"not a mapper folder (no mapper_meta.json): {m}; train one with `capalign mapper train`")
         metas.append(json.loads(meta.read_text()))
-    keys = {(m["pooling"], m.get("prompt")) for m in metas}
-    if len(keys) > 1:
-        raise CapalignError(f"the mappers were trained with different pooling/prompt settings {sorted(keys, key=str)}; diagnose them separately")
-    pooling, prompt = keys.pop()
     source = open_images(cfg.data, limit=cfg.limit)
-    mode, rng, skipped, examples = cfg.corruptions, random.Random(cfg.seed), {}, []
+    mode = cfg.corruptions
     if mode == "auto":
         first = next(iter(source.entries()), None)
         mode = "shapes" if first is not None and shapes_world(first.meta.get("objects")) else "text"
-    if mode == "shapes":
-        kinds, captions_of = CORRUPTIONS, shapes_captions(source, rng)
-    else:
+    if mode == "text":
         vocab = load_words(cfg.nouns, cfg.colours)
         rows = [(e.id, e.captions[0]) for e in source.entries() if e.captions]  # captions only: no image is decoded
         if not rows:
             raise CapalignError(f"{cfg.data}: no image has a caption; the text corruptions change each image's first reference caption")
-        kinds, skipped = TEXT_CORRUPTIONS, {k: 0 for k in (*TEXT_CORRUPTIONS, "no_caption")}
-        captions_of = text_captions(phrase_pool(rows, vocab), vocab, rng, skipped)
+        pool = phrase_pool(rows, vocab)
+
+    def corruptions():  # the same seed each time: every group of mappers sees the same captions
+        rng = random.Random(cfg.seed)
+        if mode == "shapes":
+            return CORRUPTIONS, shapes_captions(source, rng), {}
+        skipped = {k: 0 for k in (*TEXT_CORRUPTIONS, "no_caption")}
+        return TEXT_CORRUPTIONS, text_captions(pool, vocab, rng, skipped), skipped
+
+    kinds = corruptions()[0]
     print0(f"diagnose: {mode} corruptions ({', '.join(kinds)})")
-    vlm = load_vlm(cfg.model, device=cfg.device, dtype="float32", prompt=prompt or "", pooling=pooling)
-    ids, feats, correct, wrong = caption_sets(vlm, source, captions_of, kinds, cfg.batch_size, examples)
-    results = {}
+    groups: dict = {}  # mappers trained with other pooling or prompt settings see other features and states: one pass per setting
     for path, meta in zip(cfg.mappers, metas):
-        mapper = Mapper.from_pretrained(path).eval()
-        if mapper.net[0].in_features != correct.shape[1] or mapper.net[-1].out_features != feats.shape[1]:
-            raise CapalignError(f"mapper {path} maps {mapper.net[0].in_features}->{mapper.net[-1].out_features}, but {cfg.model} has "
-                                f"D_t={correct.shape[1]}, D_v={feats.shape[1]}; it was trained on another model")
-        r = score_mapper(mapper, feats, correct, wrong, cfg.group)
-        results[path] = {"variant": meta["variant"], "center": bool(meta.get("center")), **r}
-        print0(f"{path} ({meta['variant']}, {'centred' if meta.get('center') else 'raw'}): AUC "
-               + " ".join(f"{k} {v:.3f}" for k, v in r["auc"].items()) + f" | R@1 {r['retrieval_r1']} (chance {r['retrieval_chance']:.3f})")
+        groups.setdefault((meta["pooling"], meta.get("prompt")), []).append((path, meta))
+    results, examples = {}, []
+    for (pooling, prompt), members in groups.items():
+        kinds, captions_of, skipped = corruptions()
+        vlm = load_vlm(cfg.model, device=cfg.device, dtype="float32", prompt=prompt or "", pooling=pooling)
+        mappers = {path: Mapper.from_pretrained(path).eval() for path, _ in members}
+        tokens = any(m.objective == "late" for m in mappers.values())  # late interaction needs each token's state
+        ids, feats, correct, wrong = caption_sets(vlm, source, captions_of, kinds, cfg.batch_size, examples if not results else None, tokens=tokens)
+        d_t = (correct[0] if tokens else correct).shape[-1]
+        for path, meta in members:
+            mapper = mappers[path]
+            if mapper.in_dim != d_t or mapper.feature_dim != feats.shape[1]:
+                raise CapalignError(f"mapper {path} maps {mapper.in_dim}->{mapper.feature_dim}, but {cfg.model} has "
+                                    f"D_t={d_t}, features of {feats.shape[1]} ({pooling} pooling); it was trained on another model")
+            r = score_mapper(mapper, feats, correct, wrong, cfg.group)
+            results[path] = {"variant": meta["variant"], "center": bool(meta.get("center")), "objective": mapper.objective,
+                             "pooling": pooling, **r}
+            print0(f"{path} ({meta['variant']}, {mapper.objective}, {pooling}, {'centred' if meta.get('center') else 'raw'}): AUC "
+                   + " ".join(f"{k} {v:.3f}" for k, v in r["auc"].items()) + f" | R@1 {r['retrieval_r1']} (chance {r['retrieval_chance']:.3f})")
+    results = {p: results[p] for p in cfg.mappers}  # in the order given
     out = {"images": len(ids), "group": cfg.group, "mode": mode, "corruptions": list(kinds), "mappers": results, "examples": examples}
     if mode == "text":
         out.update(skipped=skipped, words=vocab.source)

@@ -2,7 +2,8 @@
 
 For each image: the pooled vision-encoder feature F_I [D_v] and the pooled last hidden state of the
 language model over one caption [D_t] (variant gt: a human caption from the data; variant g: the
-model's own greedy caption). The cache key covers everything that changes the numbers (model,
+model's own greedy caption); with `tokens`, the state at each caption token instead [N, L, D_t] and the
+weights that pool them [N, L] (late-interaction mappers). The cache key covers everything that changes the numbers (model,
 adapter, prompt, pooling, variant, data, sample count, seed, generation length), so sweeps over mapper
 widths and sizes reuse one pass of the VLM: a smaller sample count reads a prefix of a larger cache.
 """
@@ -40,25 +41,28 @@ def _find_cached(cache_dir: Path, parts: dict, samples: int) -> Path | None:
 
 @torch.no_grad()
 def collect_features(vlm, data: str, variant: str, samples: int, cache_dir: str | Path, model_id: str, batch_size: int = 32,
-                     max_new_tokens: int = 32, seed: int = 0) -> dict:
-    """Return {"ids", "captions", "image_features" [N, D_v], "text_states" [N, D_t]}, from cache if possible."""
+                     max_new_tokens: int = 32, seed: int = 0, tokens: bool = False) -> dict:
+    """Return {"ids", "captions", "image_features" [N, D_v], "text_states" [N, D_t]} (tokens: text_states
+    [N, L, D_t] and "token_weights" [N, L]), from cache if possible."""
     if variant not in ("gt", "g"):
         raise CapalignError(f"variant must be gt (human captions) or g (the model's own captions), got {variant!r}")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     parts = dict(model=model_id, prompt=vlm.prompt, pooling=vlm.pooling, variant=variant, data=str(data), seed=seed,
                  max_new_tokens=max_new_tokens if variant == "g" else None)
+    if tokens:  # only then: the caches of pooled states keep their keys
+        parts["tokens"] = True
     hit = _find_cached(cache_dir, parts, samples)
     if hit is not None:
         meta = json.loads(hit.with_suffix(".json").read_text())
         t = load_file(hit)
         print0(f"features: {samples} rows from cache {hit.name}")
         return {"ids": meta["ids"][:samples], "captions": meta["captions"][:samples],
-                "image_features": t["image_features"][:samples], "text_states": t["text_states"][:samples]}
+                **{k: v[:samples] for k, v in t.items()}}
 
     source = open_images(data, limit=samples, default_split="train")  # a Karpathy file or HF dataset: its train split
     rng = random.Random(seed)
-    ids, captions, feats, states, no_caption, seen = [], [], [], [], 0, 0
+    ids, captions, feats, states, weights, no_caption, seen = [], [], [], [], [], 0, 0
     vlm.model.eval()
     with progress() as bar:
         task = bar.add_task(f"features ({variant})", total=source.num_known(), rate="")
@@ -74,7 +78,12 @@ def collect_features(vlm, data: str, variant: str, samples: int, cache_dir: str 
                 caps = vlm.tokenize_captions([rng.choice(r.captions) for r in recs])
             else:
                 caps = vlm.generate(enc, max_new_tokens=max_new_tokens)
-            states.append(vlm.caption_states(enc, caps).float().cpu())
+            if tokens:
+                h, w = vlm.caption_token_states(enc, caps)
+                states += list(h.float().cpu())
+                weights += list(w.float().cpu())
+            else:
+                states.append(vlm.caption_states(enc, caps).float().cpu())
             feats.append(enc.features.float().cpu())
             ids += [r.id for r in recs]
             captions += caps.texts
@@ -83,11 +92,16 @@ def collect_features(vlm, data: str, variant: str, samples: int, cache_dir: str 
         raise CapalignError(f"no usable (image, caption) pairs in {data}" + (" (variant gt needs captions)" if variant == "gt" else ""))
     if source.skipped or no_caption > 0:
         print0(f"features: skipped {len(source.skipped)} unreadable images" + (f", {no_caption} images without captions" if no_caption > 0 else ""))
-    out = {"ids": ids, "captions": captions, "image_features": torch.cat(feats), "text_states": torch.cat(states)}
+    out = {"ids": ids, "captions": captions, "image_features": torch.cat(feats)}
+    if tokens:  # batches differ in caption length: pad to the longest (weight 0)
+        out["text_states"] = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
+        out["token_weights"] = torch.nn.utils.rnn.pad_sequence(weights, batch_first=True)
+    else:
+        out["text_states"] = torch.cat(states)
     key = cache_key(**parts, rows=len(ids))
     path = cache_dir / f"features-{key}.safetensors"
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"image_features": out["image_features"].contiguous(), "text_states": out["text_states"].contiguous()}, str(tmp))
+    save_file({k: v.contiguous() for k, v in out.items() if isinstance(v, torch.Tensor)}, str(tmp))
     tmp.replace(path)
     entries = seen + len(source.skipped)
     complete = entries < samples  # the data ran out: any sample count >= entries reads exactly this data

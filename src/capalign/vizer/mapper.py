@@ -9,6 +9,15 @@ common component (cosines between different images ~0.99), which leaves the pape
 almost no signal to fit (docs/results/vizer-history.md has the measurements). Saved with huggingface_hub's PyTorchModelHubMixin: safetensors + config.json,
 `Mapper.from_pretrained(path)`.
 
+Objectives (`--objective`, saved in config.json and mapper_meta.json, so `vizer train`'s reward and `vizer
+diagnose` score a mapper the way it was trained; a mapper saved without one is the paper's):
+- cosine (the paper, default): per pair 1 - cos(F_I - c, h(mean of the caption's token states));
+- infonce: the pooled caption's h against every image of the batch, softmax over cos / temperature, both
+  directions (CLIP); a pair scores cos(F_I - c, h(...)), the logit the softmax compares;
+- late (token-to-region late interaction, FILIP / ColBERT): each caption token's state is mapped on its
+  own and matched to its best region (max cosine), averaged over the caption's tokens; the regions are
+  the pooling's (gridRxC: R*C regions; mean: one, the whole image). Loss 1 - that score.
+
 `capalign mapper train` fits h on cached frozen-model features. Variant gt pairs each image with a human caption, variant g with the model's own greedy caption
 (truly zero-label). The VLM runs once per (model, data, variant) thanks to the feature cache; the
 MLP itself trains in seconds. Held-out cosine is measured on a seeded split of the pairs.
@@ -27,20 +36,30 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from .. import CapalignError
 from ..config import arg, config_dict, save_config, show_config
 from ..io import atomic_write_json
+from ..models.base import grid_shape, masked_mean
 from ..training.card import write_model_card
 from ..training.hub import PUBLIC_HELP, PUSH_HELP, hub_token, push_folder
 from ..training.tracking import REPORT_HELP, Tracker, check_report_to
 from ..utils import print0, progress, seed_everything
 from .features import collect_features
 
+OBJECTIVES = ("cosine", "infonce", "late")
+
 
 class Mapper(nn.Module, PyTorchModelHubMixin, library_name="capalign", tags=["vizer-mapper"]):
-    def __init__(self, in_dim: int, out_dim: int, width: int = 256, depth: int = 2):
+    def __init__(self, in_dim: int, out_dim: int, width: int = 256, depth: int = 2, objective: str = "cosine",
+                 temperature: float = 0.07, regions: int = 1):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        if temperature <= 0 or regions < 1 or (regions > 1 and objective != "late"):
+            raise ValueError(f"need temperature > 0 and regions >= 1 (> 1 only for objective late), got {temperature}, {regions}")
+        self.objective, self.temperature, self.regions = objective, temperature, regions
         dims = [in_dim] + [width] * (depth - 1) + [out_dim]
         layers: list[nn.Module] = []
         for i in range(depth):
@@ -48,7 +67,16 @@ class Mapper(nn.Module, PyTorchModelHubMixin, library_name="capalign", tags=["vi
             if i < depth - 1:
                 layers.append(nn.GELU())
         self.net = nn.Sequential(*layers)
-        self.register_buffer("feature_mean", torch.zeros(out_dim))  # c; zero = the paper's raw cosine
+        self.register_buffer("feature_mean", torch.zeros(out_dim * regions))  # c; zero = the paper's raw cosine
+
+    @property
+    def in_dim(self) -> int:
+        return self.net[0].in_features
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the image features it is compared with (regions x h's output for late interaction)."""
+        return self.net[-1].out_features * self.regions
 
     def target(self, features: torch.Tensor) -> torch.Tensor:
         """What h's output is compared with: F_I - c. [B, D_v]"""
@@ -57,10 +85,53 @@ class Mapper(nn.Module, PyTorchModelHubMixin, library_name="capalign", tags=["vi
     def forward(self, states: torch.Tensor) -> torch.Tensor:  # [B, D_t] -> [B, D_v]
         return self.net(states)
 
+    def similarity(self, states: torch.Tensor, features: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """[N] score of caption k against image k (higher = more alike): cos(F_I - c, h(pooled states)), or, for
+        late, the mean over tokens of the best region's cosine. states: pooled [N, D_t], or token states
+        [N, L, D_t] with `weights` [N, L] (pooled by them, as VLM.caption_states does, unless late)."""
+        target = self.target(features)  # [N, F]
+        if self.objective != "late":
+            pooled = masked_mean(states, weights) if states.dim() == 3 else states
+            return F.cosine_similarity(target, self(pooled.float()), dim=-1)
+        if states.dim() == 2:  # a pooled caption: one token
+            states, weights = states[:, None], torch.ones(len(states), 1, device=states.device)
+        mapped = F.normalize(self(states.float()), dim=-1)  # [N, L, D_v]
+        regions = F.normalize(target.view(len(target), self.regions, -1), dim=-1)  # [N, R, D_v]
+        best = (mapped @ regions.transpose(1, 2)).amax(-1)  # [N, L]: each token's best region
+        return masked_mean(best[..., None], weights.float())[:, 0]
 
-def cosine_loss(features: torch.Tensor, mapped: torch.Tensor) -> torch.Tensor:
-    """ViZer's loss: mean over the batch of 1 - cos(F_I, M(x)). [B, D_v] x [B, D_v] -> scalar."""
-    return (1 - F.cosine_similarity(features.float(), mapped.float(), dim=-1)).mean()
+    def similarity_matrix(self, states: torch.Tensor, features: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, M] score of caption i against image j (the retrieval of `vizer diagnose`); its diagonal is `similarity`."""
+        target = self.target(features)  # [M, F]
+        if self.objective != "late":
+            pooled = masked_mean(states, weights) if states.dim() == 3 else states
+            return F.normalize(self(pooled.float()), dim=-1) @ F.normalize(target, dim=-1).T
+        if states.dim() == 2:
+            states, weights = states[:, None], torch.ones(len(states), 1, device=states.device)
+        mapped = F.normalize(self(states.float()), dim=-1)  # [N, L, D_v]
+        regions = F.normalize(target.view(len(target), self.regions, -1), dim=-1)  # [M, R, D_v]
+        best = torch.einsum("nld,mrd->nmlr", mapped, regions).amax(-1)  # [N, M, L]
+        w = weights.float()[:, None, :]
+        return (best * w).sum(-1) / w.sum(-1).clamp(min=1)
+
+    def pair_loss(self, states: torch.Tensor, features: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """[N] per-caption loss `vizer diagnose` ranks captions by: 1 - similarity."""
+        return 1 - self.similarity(states, features, weights)
+
+    def loss(self, states: torch.Tensor, features: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The objective over a batch (mapper training, and ViZer's reward with h frozen): scalar."""
+        if self.objective != "infonce":
+            return self.pair_loss(states, features, weights).mean()
+        pooled = masked_mean(states, weights) if states.dim() == 3 else states
+        return infonce_loss(self.target(features), self(pooled.float()), self.temperature)
+
+
+def infonce_loss(features: torch.Tensor, mapped: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP) over a batch: logits cos(mapped_i, features_j) / temperature, pair i the
+    positive of row i and of column i; the mean of the two cross-entropies. [B, D] x [B, D] -> scalar."""
+    logits = F.normalize(mapped.float(), dim=-1) @ F.normalize(features.float(), dim=-1).T / temperature
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 @dataclass
@@ -80,7 +151,12 @@ class MapperTrainConfig:
     weight_decay: float = arg(0.01, "AdamW weight decay.")
     val_fraction: float = arg(0.1, "Share of pairs held out for the reported cosine.")
     center: bool = arg(False, "Compare with F_I minus the mean training feature (not in the paper; see docs/vizer.md).")
-    pooling: str = arg("mean", "Vision feature pooling over patches: mean, global (SmolVLM global image only) or max.")
+    pooling: str = arg("mean", "Vision feature pooling over patches: mean, global (SmolVLM global image only), max, or gridRxC "
+                               "(grid1x3, grid2x2: R x C regions of the patch grid, their means concatenated, or matched per region by "
+                               "--objective late).")
+    objective: str = arg("cosine", "cosine (the paper: 1 - cos with F_I), infonce (contrastive over the batch, --temperature) or late "
+                                   "(each caption token matched to its best region, averaged over tokens); vizer train and diagnose use it.")
+    temperature: float = arg(0.07, "InfoNCE temperature (objective infonce).")
     prompt: str = arg(None, "Caption prompt override (default: the family's; '' for none).")
     max_new_tokens: int = arg(32, "Caption length for variant g.")
     feature_batch_size: int = arg(32, "Images per VLM batch when computing features.")
@@ -102,22 +178,38 @@ class MapperTrainConfig:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must be in (0, 1)")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        grid_shape(self.pooling)  # an unknown pooling: one clear error before the model loads
 
 
 def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int = 2, epochs: int = 1, batch_size: int = 64,
                lr: float = 1e-3, weight_decay: float = 0.01, val_fraction: float = 0.1, seed: int = 0,
-               center: bool = False, desc: str | None = None, on_step: Callable[[int, float], None] | None = None) -> tuple[Mapper, dict]:
-    """Train h on ([N, D_t] states, [N, D_v] features); returns the mapper and train/held-out cosines.
+               center: bool = False, objective: str = "cosine", temperature: float = 0.07, regions: int = 1,
+               weights: torch.Tensor | None = None, desc: str | None = None,
+               on_step: Callable[[int, float], None] | None = None) -> tuple[Mapper, dict]:
+    """Train h on ([N, D_t] states, or [N, L, D_t] token states with [N, L] weights, and [N, F] features);
+    returns the mapper and train/held-out scores (cosine for cosine/infonce, the late score for late).
     `desc`: show progress (utils.progress) under this name; `on_step(step, loss)` after each optimizer step (the tracker of --report_to)."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(states), generator=g)
     n_val = max(1, int(round(val_fraction * len(states)))) if len(states) > 1 else 0
     val, tr = perm[:n_val], perm[n_val:]
     torch.manual_seed(seed)
-    mapper = Mapper(states.shape[1], feats.shape[1], width=width, depth=depth)
+    if objective == "late":
+        if feats.shape[1] % regions:
+            raise CapalignError(f"features of width {feats.shape[1]} do not split into {regions} regions")
+        mapper = Mapper(states.shape[-1], feats.shape[1] // regions, width=width, depth=depth, objective=objective,
+                        temperature=temperature, regions=regions)
+    else:
+        if states.dim() == 3:
+            states, weights = masked_mean(states, weights), None
+        mapper = Mapper(states.shape[-1], feats.shape[1], width=width, depth=depth, objective=objective, temperature=temperature)
+    w_of = (lambda idx: None) if weights is None else (lambda idx: weights[idx])  # noqa: E731
     if center:
         mapper.feature_mean.copy_(feats[tr].mean(0))
-    feats = mapper.target(feats)  # [N, D_v]: F_I - c
     opt = torch.optim.AdamW(mapper.parameters(), lr=lr, weight_decay=weight_decay)
     step = 0
     with progress(disable=desc is None) as bar:
@@ -126,7 +218,7 @@ def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int
             order = tr[torch.randperm(len(tr), generator=g)]
             for i in range(0, len(order), batch_size):
                 b = order[i : i + batch_size]
-                loss = cosine_loss(feats[b], mapper(states[b]))
+                loss = mapper.loss(states[b], feats[b], w_of(b))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -136,10 +228,16 @@ def fit_mapper(states: torch.Tensor, feats: torch.Tensor, width: int, depth: int
                     on_step(step, loss.item())
     mapper.eval()
     with torch.no_grad():
-        cos = lambda idx: F.cosine_similarity(mapper(states[idx]), feats[idx], dim=-1).mean().item() if len(idx) else float("nan")  # noqa: E731
+        cos = lambda idx: mapper.similarity(states[idx], feats[idx], w_of(idx)).mean().item() if len(idx) else float("nan")  # noqa: E731
         # baseline: the mean training feature (what a mapper that ignores the caption would predict)
-        mean_feat = feats[tr].mean(0, keepdim=True)
-        base = F.cosine_similarity(mean_feat.expand(len(val), -1), feats[val], dim=-1).mean().item() if len(val) else float("nan")
+        target = mapper.target(feats)
+        mean_feat = target[tr].mean(0, keepdim=True)
+        if mapper.objective == "late":  # every token mapped to the mean region: its best region's cosine
+            per_region = target.view(len(target), mapper.regions, -1)  # [N, R, D_v]
+            mean_feat = per_region[tr].mean((0, 1))
+            base = F.cosine_similarity(mean_feat, per_region[val], dim=-1).amax(-1).mean().item() if len(val) else float("nan")
+        else:
+            base = F.cosine_similarity(mean_feat.expand(len(val), -1), target[val], dim=-1).mean().item() if len(val) else float("nan")
         stats = {"train_cos": cos(tr), "val_cos": cos(val), "val_cos_mean_feature_baseline": base, "n_train": len(tr), "n_val": len(val)}
         # a mapper that does not beat the caption-blind prediction has learnt nothing its reward could use
         stats["beats_mean_feature_baseline"] = bool(stats["val_cos"] > base) if len(val) else None
@@ -155,28 +253,32 @@ def run(cfg: MapperTrainConfig) -> dict:
     seed_everything(cfg.seed)
     vlm = load_vlm(cfg.model, device=cfg.device, dtype=cfg.dtype, prompt=cfg.prompt, pooling=cfg.pooling)
     cache = cfg.cache_dir or str(Path(cfg.out) / "feature-cache")  # under --out unless asked: never beside it
+    late = cfg.objective == "late"
     data = collect_features(vlm, cfg.data, cfg.variant, cfg.samples, cache, model_id=str(cfg.model), batch_size=cfg.feature_batch_size,
-                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, tokens=late)
+    r, c = grid_shape(vlm.pooling) or (1, 1)
     tracker = Tracker(cfg.report_to, cfg.out, "mapper", config_dict(cfg))
     mapper, stats = fit_mapper(data["text_states"], data["image_features"], cfg.width, cfg.depth, cfg.epochs, cfg.batch_size,
-                               cfg.lr, cfg.weight_decay, cfg.val_fraction, cfg.seed, cfg.center, desc=f"mapper {cfg.variant}",
-                               on_step=lambda step, loss: tracker.log({"train/loss": loss}, step))
+                               cfg.lr, cfg.weight_decay, cfg.val_fraction, cfg.seed, cfg.center, objective=cfg.objective,
+                               temperature=cfg.temperature, regions=r * c if late else 1, weights=data.get("token_weights"),
+                               desc=f"mapper {cfg.variant}", on_step=lambda step, loss: tracker.log({"train/loss": loss}, step))
     tracker.close()
     out = Path(cfg.out)
     mapper.save_pretrained(out)
     meta = {"variant": cfg.variant, "model": cfg.model, "pooling": vlm.pooling, "prompt": vlm.prompt, "samples": len(data["ids"]),
-            "width": cfg.width, "depth": cfg.depth, "center": cfg.center, **stats}
+            "width": cfg.width, "depth": cfg.depth, "center": cfg.center, "objective": cfg.objective,
+            "temperature": cfg.temperature, "regions": mapper.regions, **stats}
     atomic_write_json(out / "mapper_meta.json", meta)
     save_config(cfg, out)
     write_model_card(out, title=f"ViZer mapper ({cfg.variant}) of {cfg.model}", base_model=cfg.model, tags=("vizer", "vizer-mapper"),
                      method=f"The ViZer mapper h: a depth-{cfg.depth}, width-{cfg.width} MLP from the VLM's caption states to its pooled "
-                            f"({vlm.pooling}) vision features, trained with the cosine loss; variant {cfg.variant} "
+                            f"({vlm.pooling}) vision features, trained with the {cfg.objective} objective; variant {cfg.variant} "
                             + ("(human captions)." if cfg.variant == "gt" else "(the model's own greedy captions)."),
                      data=f"{len(data['ids'])} (image, caption) pairs from `{cfg.data}`; {cfg.val_fraction:.0%} held out for the cosine.",
                      config=config_dict(cfg), metrics=stats,
                      usage=f"The frozen reward of `capalign vizer train --model {cfg.model} --mapper THIS_FOLDER --images IMAGES --out ADAPTER`; "
                            "load it in Python with `capalign.vizer.mapper.Mapper.from_pretrained(THIS_FOLDER)` (safetensors + config.json).")
-    print0(f"mapper ({cfg.variant}, w={cfg.width}, n={len(data['ids'])}): held-out cos {stats['val_cos']:.4f} "
+    print0(f"mapper ({cfg.variant}, {cfg.objective}, w={cfg.width}, n={len(data['ids'])}): held-out cos {stats['val_cos']:.4f} "
            f"(train {stats['train_cos']:.4f}; mean-feature baseline {stats['val_cos_mean_feature_baseline']:.4f})")
     if stats["beats_mean_feature_baseline"] is False:
         print0(f"[yellow]warning: the mapper does not beat the mean-feature baseline (held-out cos {stats['val_cos']:.4f} <= "

@@ -5,7 +5,9 @@ Each step, for a batch of *unlabeled* images (this command never reads captions)
   2. generate captions from the encoded batch (eval mode, no grad; greedy by default)
   3. forward image + prompt + caption through the language model (train mode, LoRA active, reusing
      the step-1 image embeddings), pool the caption tokens' last hidden states        [B, D_t]
-  4. map them with the frozen mapper and minimise 1 - cos(F_I, h(states)); only LoRA is updated.
+  4. map them with the frozen mapper and minimise 1 - cos(F_I, h(states)); only LoRA is updated (or the
+     mapper's own objective, recorded when it was trained: InfoNCE over the batch, or token-to-region
+     late interaction on the caption's token states; vizer/mapper.py).
 Each step's history row (vizer_result.json) has its loss, cos and the degeneracy shares of the step-2 captions
 (degenerate_empty/nonword/repeat/distinct: metrics/degenerate.py, the keys of the RL history).
 F_I comes from the same single vision pass as the prompt embeddings (the vision tower and connector
@@ -52,7 +54,7 @@ from ..training.card import write_model_card
 from ..training.checkpoints import begin_run, last_checkpoint, rotate
 from ..training.hub import push_folder
 from ..utils import print0, progress, seed_everything
-from .mapper import Mapper, cosine_loss
+from .mapper import Mapper
 
 PROGRESS = "progress.json"  # written last into a checkpoint: step and loss history (its completeness marker)
 
@@ -95,11 +97,13 @@ class VizerObjective(nn.Module):
         self._vlm = vlm
 
     def forward(self, enc, caps):
-        states = self._vlm.caption_states(enc, caps)  # [B, D_t]
-        mapped = self.mapper(states.float())  # [B, D_v]
-        target = self.mapper.target(enc.features)  # F_I - c (c = 0 unless the mapper was trained centred)
-        cos = nn.functional.cosine_similarity(mapped, target, dim=-1)
-        return cosine_loss(target, mapped), cos.detach().mean()
+        if self.mapper.objective == "late":  # [B, L, D_t] token states and their weights
+            states, weights = self._vlm.caption_token_states(enc, caps)
+        else:
+            states, weights = self._vlm.caption_states(enc, caps), None  # [B, D_t]
+        # the mapper's objective against F_I - c (c = 0 unless the mapper was trained centred)
+        loss = self.mapper.loss(states, enc.features, weights)
+        return loss, self.mapper.similarity(states, enc.features, weights).detach().mean()
 
 
 def run(cfg: VizerTrainConfig) -> dict:
@@ -123,9 +127,9 @@ def run(cfg: VizerTrainConfig) -> dict:
     meta = json.loads(meta_path.read_text())
     vlm = load_vlm(cfg.model, device=str(acc.device), dtype=prec.weights, prompt=meta.get("prompt") or "", pooling=meta["pooling"])
     mapper = Mapper.from_pretrained(cfg.mapper).to(acc.device).eval().requires_grad_(False)
-    if mapper.net[0].in_features != vlm.text_hidden_size or mapper.net[-1].out_features != vlm.vision_hidden_size:
-        raise CapalignError(f"mapper {cfg.mapper} maps {mapper.net[0].in_features}->{mapper.net[-1].out_features} but the model has "
-                            f"D_t={vlm.text_hidden_size}, D_v={vlm.vision_hidden_size}; train the mapper on this model")
+    if mapper.in_dim != vlm.text_hidden_size or mapper.feature_dim != vlm.feature_size:
+        raise CapalignError(f"mapper {cfg.mapper} maps {mapper.in_dim}->{mapper.feature_dim} but the model has "
+                            f"D_t={vlm.text_hidden_size}, features of {vlm.feature_size}; train the mapper on this model")
 
     vlm.model.requires_grad_(False)
     peft_model = get_peft_model(vlm.model, cfg.peft_config(vlm))  # injects LoRA into vlm.model in place

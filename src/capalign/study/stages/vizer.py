@@ -6,10 +6,15 @@ the adapter at every count (`capalign vizer train --export_steps`): the learning
 warmup and the image order does not depend on the total, so the snapshot at k steps is exactly the
 adapter of a k-step run (tested), and the Base and mappers are shared by every point. Each point is a
 system `ViZer_<V>@<k>` (`ViZer_<V>_sampled@<k>` for sampled training captions: `sampling: [greedy, sampled]`).
+
+Mappers beyond the paper's: `mapper.extra: {late: {variant: gt, objective: late, pooling: grid1x3}}` trains one
+more mapper per name (the section's settings with these on top) into mappers/<name>; ViZer then trains with it
+too (system `ViZer_<name>`, the name as written), its reward the objective the mapper was trained with.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +36,27 @@ def as_list(value, cast=str) -> list:
 @dataclass
 class MapperOptions:
     variants: list[str] = arg(["gt", "g"], "Mappers to train: gt (human captions of the mapper split), g (the Base's own captions).")
+    extra: dict | None = arg(None, "More mappers, {name: {mapper train fields}} on top of this section's, e.g. {late: {variant: gt, "
+                                   "objective: late, pooling: grid1x3}}: mappers/<name>, and a ViZer system ViZer_<name>.")
 
     def __post_init__(self):
         self.variants = as_list(self.variants)
         bad = [v for v in self.variants if v not in ("gt", "g")]
         if bad or not self.variants or len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants must be a non-empty subset of [gt, g], got {self.variants}")
+        self.extra = self.extra or {}
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a mapping {{name: {{field: value}}}}, got {self.extra!r}")
+        for name, spec in self.extra.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", str(name)) or name in ("gt", "g"):
+                raise ValueError(f"extra mapper name {name!r}: letters, digits and _ (starting with a letter), not gt or g")
+            if not isinstance(spec, dict) or spec.get("variant", "gt") not in ("gt", "g"):
+                raise ValueError(f"extra.{name} must be a mapping of mapper train fields with variant gt or g, got {spec!r}")
+
+    def mappers(self) -> dict[str, tuple[str, dict]]:
+        """Every mapper of the section: name -> (variant, settings over the section's)."""
+        extra = {n: (spec.get("variant", "gt"), {k: v for k, v in spec.items() if k != "variant"}) for n, spec in self.extra.items()}
+        return {**{v: (v, {}) for v in self.variants}, **extra}
 
 
 class MapperStage(Stage):
@@ -44,20 +64,30 @@ class MapperStage(Stage):
     command, owned, options = mapper_mod.MapperTrainConfig, ("model", "data", "out", "variant", "seed", "cache_dir"), MapperOptions
     needs = ("base", "data")
 
+    def validate(self, section: dict, where: str) -> None:
+        super().validate(section, where)
+        allowed = set(self.fields()) - {f.name for f in MapperOptions.__dataclass_fields__.values()}
+        for name, (_, over) in self.opts(section, where).mappers().items():
+            bad = sorted(set(over) - allowed)
+            if bad:
+                raise CapalignError(f"{where}: mapper.extra.{name}: unknown or study-set field(s) {', '.join(bad)}")
+            self.command_config(None, {**section, **over}, f"{where}: mapper.extra.{name}", model="x", data="x", out="x")
+
     def publish(self, ctx: Context) -> None:
         if "mapper" not in ctx.data:
             raise CapalignError("stage mapper needs data.mapper (mapper images) in the recipe")
-        for v in self.opts(self.section(ctx)).variants:
-            ctx.mappers[v] = ctx.root / layout.mapper_dir(ctx.seed, v)
+        for name in self.opts(self.section(ctx)).mappers():
+            ctx.mappers[name] = ctx.root / layout.mapper_dir(ctx.seed, name)
 
     def outputs(self, ctx: Context) -> list[Path]:
-        return [ctx.mappers[v] / "mapper_meta.json" for v in self.opts(self.section(ctx)).variants]
+        return [ctx.mappers[n] / "mapper_meta.json" for n in self.opts(self.section(ctx)).mappers()]
 
     def run(self, ctx: Context) -> None:
-        for v in self.opts(self.section(ctx)).variants:
-            if not (ctx.mappers[v] / "mapper_meta.json").exists():
-                mapper_mod.run(self.command_config(ctx, model=ctx.model, data=ctx.data["mapper"], out=str(ctx.mappers[v]), variant=v,
-                                                   seed=ctx.seed, cache_dir=str(ctx.root / layout.feature_cache(ctx.seed))))
+        for name, (v, over) in self.opts(self.section(ctx)).mappers().items():
+            if not (ctx.mappers[name] / "mapper_meta.json").exists():
+                mapper_mod.run(self.command_config(ctx, {**self.section(ctx), **over}, model=ctx.model, data=ctx.data["mapper"],
+                                                   out=str(ctx.mappers[name]), variant=v, seed=ctx.seed,
+                                                   cache_dir=str(ctx.root / layout.feature_cache(ctx.seed))))
 
 
 @dataclass
@@ -104,7 +134,7 @@ class VizerStage(Stage):
         steps = self.opts(self.section(ctx)).steps or []
         for arm, v, sampled in self.arms(ctx):
             d = ctx.root / layout.vizer_dir(ctx.seed, arm)
-            label = "ViZer_" + v.upper() + ("_sampled" if sampled else "")
+            label = "ViZer_" + (v.upper() if v in ("gt", "g") else v) + ("_sampled" if sampled else "")
             if len(steps) > 1:
                 names = [f"{label}@{k}" for k in steps]
                 ctx.systems.update({n: d / f"step-{k}" for n, k in zip(names, steps)})
