@@ -89,7 +89,7 @@ def images(n: int):
     return [Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def estimate_parts(path: Path, kind: str, dtype: str, tokens: int, judge: Path | None) -> dict:
+def estimate_parts(path: Path, kind: str, dtype: str, tokens: int, judge: Path | None, checkpointing: bool = False) -> dict:
     """Bytes per component from capalign.study.estimate's formulas, at `dtype` (its formulas assume bf16)."""
     from capalign.study.estimate import Costs, model_facts
 
@@ -102,7 +102,7 @@ def estimate_parts(path: Path, kind: str, dtype: str, tokens: int, judge: Path |
              "kv_cache": c.kv_bytes(seq, 2 if kind == "grpo" else n_img) * wb / 2, "judge_weights": 0}
     if kind in ("vizer", "dpo", "grpo"):
         parts["lora_adamw"] = 16 * c.lora_params(LORA_R)
-        parts["activations"] = c.train_act_bytes(seq, 1 if kind == "vizer" else 2, checkpointing=kind != "dpo") * wb / 2
+        parts["activations"] = c.train_act_bytes(seq, 1 if kind == "vizer" else 2, checkpointing=checkpointing) * wb / 2
     if kind == "grpo" and judge is not None:
         jf = model_facts(str(judge), judge.parent, (640, 480))
         parts["judge_weights"] = wb * jf["total"]
@@ -110,7 +110,7 @@ def estimate_parts(path: Path, kind: str, dtype: str, tokens: int, judge: Path |
     return parts
 
 
-def child(name: str, cache: Path, dtype: str, tokens: int) -> dict:
+def child(name: str, cache: Path, dtype: str, tokens: int, attn: str = "sdpa", checkpointing: str = "recipe") -> dict:
     import torch
 
     from capalign.models import load_vlm
@@ -121,10 +121,10 @@ def child(name: str, cache: Path, dtype: str, tokens: int) -> dict:
     kind, key = name.split("/")
     dev = "cuda" if torch.cuda.is_available() and dtype != "float32" else "cpu"
     t0 = time.perf_counter()
-    vlm = load_vlm(str(cache / key), device=dev, dtype=dtype)
+    vlm = load_vlm(str(cache / key), device=dev, dtype=dtype, attn_implementation=attn)
     vlm.model.generation_config.min_new_tokens = tokens  # exactly `tokens` new tokens (random weights stop anywhere)
     load_s = time.perf_counter() - t0
-    n_img = 2 if kind in ("caption", "mapper") else 1
+    n_img, ckpt = (2 if kind in ("caption", "mapper") else 1), False
     imgs = images(n_img)
     t0 = time.perf_counter()
     enc = vlm.encode(imgs)
@@ -140,7 +140,8 @@ def child(name: str, cache: Path, dtype: str, tokens: int) -> dict:
 
         vlm.model.requires_grad_(False)
         peft = get_peft_model(vlm.model, lora_config(vlm, r=LORA_R))
-        if kind != "dpo":  # the vizer and rl recipes set gradient_checkpointing: true; style has none
+        ckpt = kind != "dpo" if checkpointing == "recipe" else checkpointing == "on"
+        if ckpt:  # recipe: the vizer and rl recipes set gradient_checkpointing: true; style has none
             vlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         opt = torch.optim.AdamW([p for p in vlm.model.parameters() if p.requires_grad], lr=1e-5)
         if kind == "vizer":
@@ -181,11 +182,13 @@ def child(name: str, cache: Path, dtype: str, tokens: int) -> dict:
             "new_tokens": tokens, "images": n_img, "image_tokens_per_image": img_tok, "measured_peak_bytes": peak,
             "rss_before_load_bytes": base_rss,
             "allocator_peak_bytes": torch.cuda.max_memory_allocated() if dev == "cuda" else None,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "attn": attn,
+            "gradient_checkpointing": ckpt if kind in ("vizer", "dpo", "grpo") else None}
 
 
-def run_one(name: str, cache: Path, dtype: str, tokens: int, quick: bool) -> dict:
-    cmd = [sys.executable, __file__, "--_child", name, "--cache", str(cache), "--dtype", dtype, "--tokens", str(tokens)]
+def run_one(name: str, cache: Path, dtype: str, tokens: int, quick: bool, attn: str = "sdpa", checkpointing: str = "recipe") -> dict:
+    cmd = [sys.executable, __file__, "--_child", name, "--cache", str(cache), "--dtype", dtype, "--tokens", str(tokens),
+           "--attn", attn, "--checkpointing", checkpointing]
     p = subprocess.run(cmd, capture_output=True, text=True)
     lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     if p.returncode or not lines:
@@ -194,7 +197,7 @@ def run_one(name: str, cache: Path, dtype: str, tokens: int, quick: bool) -> dic
                 "estimated_peak_bytes": None, "seconds": None}
     r = json.loads(lines[-1][7:])
     key = name.split("/")[1]
-    parts = estimate_parts(cache / key, r["kind"], dtype, tokens, cache / "judge" if r["kind"] == "grpo" else None)
+    parts = estimate_parts(cache / key, r["kind"], dtype, tokens, cache / "judge" if r["kind"] == "grpo" else None, bool(r["gradient_checkpointing"]))
     img_est = parts.pop("img_tokens_estimated")
     est_model = parts["weights"] + parts["judge_weights"] + parts["lora_adamw"] + max(parts["activations"], parts["kv_cache"])
     r.update(completed=True, quick=quick, estimate_parts=parts, image_tokens_estimated=img_est,
@@ -211,6 +214,8 @@ def main() -> None:
     ap.add_argument("--cache", default="", help="folder for the built models (default: a temporary folder; full size: /tmp/capalign-full-size)")
     ap.add_argument("--dtype", default="", help="float32 | bfloat16 (default: bfloat16 on CUDA, float32 on CPU)")
     ap.add_argument("--tokens", type=int, default=16, help="new tokens per caption")
+    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
+    ap.add_argument("--checkpointing", default="recipe", choices=["recipe", "on", "off"], help="gradient checkpointing of the training runs")
     ap.add_argument("--_child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--_build", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -221,7 +226,7 @@ def main() -> None:
 
     dtype = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
     if args._child:
-        print("RESULT " + json.dumps(child(args._child, Path(args.cache), dtype, args.tokens)))
+        print("RESULT " + json.dumps(child(args._child, Path(args.cache), dtype, args.tokens, args.attn, args.checkpointing)))
         return
     names = [n for n in RUNS if not args.only or any(o.strip() and o.strip() in n for o in args.only.split(","))]
     if not names:
@@ -235,7 +240,7 @@ def main() -> None:
     doc = json.loads(out.read_text()) if out.is_file() else {}
     runs = {r["name"]: r for r in doc.get("runs", [])}
     for name in names:
-        r = run_one(name, cache, dtype, args.tokens, args.quick)
+        r = run_one(name, cache, dtype, args.tokens, args.quick, args.attn, args.checkpointing)
         runs[name] = r
         doc.update(benchmark="full_size", cpu_threads=os.environ.get("OMP_NUM_THREADS"), torch=torch.__version__,
                    runs=[runs[n] for n in RUNS if n in runs])

@@ -32,7 +32,7 @@ def check_runs(doc: dict, names: set) -> None:
 def test_full_size_quick_run_merges_into_out(tmp_path):
     """One training run (DPO, SmolVLM family) completes and is merged into an --out that already holds another run."""
     out = tmp_path / "full.json"
-    out.write_text(json.dumps({"runs": [{"name": "caption/qwen2vl", "completed": True}]}))
+    out.write_text(json.dumps({"runs": [{"name": "caption/qwen2vl", "completed": False, "error": "not run"}]}))
     doc = run_full_size(tmp_path, "dpo/smolvlm")
     assert [r["name"] for r in doc["runs"]] == ["dpo/smolvlm", "caption/qwen2vl"]  # kept, in RUNS order
     check_runs({"runs": doc["runs"][:1]}, {"dpo/smolvlm"})
@@ -42,3 +42,19 @@ def test_full_size_quick_run_merges_into_out(tmp_path):
 def test_full_size_quick_every_run(tmp_path):
     doc = run_full_size(tmp_path, "")
     check_runs(doc, {f"{k}/{m}" for k in ("caption", "mapper", "vizer", "dpo", "grpo") for m in ("smolvlm", "qwen2vl")})
+
+
+def test_gpu_check_cpu_quick_path(tmp_path):
+    """gpu_check's --device cpu --quick path: every section is filled and every run completed."""
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick", "--out", str(out)],
+                   check=True, capture_output=True, text=True)
+    doc = json.loads(out.read_text())
+    assert doc["gpu"] == "none (cpu)" and doc["versions"]["torch"]
+    assert doc["pytest"]["returncode"] == 0 and "passed" in doc["pytest"]["summary"]
+    assert {r["name"] for r in doc["full_size"]} == {"caption/smolvlm", "vizer/smolvlm", "dpo/qwen2vl"}
+    assert all(r["completed"] and r["steps_per_s"] > 0 for r in doc["full_size"])
+    assert {(r["model"], r["batch"]) for r in doc["throughput"]} == {(m, b) for m in ("smolvlm", "qwen2vl") for b in (1, 2)}
+    assert all(r["images_per_s"] > 0 and r["vision_s"] > 0 and r["generate_s"] > 0 for r in doc["throughput"])
+    (variant,) = doc["variants"].values()
+    assert variant["completed"] and variant["gradient_checkpointing"] is False
