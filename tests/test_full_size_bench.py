@@ -1,0 +1,60 @@
+"""benchmarks/full_size.py and benchmarks/gpu_check.py cannot rot: their quick paths run here (tiny models)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_full_size(tmp_path, only: str) -> dict:
+    out = tmp_path / "full.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "full_size.py"), "--quick", "--only", only, "--out", str(out)],
+                   check=True, capture_output=True, text=True)
+    return json.loads(out.read_text())
+
+
+def check_runs(doc: dict, names: set) -> None:
+    assert {r["name"] for r in doc["runs"]} == names
+    for r in doc["runs"]:
+        assert r["completed"], r.get("error")
+        assert r["measured_peak_bytes"] > r["rss_before_load_bytes"] > 0
+        assert r["estimated_peak_bytes"] > r["rss_before_load_bytes"]
+        assert r["seconds"] > 0 and r["image_tokens_per_image"] > 0
+        assert r["estimate_parts"]["weights"] > 0
+        assert (r["estimate_parts"]["lora_adamw"] > 0) == (r["kind"] in ("vizer", "dpo", "grpo"))
+        assert (r["estimate_parts"]["judge_weights"] > 0) == (r["kind"] == "grpo")
+
+
+def test_full_size_quick_run_merges_into_out(tmp_path):
+    """One training run (DPO, SmolVLM family) completes and is merged into an --out that already holds another run."""
+    out = tmp_path / "full.json"
+    out.write_text(json.dumps({"runs": [{"name": "caption/qwen2vl", "completed": False, "error": "not run"}]}))
+    doc = run_full_size(tmp_path, "dpo/smolvlm")
+    assert [r["name"] for r in doc["runs"]] == ["dpo/smolvlm", "caption/qwen2vl"]  # kept, in RUNS order
+    check_runs({"runs": doc["runs"][:1]}, {"dpo/smolvlm"})
+
+
+@pytest.mark.slow
+def test_full_size_quick_every_run(tmp_path):
+    doc = run_full_size(tmp_path, "")
+    check_runs(doc, {f"{k}/{m}" for k in ("caption", "mapper", "vizer", "dpo", "grpo") for m in ("smolvlm", "qwen2vl")})
+
+
+def test_gpu_check_cpu_quick_path(tmp_path):
+    """gpu_check's --device cpu --quick path: every section is filled and every run completed."""
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick", "--out", str(out)],
+                   check=True, capture_output=True, text=True)
+    doc = json.loads(out.read_text())
+    assert doc["gpu"] == "none (cpu)" and doc["versions"]["torch"]
+    assert doc["pytest"]["returncode"] == 0 and "passed" in doc["pytest"]["summary"]
+    assert {r["name"] for r in doc["full_size"]} == {"caption/smolvlm", "vizer/smolvlm", "dpo/qwen2vl"}
+    assert all(r["completed"] and r["steps_per_s"] > 0 for r in doc["full_size"])
+    assert {(r["model"], r["batch"]) for r in doc["throughput"]} == {(m, b) for m in ("smolvlm", "qwen2vl") for b in (1, 2)}
+    assert all(r["images_per_s"] > 0 and r["vision_s"] > 0 and r["generate_s"] > 0 for r in doc["throughput"])
+    (variant,) = doc["variants"].values()
+    assert variant["completed"] and variant["gradient_checkpointing"] is False
