@@ -393,6 +393,7 @@ ROWS = [
     (_with(STYLE_TRAIN, budget="0"), "none", "budget 0 is below one pair"),
     (_with(STYLE_TRAIN, budget="ten"), "none", "budget 'ten' is not a percentage like '10%' or a pair count"),
     (_with(STYLE_TRAIN, method="ppo"), "none", "unknown method 'ppo'"),
+    (_with(STYLE_TRAIN, method="zero-shot", push_to_hub="me/x"), "none", "zero-shot trains no adapter, there is nothing to upload"),
     (_with(STYLE_TRAIN, method="simpo", backend="trl"), "none", "--backend trl covers sft and dpo only"),
     (_with(STYLE_TRAIN, method="sft", sft_weight="1"), "none", "sft_weight must be >= 0 and is for dpo and simpo"),
     (_with(STYLE_TRAIN, style="gothic"), "none", "no 'gothic' pairs in shapes:10"),

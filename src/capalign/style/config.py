@@ -58,6 +58,8 @@ class StyleTrainConfig(LoraArgs, OptimArgs, RunArgs, StyleDataArgs):
                 raise ValueError(f"--{name} is required")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if self.method == "zero-shot" and self.push_to_hub:
+            raise ValueError("--push_to_hub: zero-shot trains no adapter, there is nothing to upload")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
         if self.backend == "trl" and self.method not in ("sft", "dpo"):
