@@ -134,6 +134,8 @@ CAPTION = "caption --model {model} --images {data} --out {tmp}/caps.jsonl --max_
 EVALUATE = "evaluate --pred {tmp}/p.jsonl --refs {tmp}/r.jsonl --out {tmp}/res.json"
 SHAPES = "shapes --out {tmp}/ds --n 2"
 NANO = "nano train --out {tmp}/nano --steps 1 --n_train 2 --n_val 1"
+NANO_VISION = "nano vision --out {tmp}/nv --steps 1 --n_train 4 --batch_size 2 --probe_train 4 --probe_test 2 --lit_steps 1"
+NANO_PROBE = "nano probe --model {model} --probe_train 4 --probe_test 2 --lit_steps 1"
 MAPPER = "mapper train --model {model} --data {data} --out {tmp}/mapper --samples 4 --width 8 --max_new_tokens 2"
 VIZER = "vizer train --model {model} --mapper {mapper} --images {data} --out {tmp}/vz --max_steps 1 --batch_size 2 --max_new_tokens 2"
 SWEEP = "vizer sweep --model {model} --mapper_data {data} --images {data} --test {data} --out {tmp}/sw --widths 8 --sizes 4"
@@ -269,6 +271,19 @@ ROWS = [
     (_with(NANO, save_every="-1"), "none", "save_every must be >= 0"),
     (_with(CAPTION, model="{tmp}/unf"), "unfinished_model", "{tmp}/unf is an unfinished model: its training run was interrupted"),
     (NANO + " --config {tmp}/run.yaml", "yaml_steps_text", "{tmp}/run.yaml: steps: expected an integer, got 'ten'"),
+    (_with(NANO, vision_from="{tmp}/nope"), "none", "--vision_from {tmp}/nope: not a `capalign nano vision` folder"),
+    (_with(NANO, vision_from="{model}"), "none", "not a `capalign nano vision` folder (no nano_vision.json)"),
+    # ------------------------------------------------------------------ nano vision / nano probe
+    (_with(NANO_VISION, loss="hinge"), "none", "loss must be sigmoid or infonce, got 'hinge'"),
+    (_with(NANO_VISION, steps="0"), "none", "steps must be >= 1"),
+    (_with(NANO_VISION, probe_test="0"), "none", "probe_test must be >= 1"),
+    (_with(NANO_VISION, compare="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
+    (_with(NANO_VISION, compare="{qwen}"), "none", "probes read nano (Idefics3) vision towers; this is a qwen2_vl model"),
+    (_with(NANO_VISION, out="{tmp}/afile/nv"), "none", "{tmp}/afile is a file, not a folder"),
+    ("nano probe --lit_steps 1", "none", "--model is required"),
+    (_with(NANO_PROBE, model="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
+    (_with(NANO_PROBE, model="{qwen}"), "none", "probes read nano (Idefics3) vision towers; this is a qwen2_vl model"),
+    (_with(NANO_PROBE, probe_train="0"), "none", "probe_train must be >= 1"),
     # ------------------------------------------------------------------ mapper train
     (_with(MAPPER, model="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
     (_with(MAPPER, data="{tmp}/nope"), "none", "image source not found: {tmp}/nope"),

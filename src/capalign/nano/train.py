@@ -154,6 +154,10 @@ def run(cfg: NanoTrainConfig) -> dict:
     from ..models.smollm2 import is_smollm2_folder
 
     show_config(cfg)
+    if cfg.vision_from:  # before anything is written into --out
+        from .vision import check_vision_folder
+
+        check_vision_folder(cfg.vision_from)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     seed_everything(cfg.seed)
     out = Path(cfg.out)

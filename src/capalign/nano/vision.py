@@ -251,11 +251,16 @@ def load_tower(path: str | Path):
     return tower, tower.config.image_size
 
 
-def init_from_vision(model, path: str | Path) -> None:
-    """Copy a `nano vision` tower into an Idefics3 model's vision tower; refuse one of another shape."""
+def check_vision_folder(path: str | Path) -> Path:
     p = Path(path)
     if not (p / META_FILE).exists():
         raise CapalignError(f"--vision_from {path}: not a `capalign nano vision` folder (no {META_FILE})")
+    return p
+
+
+def init_from_vision(model, path: str | Path) -> None:
+    """Copy a `nano vision` tower into an Idefics3 model's vision tower; refuse one of another shape."""
+    p = check_vision_folder(path)
     want = json.loads((p / META_FILE).read_text())["vision"]
     have = model.config.vision_config
     diff = [k for k, v in want.items() if getattr(have, k, None) != v]
@@ -305,6 +310,11 @@ def run(cfg: NanoVisionConfig) -> dict:
     from transformers import Idefics3VisionConfig, Idefics3VisionTransformer
 
     show_config(cfg)
+    other = None
+    if cfg.compare:  # refuse a wrong --compare before minutes of training, not after
+        other, size = load_tower(cfg.compare)
+        if size != cfg.image_size:
+            raise CapalignError(f"--compare {cfg.compare}: its tower sees {size}-px images, this one {cfg.image_size}")
     seed_everything(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -319,10 +329,7 @@ def run(cfg: NanoVisionConfig) -> dict:
     atomic_write_json(out / META_FILE, {"vision": vision, "text_vocab": dual.text.vocab, "loss": cfg.loss, "embed_dim": cfg.embed_dim})
     kw = dict(image_size=cfg.image_size, seed=cfg.seed, n_probe=cfg.probe_train, n_test=cfg.probe_test, lit_steps=cfg.lit_steps, loss=cfg.loss)
     result = {"final_loss": sum(losses[-20:]) / len(losses[-20:]), "steps": cfg.steps, "towers": {"contrastive": probe(tower, own=dual, **kw)}}
-    if cfg.compare:
-        other, size = load_tower(cfg.compare)
-        if size != cfg.image_size:
-            raise CapalignError(f"--compare {cfg.compare}: its tower sees {size}-px images, this one {cfg.image_size}")
+    if other is not None:
         result["towers"][cfg.compare] = probe(other, **kw)
     atomic_write_json(out / RESULT_FILE, result)
     save_config(cfg, out / "nano_vision_config.json")
@@ -345,6 +352,9 @@ class NanoProbeConfig:
     def __post_init__(self):
         if not self.model:
             raise ValueError("--model is required")
+        for k in ("probe_train", "probe_test", "lit_steps"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1")
 
 
 def run_probe(cfg: NanoProbeConfig) -> dict:
