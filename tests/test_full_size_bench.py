@@ -22,6 +22,11 @@ def check_runs(doc: dict, names: set) -> None:
     for r in doc["runs"]:
         assert r["completed"], r.get("error")
         assert r["measured_peak_bytes"] > r["rss_before_load_bytes"] > 0
+        # Linux: the load's peak and the work's peak (from a reset mark) are measured apart; the process peak is their max
+        assert r["load_peak_bytes"] >= r["rss_after_load_bytes"] > r["rss_before_load_bytes"]
+        assert r["work_peak_bytes"] >= r["rss_after_load_bytes"] * 0.9  # the mark starts at the RSS after loading
+        assert r["measured_peak_bytes"] >= max(r["load_peak_bytes"], r["work_peak_bytes"])
+        assert r["work_ratio"] == pytest.approx(r["work_peak_bytes"] / r["estimated_peak_bytes"])
         assert r["estimated_peak_bytes"] > r["rss_before_load_bytes"]
         assert r["seconds"] > 0 and r["image_tokens_per_image"] > 0
         assert r["estimate_parts"]["weights"] > 0
