@@ -425,3 +425,25 @@ def test_a_karpathy_test_split_is_copied_into_the_run_folder(tmp_path):
     for r, i in zip(rows, test):
         assert r["captions"] == replicas.captions(i)
         assert (tmp_path / "run/data/test" / r["image"]).read_bytes() == (tmp_path / "coco/val2014" / f"COCO_val2014_{i:012d}.jpg").read_bytes()
+
+
+def test_base_vision_from_applies_to_the_clean_run_only(tmp_path, monkeypatch):
+    """base.vision_from: the clean pre-training starts its tower from the `nano vision` folder; the web fine-tune
+    starts from the clean model (re-applying the tower there would undo the clean run's training of it)."""
+    from capalign.nano import train as nano
+
+    seen = []
+
+    def fake_run(cfg):
+        seen.append(cfg)
+        if len(seen) == 2:
+            raise Stop
+
+    monkeypatch.setattr(nano, "run", fake_run)
+    (tmp_path / "r.yaml").write_text("seeds: [0]\ndata: {mapper: 4, unlabeled: 4, test: 4}\n"
+                                     f"base: {{vision_from: {tmp_path / 'nv'}, freeze_vision: true}}\n")
+    with pytest.raises(Stop):
+        main(["study", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "s")])
+    clean, web = seen
+    assert (clean.mode, clean.vision_from, clean.freeze_vision) == ("clean", str(tmp_path / "nv"), True)
+    assert (web.mode, web.vision_from, web.freeze_vision, web.init_from) == ("web", None, True, str(tmp_path / "s/seed-0/base/nano-clean"))

@@ -59,6 +59,6 @@ class BaseStage(Stage):
         if pretrain and not (clean / "nano_result.json").exists():
             nano.run(self.command_config(ctx, out=str(clean), mode="clean", seed=ctx.seed))
         cfg = self.command_config(ctx, out=str(base), mode="web", seed=ctx.seed + 1, init_from=str(clean) if pretrain else None)
-        if pretrain:  # the fine-tune: its own steps and learning rate
-            cfg.steps, cfg.lr = o.web_steps, o.web_lr
+        if pretrain:  # the fine-tune: its own steps and learning rate; its tower comes from the clean model (vision_from
+            cfg.steps, cfg.lr, cfg.vision_from = o.web_steps, o.web_lr, None  # applied there, not again over its training)
         nano.run(cfg)
