@@ -284,6 +284,7 @@ ROWS = [
     (_with(NANO_PROBE, model="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
     (_with(NANO_PROBE, model="{qwen}"), "none", "probes read nano (Idefics3) vision towers; this is a qwen2_vl model"),
     (_with(NANO_PROBE, probe_train="0"), "none", "probe_train must be >= 1"),
+    (_with(NANO_PROBE, lit_steps="-1"), "none", "lit_steps must be >= 0"),
     # ------------------------------------------------------------------ mapper train
     (_with(MAPPER, model="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
     (_with(MAPPER, data="{tmp}/nope"), "none", "image source not found: {tmp}/nope"),

@@ -88,6 +88,46 @@ def test_linear_probes_read_what_the_features_hold_and_not_more():
     assert all(noise[k]["accuracy"] < noise[k]["majority"] + 0.1 for k in V.PROBES)
 
 
+def test_region_features_are_the_strip_means_by_hand():
+    """A fake tower whose patch states are their own (row, column) on a 6x6 patch grid: strip c is columns 2c, 2c+1."""
+    class Fake(torch.nn.Module):
+        def forward(self, pixel_values):
+            idx = torch.arange(36, dtype=torch.float32)
+            hs = torch.stack([idx // 6, idx % 6], -1).expand(len(pixel_values), 36, 2)
+            return type("O", (), {"last_hidden_state": hs})()
+
+    r = V.region_features(Fake(), torch.zeros(2, 3, 4, 4))
+    assert r.shape == (2, 3, 2)
+    assert r[0].tolist() == [[2.5, 0.5], [2.5, 2.5], [2.5, 4.5]]  # mean row 2.5 everywhere; mean column of each strip
+
+
+def test_region_probes_read_each_cell_from_its_own_region_only():
+    """Region c holds cell c's colour one-hot: every cell's colour is read (accuracy 1). Shift the regions by one
+    (region c holds cell c+1's colour) and the probe of cell c, seeing only region c, is near its baseline."""
+    import random
+
+    from capalign.data import shapes
+
+    rng = random.Random(1)
+    colours = list(shapes.COLORS)
+
+    def make(n, shift):
+        rows = [{"captions": [str(i)], "objects": [_obj(p, rng.choice(colours)) for p in shapes.POSITIONS if rng.random() < 0.6]} for i in range(n)]
+        x = torch.zeros(n, 3, len(colours) + 1)
+        for i, r in enumerate(rows):
+            for c in range(3):
+                pos = shapes.POSITIONS[(c + shift) % 3]
+                o = next((o for o in r["objects"] if o["position"] == pos), None)
+                x[i, c, colours.index(o["color"]) + 1 if o else 0] = 1
+        return rows, x
+
+    (tr, xtr), (te, xte) = make(600, 0), make(300, 0)
+    assert V.region_probes(xtr, tr, xte, te)["colour"]["accuracy"] == 1.0
+    (tr, xtr), (te, xte) = make(600, 1), make(300, 1)
+    got = V.region_probes(xtr, tr, xte, te)["colour"]
+    assert got["accuracy"] < got["majority"] + 0.1
+
+
 def test_retrieval_counts_identical_captions_as_hits():
     class Fake:
         def eval(self):
@@ -135,6 +175,7 @@ def test_nano_vision_writes_tower_and_result(vision_dir):
     r = json.loads((vision_dir / V.RESULT_FILE).read_text())
     t = r["towers"]["contrastive"]
     assert set(t["probes"]) == set(V.PROBES) and {"i2t", "t2i"} <= set(t["lit_r1"]) and "r1" in t
+    assert set(t["region_probes"]) == {"colour", "shape", "size"} and all(0 <= v["accuracy"] <= 1 for v in t["region_probes"].values())
     assert all(0 <= t["probes"][k]["accuracy"] <= 1 for k in V.PROBES)
     assert json.loads((vision_dir / V.META_FILE).read_text())["vision"]["hidden_size"] == 32
 
@@ -154,8 +195,9 @@ def test_nano_train_starts_from_the_tower_and_can_freeze_it(vision_dir, tmp_path
     got = load_vlm(str(tmp_path / "tuned"), device="cpu", dtype="float32").model.model.vision_model.state_dict()
     assert not all(torch.equal(got[k], v) for k, v in want.items())
     # the probe reads a captioner folder's tower too
-    r = cli("nano", "probe", "--model", str(tmp_path / "frozen"), "--probe_train", "40", "--probe_test", "20", "--lit_steps", "2", "--out", str(tmp_path / "p.json"))
-    assert r.code == 0 and json.loads((tmp_path / "p.json").read_text())["probes"]["count"]["accuracy"] >= 0
+    r = cli("nano", "probe", "--model", str(tmp_path / "frozen"), "--probe_train", "40", "--probe_test", "20", "--lit_steps", "0", "--out", str(tmp_path / "p.json"))
+    got = json.loads((tmp_path / "p.json").read_text())
+    assert r.code == 0 and got["probes"]["count"]["accuracy"] >= 0 and got["lit_r1"] is None  # --lit_steps 0: probes only
     # a tower of another shape is refused in one line
     bad = cli(*[a if a != "32" else "48" for a in args[:-2]], "--vision_from", str(vision_dir), "--out", str(tmp_path / "bad"))
     assert bad.code == 2 and "hidden_size (32 vs 48)" in bad.error_lines[0]

@@ -16,7 +16,11 @@ What a tower's pooled features carry (`probe`, also `capalign nano probe --model
 - image-text retrieval R@1 over the held-out images (a caption counts as retrieved when it is the image's own
   canonical caption, so scenes with identical captions are not counted as misses): for any tower with a fresh
   text tower trained against the frozen image tower (LiT, the same steps and seed for every tower, so old and
-  new towers compare on equal terms), and for a contrastively pretrained tower also with its own text tower.
+  new towers compare on equal terms), and for a contrastively pretrained tower also with its own text tower;
+- region probes: the same colour / shape / size probes, each cell's probe fit on the mean patch state of that
+  cell's third of the image only (`grid1x3` pooling, models/base.py `region_means`, what ViZer's grid mapper
+  regresses to). Mean pooling against region pooling separates "the tower does not see the colour" from "the
+  mean over the image washes out where it is".
 """
 
 from __future__ import annotations
@@ -187,33 +191,58 @@ def probe_targets(rows: list[dict]) -> dict[str, list[list[str]]]:
     return out
 
 
-def linear_probes(train_x: torch.Tensor, train_rows: list[dict], test_x: torch.Tensor, test_rows: list[dict]) -> dict:
-    """Held-out accuracy of logistic-regression probes (per PROBES, averaged over its targets) and the majority
-    baseline (the most frequent training label's share of the held-out labels)."""
+def _probe_accuracy(train_x: torch.Tensor, ytr: list[str], test_x: torch.Tensor, yte: list[str]) -> tuple[float, float]:
+    """Held-out accuracy of one logistic-regression probe on standardised features, and the majority baseline
+    (the most frequent training label's share of the held-out labels)."""
     from collections import Counter
 
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     sc = StandardScaler().fit(train_x.numpy())
-    a, b = sc.transform(train_x.numpy()), sc.transform(test_x.numpy())
+    pred = LogisticRegression(max_iter=3000).fit(sc.transform(train_x.numpy()), ytr).predict(sc.transform(test_x.numpy()))
+    top = Counter(ytr).most_common(1)[0][0]
+    return sum(p == y for p, y in zip(pred, yte)) / len(yte), sum(y == top for y in yte) / len(yte)
+
+
+def _mean(pairs: list[tuple[float, float]]) -> dict:
+    return {"accuracy": sum(a for a, _ in pairs) / len(pairs), "majority": sum(m for _, m in pairs) / len(pairs)}
+
+
+def linear_probes(train_x: torch.Tensor, train_rows: list[dict], test_x: torch.Tensor, test_rows: list[dict]) -> dict:
+    """Per PROBES, the held-out accuracy of its probes averaged over its targets, and the majority baseline."""
     tr, te = probe_targets(train_rows), probe_targets(test_rows)
-    out = {}
-    for k in PROBES:
-        accs, base = [], []
-        for ytr, yte in zip(tr[k], te[k]):
-            pred = LogisticRegression(max_iter=3000).fit(a, ytr).predict(b)
-            accs.append(sum(p == y for p, y in zip(pred, yte)) / len(yte))
-            top = Counter(ytr).most_common(1)[0][0]
-            base.append(sum(y == top for y in yte) / len(yte))
-        out[k] = {"accuracy": sum(accs) / len(accs), "majority": sum(base) / len(base)}
-    return out
+    return {k: _mean([_probe_accuracy(train_x, ytr, test_x, yte) for ytr, yte in zip(tr[k], te[k])]) for k in PROBES}
+
+
+def region_probes(train_r: torch.Tensor, train_rows: list[dict], test_r: torch.Tensor, test_rows: list[dict]) -> dict:
+    """Colour / shape / size probes where cell k's probe sees only region k's features ([N, 3, D] inputs)."""
+    tr, te = probe_targets(train_rows), probe_targets(test_rows)
+    return {k: _mean([_probe_accuracy(train_r[:, c], tr[k][c], test_r[:, c], te[k][c]) for c in range(train_r.shape[1])])
+            for k in ("colour", "shape", "size")}
 
 
 @torch.no_grad()
 def tower_features(tower, pix: torch.Tensor) -> torch.Tensor:
     tower.eval()
     return torch.cat([pooled(tower, pix[i : i + 100]) for i in range(0, len(pix), 100)]).float()
+
+
+@torch.no_grad()
+def region_features(tower, pix: torch.Tensor, columns: int = len(shapes.POSITIONS)) -> torch.Tensor:
+    """[N, columns, D]: per image, the mean last hidden state of each vertical strip of its square patch grid
+    (grid1x<columns> of models/base.py `region_means`, the features of ViZer's grid pooling for one-tile images)."""
+    from ..models.base import region_means
+
+    tower.eval()
+    out = []
+    for i in range(0, len(pix), 100):
+        hs = tower(pixel_values=pix[i : i + 100]).last_hidden_state  # [B, P, D]
+        side = int(round(hs.shape[1] ** 0.5))
+        idx = torch.arange(hs.shape[1])
+        rows, cols = idx // side, idx % side
+        out += [region_means(h, rows, cols, side, side, (1, columns)).view(columns, -1) for h in hs]
+    return torch.stack(out).float()
 
 
 def probe(tower, image_size: int, seed: int = 0, n_probe: int = 2000, n_test: int = 500, lit_steps: int = 600, batch_size: int = 64,
@@ -225,8 +254,11 @@ def probe(tower, image_size: int, seed: int = 0, n_probe: int = 2000, n_test: in
     te_rows, te_ims = _examples(seed, n_test, "val", image_size)
     tr_pix, te_pix = pixels(tr_ims, image_size), pixels(te_ims, image_size)
     out = {"probes": linear_probes(tower_features(tower, tr_pix), tr_rows, tower_features(tower, te_pix), te_rows), "n_probe": n_probe, "n_test": n_test}
-    lit, _ = train_dual(tower, tr_rows, tr_pix, lit_steps, batch_size, lr, seed, loss, freeze_tower=True, desc="LiT probe")
-    out["lit_r1"], out["lit_steps"] = retrieval_r1(lit, te_rows, te_pix), lit_steps
+    out["region_probes"] = region_probes(region_features(tower, tr_pix), tr_rows, region_features(tower, te_pix), te_rows)
+    out["lit_r1"], out["lit_steps"] = None, lit_steps
+    if lit_steps:  # 0: probes only
+        lit, _ = train_dual(tower, tr_rows, tr_pix, lit_steps, batch_size, lr, seed, loss, freeze_tower=True, desc="LiT probe")
+        out["lit_r1"] = retrieval_r1(lit, te_rows, te_pix)
     if own is not None:
         out["r1"] = retrieval_r1(own, te_rows, te_pix)
     return out
@@ -302,8 +334,10 @@ class NanoVisionConfig:
 
 def _line(name: str, r: dict) -> str:
     p = " ".join(f"{k} {r['probes'][k]['accuracy']:.2f} (maj {r['probes'][k]['majority']:.2f})" for k in PROBES)
+    g = " ".join(f"{k} {v['accuracy']:.2f}" for k, v in r["region_probes"].items())
+    lit = f"; LiT R@1 i2t {r['lit_r1']['i2t']:.2f} t2i {r['lit_r1']['t2i']:.2f}" if r["lit_r1"] else ""
     own = f", own R@1 i2t {r['r1']['i2t']:.2f}" if "r1" in r else ""
-    return f"{name}: probes {p}; LiT R@1 i2t {r['lit_r1']['i2t']:.2f} t2i {r['lit_r1']['t2i']:.2f}{own}"
+    return f"{name}: probes {p}; region probes {g}{lit}{own}"
 
 
 def run(cfg: NanoVisionConfig) -> dict:
@@ -347,14 +381,16 @@ class NanoProbeConfig:
     seed: int = arg(0, "Seed for the probe images and the LiT text tower.")
     probe_train: int = arg(2000, "Images the probes and the LiT text tower are fit on.")
     probe_test: int = arg(500, "Held-out images the probes and retrieval are scored on.")
-    lit_steps: int = arg(600, "LiT text tower steps.")
+    lit_steps: int = arg(600, "LiT text tower steps (0: the probes only, no retrieval).")
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("--model is required")
-        for k in ("probe_train", "probe_test", "lit_steps"):
+        for k in ("probe_train", "probe_test"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1")
+        if self.lit_steps < 0:
+            raise ValueError("lit_steps must be >= 0")
 
 
 def run_probe(cfg: NanoProbeConfig) -> dict:
