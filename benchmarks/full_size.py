@@ -150,6 +150,8 @@ def child(name: str, cache: Path, dtype: str, tokens: int, attn: str = "sdpa", c
     work_mark = _reset_peak()
     n_img, ckpt = (2 if kind in ("caption", "mapper") else 1), False
     imgs = images(n_img)
+    if kind not in ("caption", "mapper"):
+        vlm.model.requires_grad_(False)  # frozen before the vision pass, as the trainers do (else autograd keeps the tower's activations)
     t0 = time.perf_counter()
     enc = vlm.encode(imgs)
     img_tok = int((enc.inputs["input_ids"] == vlm.model.config.image_token_id).sum()) // n_img
@@ -162,7 +164,6 @@ def child(name: str, cache: Path, dtype: str, tokens: int, attn: str = "sdpa", c
     else:
         from peft import get_peft_model
 
-        vlm.model.requires_grad_(False)
         peft = get_peft_model(vlm.model, lora_config(vlm, r=LORA_R))
         ckpt = kind != "dpo" if checkpointing == "recipe" else checkpointing == "on"
         if ckpt:  # recipe: the vizer and rl recipes set gradient_checkpointing: true; style has none

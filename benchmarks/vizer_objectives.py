@@ -22,6 +22,9 @@ OBJECTIVES = {  # name -> mapper train fields on top of the demo's
     "infonce": {"objective": "infonce", "temperature": 0.07},
     "grid1x3": {"pooling": "grid1x3"},
     "late1x3": {"objective": "late", "pooling": "grid1x3"},
+    "layer1": {"states_layer": 1},  # the LM's first layer output instead of its last (benchmarks/vizer_oracle.py)
+    "grid1x3_layer1": {"pooling": "grid1x3", "states_layer": 1},
+    "grid1x3_layer0": {"pooling": "grid1x3", "states_layer": 0},  # the token embeddings: no image in the states at all
 }
 DEMO = dict(variant="gt", width=256, samples=2000, epochs=20, center=True, device="cpu")
 

@@ -466,3 +466,42 @@ def test_load_vlm_applies_saved_lora_adapter(fresh, vlm, tmp_path):
         assert torch.allclose(l, m, atol=1e-5)
         assert not torch.allclose(l, b, atol=1e-3)
     assert loaded_vlm.generate(enc, max_new_tokens=NEW).texts == tuned.generate(enc, max_new_tokens=NEW).texts
+
+
+def test_states_layer_reads_that_hidden_state(path, vlm, enc):
+    """states_layer 0: the caption tokens' input embeddings (the embedding matrix's rows, by hand); k: decoder layer k's
+    output in an independent single-sample forward; -1 (default): the last hidden state. Out of range: one clear error."""
+    from capalign import CapalignError
+    from capalign.models import load_vlm
+
+    caps = vlm.generate(enc, max_new_tokens=NEW)
+    n_layers = vlm.model.config.get_text_config().num_hidden_layers
+    emb = vlm.model.get_input_embeddings().weight
+    v0 = load_vlm(path, device="cpu", dtype="float32", states_layer=0)
+    s0 = v0.caption_states(enc, caps)
+    v1 = load_vlm(path, device="cpu", dtype="float32", states_layer=1)
+    s1 = v1.caption_states(enc, caps)
+    checked = 0
+    for i, im in enumerate(IMAGES):
+        content = caps.ids[i][caps.content[i].bool()]
+        n = len(content)
+        if n == 0:
+            continue
+        assert torch.allclose(s0[i], emb[content].mean(0), atol=1e-5)
+        b = plain_inputs(vlm, [im])
+        T = b["input_ids"].shape[1]
+        att = caps.ids[i][caps.mask[i].bool()]
+        b["input_ids"] = torch.cat([b["input_ids"], att[None]], 1)
+        b["attention_mask"] = torch.ones_like(b["input_ids"])
+        if "mm_token_type_ids" in b:
+            b["mm_token_type_ids"] = torch.cat([b["mm_token_type_ids"], torch.zeros_like(att[None])], 1)
+        with torch.no_grad():
+            h1 = vlm.model.model(**b, use_cache=False, output_hidden_states=True).hidden_states[1][0, T : T + n]
+        assert torch.allclose(s1[i], h1.mean(0), atol=1e-4)
+        checked += 1
+    assert checked >= 2
+    if n_layers > 1:
+        assert not torch.allclose(s1, vlm.caption_states(enc, caps), atol=1e-3)  # not the last layer's
+    for bad in (n_layers, -2):
+        with pytest.raises(CapalignError, match=f"states_layer must be -1 .* or 0..{n_layers - 1}"):
+            load_vlm(path, device="cpu", dtype="float32", states_layer=bad)

@@ -205,3 +205,42 @@ def test_late_mapper_train_vizer_and_diagnose_on_a_tiny_model(tiny_idefics3_path
     assert (res[str(mdir)]["objective"], res[str(mdir)]["pooling"], res[str(paper)]["objective"]) == ("late", "grid1x2", "cosine")
     assert 0 <= res[str(mdir)]["auc"]["all"] <= 1 and res[str(mdir)]["retrieval_images"] == 8
     assert res[str(paper)] == json.loads(alone.read_text())["mappers"][str(paper)]
+
+
+def test_states_layer_flows_from_mapper_train_to_vizer_train_and_diagnose(tiny_idefics3_path, tmp_path, cli):
+    """mapper train --states_layer 1 records it (and caches its states apart from the last layer's); vizer train's
+    first-step loss is the mapper's loss on that layer's states; diagnose scores it on them, the paper mapper beside it
+    unchanged."""
+    data = shapes.write_dataset(tmp_path / "data", 8, seed=0, split="test")
+    mdir, paper, cache = tmp_path / "m0", tmp_path / "paper", tmp_path / "cache"
+    common = ["mapper", "train", "--model", str(tiny_idefics3_path), "--data", str(data), "--variant", "gt", "--width", "16",
+              "--samples", "8", "--device", "cpu", "--cache_dir", str(cache)]
+    assert main([*common, "--out", str(paper)]) == 0
+    assert main([*common, "--out", str(tmp_path / "m-emb"), "--states_layer", "0"]) == 0
+    assert main([*common, "--out", str(mdir), "--states_layer", "1"]) == 0
+    assert json.loads((mdir / "mapper_meta.json").read_text())["states_layer"] == 1
+    assert len(list(cache.glob("*.safetensors"))) == 3  # one cache per layer
+    out = tmp_path / "vizer"
+    r = cli("vizer", "train", "--model", tiny_idefics3_path, "--mapper", tmp_path / "m-emb", "--images", data, "--out", out, "--device", "cpu")
+    assert r.code == 2 and "reads states_layer 0, the token embeddings" in r.error_lines[0]  # nothing to train through
+    assert main(["vizer", "train", "--model", str(tiny_idefics3_path), "--mapper", str(mdir), "--images", str(data), "--out", str(out),
+                 "--max_steps", "1", "--batch_size", "4", "--max_new_tokens", "4", "--device", "cpu", "--save_every", "0"]) == 0
+    first = json.loads((out / "vizer_result.json").read_text())["history"][0]["loss"]
+    meta = json.loads((mdir / "mapper_meta.json").read_text())
+    vlm = load_vlm(str(tiny_idefics3_path), device="cpu", prompt=meta["prompt"] or "", states_layer=1)
+    mapper = Mapper.from_pretrained(mdir).eval()
+    images = [Image.open(data / "images" / f"test-{i:06d}.png").convert("RGB") for i in range(4)]
+    with torch.no_grad():
+        enc = vlm.encode(images)
+        caps = vlm.generate(enc, max_new_tokens=4)
+        want = mapper.loss(vlm.caption_states(enc, caps), enc.features).item()
+        last = load_vlm(str(tiny_idefics3_path), device="cpu", prompt=meta["prompt"] or "")
+        other = mapper.loss(last.caption_states(enc, caps), enc.features).item()
+    assert first == pytest.approx(want, abs=1e-5) and abs(first - other) > 1e-4
+    both, alone = tmp_path / "both.json", tmp_path / "alone.json"
+    for out_file, mappers in ((both, [str(mdir), str(paper)]), (alone, [str(paper)])):
+        assert main(["vizer", "diagnose", "--model", str(tiny_idefics3_path), "--mappers", *mappers, "--data", str(data),
+                     "--group", "4", "--out", str(out_file)]) == 0
+    res = json.loads(both.read_text())["mappers"]
+    assert (res[str(mdir)]["states_layer"], res[str(paper)]["states_layer"]) == (1, -1)
+    assert res[str(paper)] == json.loads(alone.read_text())["mappers"][str(paper)]

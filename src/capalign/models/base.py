@@ -87,7 +87,7 @@ class VLM:
     language_model_prefix: str = "model.language_model"  # module path of the LM inside the model (LoRA target)
     image_count_key: str = "pixel_values"  # get_image_features argument whose first dim counts the images
 
-    def __init__(self, model, processor, prompt: str | None = None, pooling: Pooling = "mean"):
+    def __init__(self, model, processor, prompt: str | None = None, pooling: Pooling = "mean", states_layer: int = -1):
         self.model = model  # the transformers *ForConditionalGeneration (LoRA layers, if any, are injected in place)
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -95,6 +95,11 @@ class VLM:
         self.prompt = self.default_prompt if prompt is None else (prompt or None)
         grid_shape(pooling)  # an unknown pooling is an error here, not at the first batch
         self.pooling = pooling
+        n_layers = model.config.get_text_config().num_hidden_layers
+        if not isinstance(states_layer, int) or not -1 <= states_layer < n_layers:
+            raise CapalignError(f"states_layer must be -1 (the last hidden state, the paper's) or 0..{n_layers - 1} "
+                                f"(0: the token embeddings; k: the output of LM layer k), got {states_layer!r}")
+        self.states_layer = states_layer  # which LM hidden state caption_states / caption_token_states read
         self.vision_batch_size: int | None = None  # images per vision-tower pass in encode(); None: 1 on CPU, else all
         gen_eos = model.generation_config.eos_token_id
         # keep the generation config's order: tokenize_captions ends references with eos_ids[0], which must be the
@@ -273,23 +278,24 @@ class VLM:
         content[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])] = 0
         return Captions(texts=list(texts), ids=ids.to(self.device), mask=mask.to(self.device), content=content.to(self.device))
 
-    def _forward(self, enc: Encoded, caps: Captions) -> torch.Tensor:
-        """Last hidden state of the language model (no LM head) over prompt + caption: [N, T + L, D_t]."""
+    def _forward(self, enc: Encoded, caps: Captions, layer: int = -1) -> torch.Tensor:
+        """A hidden state of the language model (no LM head) over prompt + caption: [N, T + L, D_t]. layer -1: the
+        last (after the final norm); 0: the input embeddings; k: the output of decoder layer k."""
         if len(caps.ids) != len(enc):
             raise ValueError(f"{len(caps.ids)} captions for {len(enc)} encoded images; repeat the encoding first")
         kw = self.extend_inputs(enc.inputs, caps.ids, caps.mask)
-        out = self.model.model(**kw, mm_encoder_outputs=enc.mm_outputs, use_cache=False)
-        return out.last_hidden_state
+        out = self.model.model(**kw, mm_encoder_outputs=enc.mm_outputs, use_cache=False, output_hidden_states=layer != -1)
+        return out.last_hidden_state if layer == -1 else out.hidden_states[layer]
 
     def caption_token_states(self, enc: Encoded, caps: Captions) -> tuple[torch.Tensor, torch.Tensor]:
-        """([N, L, D_t] last hidden state at each caption token, [N, L] weights: 1 at the tokens caption_states
-        pools, the content tokens, or the end token of an empty caption); differentiable."""
-        h = self._forward(enc, caps)[:, enc.inputs["input_ids"].shape[1] :]  # [N, L, D_t]
+        """([N, L, D_t] hidden state (of `states_layer`, default the last) at each caption token, [N, L] weights: 1 at
+        the tokens caption_states pools, the content tokens, or the end token of an empty caption); differentiable."""
+        h = self._forward(enc, caps, self.states_layer)[:, enc.inputs["input_ids"].shape[1] :]  # [N, L, D_t]
         w = caps.content if caps.content is not None else caps.mask
         return h, torch.where(w.sum(1, keepdim=True) > 0, w, caps.mask).to(h.dtype)  # empty caption: its end token
 
     def caption_states(self, enc: Encoded, caps: Captions) -> torch.Tensor:
-        """[N, D_t] mean of the last hidden state over the caption's content tokens; differentiable."""
+        """[N, D_t] mean of the hidden state (`states_layer`) over the caption's content tokens; differentiable."""
         return masked_mean(*self.caption_token_states(enc, caps))
 
     def caption_logprobs(self, enc: Encoded, caps: Captions, normalize: bool = True) -> torch.Tensor:

@@ -52,6 +52,8 @@ def collect_features(vlm, data: str, variant: str, samples: int, cache_dir: str 
                  max_new_tokens=max_new_tokens if variant == "g" else None)
     if tokens:  # only then: the caches of pooled states keep their keys
         parts["tokens"] = True
+    if vlm.states_layer != -1:  # likewise: the last layer's caches keep theirs
+        parts["states_layer"] = vlm.states_layer
     hit = _find_cached(cache_dir, parts, samples)
     if hit is not None:
         meta = json.loads(hit.with_suffix(".json").read_text())

@@ -157,6 +157,8 @@ class MapperTrainConfig:
     objective: str = arg("cosine", "cosine (the paper: 1 - cos with F_I), infonce (contrastive over the batch, --temperature) or late "
                                    "(each caption token matched to its best region, averaged over tokens); vizer train and diagnose use it.")
     temperature: float = arg(0.07, "InfoNCE temperature (objective infonce).")
+    states_layer: int = arg(-1, "The LM hidden state the mapper reads: -1 the last (the paper), 0 the token embeddings, k the output of "
+                                "LM layer k (not in the paper; docs/results/vizer-objectives.md); vizer train and diagnose use it.")
     prompt: str = arg(None, "Caption prompt override (default: the family's; '' for none).")
     max_new_tokens: int = arg(32, "Caption length for variant g.")
     feature_batch_size: int = arg(32, "Images per VLM batch when computing features.")
@@ -251,7 +253,7 @@ def run(cfg: MapperTrainConfig) -> dict:
     if cfg.push_to_hub:
         hub_token()  # before any work
     seed_everything(cfg.seed)
-    vlm = load_vlm(cfg.model, device=cfg.device, dtype=cfg.dtype, prompt=cfg.prompt, pooling=cfg.pooling)
+    vlm = load_vlm(cfg.model, device=cfg.device, dtype=cfg.dtype, prompt=cfg.prompt, pooling=cfg.pooling, states_layer=cfg.states_layer)
     cache = cfg.cache_dir or str(Path(cfg.out) / "feature-cache")  # under --out unless asked: never beside it
     late = cfg.objective == "late"
     data = collect_features(vlm, cfg.data, cfg.variant, cfg.samples, cache, model_id=str(cfg.model), batch_size=cfg.feature_batch_size,
@@ -267,7 +269,7 @@ def run(cfg: MapperTrainConfig) -> dict:
     mapper.save_pretrained(out)
     meta = {"variant": cfg.variant, "model": cfg.model, "pooling": vlm.pooling, "prompt": vlm.prompt, "samples": len(data["ids"]),
             "width": cfg.width, "depth": cfg.depth, "center": cfg.center, "objective": cfg.objective,
-            "temperature": cfg.temperature, "regions": mapper.regions, **stats}
+            "temperature": cfg.temperature, "regions": mapper.regions, "states_layer": vlm.states_layer, **stats}
     atomic_write_json(out / "mapper_meta.json", meta)
     save_config(cfg, out)
     write_model_card(out, title=f"ViZer mapper ({cfg.variant}) of {cfg.model}", base_model=cfg.model, tags=("vizer", "vizer-mapper"),

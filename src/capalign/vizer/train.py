@@ -125,7 +125,11 @@ def run(cfg: VizerTrainConfig) -> dict:
     if not meta_path.exists():
         raise CapalignError(f"not a mapper folder (no mapper_meta.json): {cfg.mapper}; train one with `capalign mapper train`")
     meta = json.loads(meta_path.read_text())
-    vlm = load_vlm(cfg.model, device=str(acc.device), dtype=prec.weights, prompt=meta.get("prompt") or "", pooling=meta["pooling"])
+    if meta.get("states_layer") == 0:
+        raise CapalignError(f"mapper {cfg.mapper} reads states_layer 0, the token embeddings: no LoRA weight lies behind them, so "
+                            "ViZer cannot train through that reward (use it in `vizer diagnose`; train a mapper on layer >= 1)")
+    vlm = load_vlm(cfg.model, device=str(acc.device), dtype=prec.weights, prompt=meta.get("prompt") or "", pooling=meta["pooling"],
+                   states_layer=meta.get("states_layer", -1))
     mapper = Mapper.from_pretrained(cfg.mapper).to(acc.device).eval().requires_grad_(False)
     if mapper.in_dim != vlm.text_hidden_size or mapper.feature_dim != vlm.feature_size:
         raise CapalignError(f"mapper {cfg.mapper} maps {mapper.in_dim}->{mapper.feature_dim} but the model has "
