@@ -25,6 +25,9 @@ OBJECTIVES = {  # name -> mapper train fields on top of the demo's
     "layer1": {"states_layer": 1},  # the LM's first layer output instead of its last (benchmarks/vizer_oracle.py)
     "grid1x3_layer1": {"pooling": "grid1x3", "states_layer": 1},
     "grid1x3_layer0": {"pooling": "grid1x3", "states_layer": 0},  # the token embeddings: no image in the states at all
+    "text": {"text_only": True},  # the caption alone through the LM (no image, no prompt)
+    "grid1x3_text": {"pooling": "grid1x3", "text_only": True},
+    "grid1x3_text_layer1": {"pooling": "grid1x3", "text_only": True, "states_layer": 1},
 }
 DEMO = dict(variant="gt", width=256, samples=2000, epochs=20, center=True, device="cpu")
 

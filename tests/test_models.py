@@ -505,3 +505,27 @@ def test_states_layer_reads_that_hidden_state(path, vlm, enc):
     for bad in (n_layers, -2):
         with pytest.raises(CapalignError, match=f"states_layer must be -1 .* or 0..{n_layers - 1}"):
             load_vlm(path, device="cpu", dtype="float32", states_layer=bad)
+
+
+def test_text_only_states_are_the_caption_alone(path, vlm, enc):
+    """text_only: caption_states run the caption's tokens alone through the LM: equal to an independent text-only
+    forward, the same whatever image the caption is paired with, and not the image-conditioned states."""
+    from capalign.models import load_vlm
+
+    caps = vlm.generate(enc, max_new_tokens=NEW)
+    t = load_vlm(path, device="cpu", dtype="float32", text_only=True)
+    s = t.caption_states(enc, caps)
+    checked = 0
+    for i in range(len(IMAGES)):
+        content = caps.ids[i][caps.content[i].bool()]
+        if len(content) == 0:
+            continue
+        att = caps.ids[i][caps.mask[i].bool()]
+        with torch.no_grad():
+            h = vlm.model.model(input_ids=att[None], use_cache=False).last_hidden_state[0, : len(content)]
+        assert torch.allclose(s[i], h.mean(0), atol=1e-4)
+        checked += 1
+    assert checked >= 2
+    swapped = t.caption_states(t.select(enc, list(range(len(enc)))[::-1]), caps)  # each caption under another image
+    assert torch.allclose(swapped, s, atol=1e-5)
+    assert not torch.allclose(s, vlm.caption_states(enc, caps), atol=1e-3)

@@ -87,7 +87,8 @@ class VLM:
     language_model_prefix: str = "model.language_model"  # module path of the LM inside the model (LoRA target)
     image_count_key: str = "pixel_values"  # get_image_features argument whose first dim counts the images
 
-    def __init__(self, model, processor, prompt: str | None = None, pooling: Pooling = "mean", states_layer: int = -1):
+    def __init__(self, model, processor, prompt: str | None = None, pooling: Pooling = "mean", states_layer: int = -1,
+                 text_only: bool = False):
         self.model = model  # the transformers *ForConditionalGeneration (LoRA layers, if any, are injected in place)
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -100,6 +101,7 @@ class VLM:
             raise CapalignError(f"states_layer must be -1 (the last hidden state, the paper's) or 0..{n_layers - 1} "
                                 f"(0: the token embeddings; k: the output of LM layer k), got {states_layer!r}")
         self.states_layer = states_layer  # which LM hidden state caption_states / caption_token_states read
+        self.text_only = bool(text_only)  # their forward: the caption alone (no image, no prompt) instead of image + prompt + caption
         self.vision_batch_size: int | None = None  # images per vision-tower pass in encode(); None: 1 on CPU, else all
         gen_eos = model.generation_config.eos_token_id
         # keep the generation config's order: tokenize_captions ends references with eos_ids[0], which must be the
@@ -289,8 +291,16 @@ class VLM:
 
     def caption_token_states(self, enc: Encoded, caps: Captions) -> tuple[torch.Tensor, torch.Tensor]:
         """([N, L, D_t] hidden state (of `states_layer`, default the last) at each caption token, [N, L] weights: 1 at
-        the tokens caption_states pools, the content tokens, or the end token of an empty caption); differentiable."""
-        h = self._forward(enc, caps, self.states_layer)[:, enc.inputs["input_ids"].shape[1] :]  # [N, L, D_t]
+        the tokens caption_states pools, the content tokens, or the end token of an empty caption); differentiable.
+        The forward sees the image, the prompt and the caption (the paper), or with `text_only` the caption alone."""
+        if self.text_only:  # the caption's tokens alone: states that carry what it says, none of the image
+            if len(caps.ids) != len(enc):
+                raise ValueError(f"{len(caps.ids)} captions for {len(enc)} encoded images; repeat the encoding first")
+            out = self.model.model(input_ids=caps.ids.to(self.device), attention_mask=caps.mask.to(self.device), use_cache=False,
+                                   output_hidden_states=self.states_layer != -1)
+            h = out.last_hidden_state if self.states_layer == -1 else out.hidden_states[self.states_layer]
+        else:
+            h = self._forward(enc, caps, self.states_layer)[:, enc.inputs["input_ids"].shape[1] :]  # [N, L, D_t]
         w = caps.content if caps.content is not None else caps.mask
         return h, torch.where(w.sum(1, keepdim=True) > 0, w, caps.mask).to(h.dtype)  # empty caption: its end token
 

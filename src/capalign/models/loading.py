@@ -96,6 +96,7 @@ def load_vlm(
     prompt: str | None = None,
     pooling: Pooling = "mean",
     states_layer: int = -1,
+    text_only: bool = False,
     attn_implementation: str | None = "sdpa",
     load_in_8bit: bool = False,
     unfinished_ok: bool = False,
@@ -107,7 +108,8 @@ def load_vlm(
     `prompt`: the text prompt after the image; None: the adapter's training prompt (a capalign adapter records
     it), else the family default; "": no text, just the image (models/prompts.py). `{style}` in it is filled
     with the adapter's recorded style.
-    `states_layer`: the LM hidden state that `caption_states` reads (-1: the last, after the final norm).
+    `states_layer`: the LM hidden state that `caption_states` reads (-1: the last, after the final norm);
+    `text_only`: `caption_states` runs the caption alone through the LM (no image, no prompt).
     `load_in_8bit`: bitsandbytes LLM.int8 weights (CUDA only). Checkpoints saved quantised (AWQ, GPTQ,
     bitsandbytes: a `quantization_config` in config.json) load through transformers' own integration,
     on CUDA only here; on other devices both are a clear error instead of a failure deep in a kernel.
@@ -153,7 +155,8 @@ def load_vlm(
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CapalignError(f"adapter {adapter} does not fit model {name_or_path}: {first[:200]}") from None
     cls = getattr(importlib.import_module(f".{mod}", __package__), cls_name)
-    vlm = cls(model, processor, prompt=resolve_prompt(prompt, adapter), pooling=pooling, states_layer=states_layer)
+    vlm = cls(model, processor, prompt=resolve_prompt(prompt, adapter), pooling=pooling, states_layer=states_layer,
+              text_only=text_only)
     if adapter:
         from .adapter import check_adapter_base
 

@@ -54,6 +54,8 @@ def collect_features(vlm, data: str, variant: str, samples: int, cache_dir: str 
         parts["tokens"] = True
     if vlm.states_layer != -1:  # likewise: the last layer's caches keep theirs
         parts["states_layer"] = vlm.states_layer
+    if vlm.text_only:
+        parts["text_only"] = True
     hit = _find_cached(cache_dir, parts, samples)
     if hit is not None:
         meta = json.loads(hit.with_suffix(".json").read_text())

@@ -159,6 +159,8 @@ class MapperTrainConfig:
     temperature: float = arg(0.07, "InfoNCE temperature (objective infonce).")
     states_layer: int = arg(-1, "The LM hidden state the mapper reads: -1 the last (the paper), 0 the token embeddings, k the output of "
                                 "LM layer k (not in the paper; docs/results/vizer-objectives.md); vizer train and diagnose use it.")
+    text_only: bool = arg(False, "The mapper reads the LM states of the caption alone (no image, no prompt in the forward), not "
+                                 "conditioned on the image (the paper); not in the paper; vizer train and diagnose use it.")
     prompt: str = arg(None, "Caption prompt override (default: the family's; '' for none).")
     max_new_tokens: int = arg(32, "Caption length for variant g.")
     feature_batch_size: int = arg(32, "Images per VLM batch when computing features.")
@@ -253,7 +255,8 @@ def run(cfg: MapperTrainConfig) -> dict:
     if cfg.push_to_hub:
         hub_token()  # before any work
     seed_everything(cfg.seed)
-    vlm = load_vlm(cfg.model, device=cfg.device, dtype=cfg.dtype, prompt=cfg.prompt, pooling=cfg.pooling, states_layer=cfg.states_layer)
+    vlm = load_vlm(cfg.model, device=cfg.device, dtype=cfg.dtype, prompt=cfg.prompt, pooling=cfg.pooling, states_layer=cfg.states_layer,
+                   text_only=cfg.text_only)
     cache = cfg.cache_dir or str(Path(cfg.out) / "feature-cache")  # under --out unless asked: never beside it
     late = cfg.objective == "late"
     data = collect_features(vlm, cfg.data, cfg.variant, cfg.samples, cache, model_id=str(cfg.model), batch_size=cfg.feature_batch_size,
@@ -269,7 +272,8 @@ def run(cfg: MapperTrainConfig) -> dict:
     mapper.save_pretrained(out)
     meta = {"variant": cfg.variant, "model": cfg.model, "pooling": vlm.pooling, "prompt": vlm.prompt, "samples": len(data["ids"]),
             "width": cfg.width, "depth": cfg.depth, "center": cfg.center, "objective": cfg.objective,
-            "temperature": cfg.temperature, "regions": mapper.regions, "states_layer": vlm.states_layer, **stats}
+            "temperature": cfg.temperature, "regions": mapper.regions, "states_layer": vlm.states_layer,
+            "text_only": vlm.text_only, **stats}
     atomic_write_json(out / "mapper_meta.json", meta)
     save_config(cfg, out)
     write_model_card(out, title=f"ViZer mapper ({cfg.variant}) of {cfg.model}", base_model=cfg.model, tags=("vizer", "vizer-mapper"),

@@ -129,7 +129,7 @@ def run(cfg: VizerTrainConfig) -> dict:
         raise CapalignError(f"mapper {cfg.mapper} reads states_layer 0, the token embeddings: no LoRA weight lies behind them, so "
                             "ViZer cannot train through that reward (use it in `vizer diagnose`; train a mapper on layer >= 1)")
     vlm = load_vlm(cfg.model, device=str(acc.device), dtype=prec.weights, prompt=meta.get("prompt") or "", pooling=meta["pooling"],
-                   states_layer=meta.get("states_layer", -1))
+                   states_layer=meta.get("states_layer", -1), text_only=bool(meta.get("text_only")))
     mapper = Mapper.from_pretrained(cfg.mapper).to(acc.device).eval().requires_grad_(False)
     if mapper.in_dim != vlm.text_hidden_size or mapper.feature_dim != vlm.feature_size:
         raise CapalignError(f"mapper {cfg.mapper} maps {mapper.in_dim}->{mapper.feature_dim} but the model has "

@@ -56,7 +56,8 @@ class FeaturesStage(Stage):
         o = self.opts(self.section(ctx))
         mdir = ctx.mappers[o.variant]
         meta = json.loads((mdir / "mapper_meta.json").read_text())
-        vlm = load_vlm(ctx.model, prompt=meta.get("prompt") or "", pooling=meta["pooling"], states_layer=meta.get("states_layer", -1))
+        vlm = load_vlm(ctx.model, prompt=meta.get("prompt") or "", pooling=meta["pooling"], states_layer=meta.get("states_layer", -1),
+                       text_only=bool(meta.get("text_only")))
         mapper = Mapper.from_pretrained(str(mdir)).to(vlm.device).eval()
         caps = {name: {r["id"]: r["caption"] for r in read_jsonl(path)} for name, path in ctx.captions.items()}
         refs = {r["id"]: r["captions"] for r in read_jsonl(ctx.test_manifest)}
