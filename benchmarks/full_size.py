@@ -222,9 +222,14 @@ def run_one(name: str, cache: Path, dtype: str, tokens: int, quick: bool, attn: 
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
         return {"name": name, "completed": False, "error": " | ".join(tail), "measured_peak_bytes": None,
                 "estimated_peak_bytes": None, "seconds": None}
-    r = json.loads(lines[-1][7:])
-    key = name.split("/")[1]
-    parts = estimate_parts(cache / key, r["kind"], dtype, tokens, cache / "judge" if r["kind"] == "grpo" else None, bool(r["gradient_checkpointing"]))
+    return with_estimate(json.loads(lines[-1][7:]), cache, quick)
+
+
+def with_estimate(r: dict, cache: Path, quick: bool) -> dict:
+    """The run `r` with the estimator's components for its settings, the estimate and the ratios."""
+    key = r["name"].split("/")[1]
+    parts = estimate_parts(cache / key, r["kind"], r["dtype"], r["new_tokens"], cache / "judge" if r["kind"] == "grpo" else None,
+                           bool(r["gradient_checkpointing"]))
     img_est = parts.pop("img_tokens_estimated")
     est_model = parts["weights"] + parts["judge_weights"] + parts["lora_adamw"] + max(parts["activations"], parts["kv_cache"])
     est = r["rss_before_load_bytes"] + est_model
@@ -244,6 +249,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16, help="new tokens per caption")
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
     ap.add_argument("--checkpointing", default="recipe", choices=["recipe", "on", "off"], help="gradient checkpointing of the training runs")
+    ap.add_argument("--reestimate", action="store_true", help="run nothing: recompute the estimates of the runs already in --out "
+                                                                  "with the current estimator (after a change to it)")
     ap.add_argument("--_child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--_build", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -255,6 +262,16 @@ def main() -> None:
     dtype = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
     if args._child:
         print("RESULT " + json.dumps(child(args._child, Path(args.cache), dtype, args.tokens, args.attn, args.checkpointing)))
+        return
+    if args.reestimate:
+        out = Path(args.out)
+        doc = json.loads(out.read_text())
+        cache = Path(args.cache or "/tmp/capalign-full-size")  # the built models' configs (the estimator reads them)
+        doc["runs"] = [with_estimate(r, cache, r.get("quick", False)) if r.get("completed") else r for r in doc["runs"]]
+        atomic_write_json(out, doc)
+        for r in doc["runs"]:
+            if r.get("completed"):
+                print(f"{r['name']}: estimate {r['estimated_peak_bytes'] / 2**30:.2f} GiB, work/estimate {r['work_ratio'] or float('nan'):.2f}")
         return
     names = [n for n in RUNS if not args.only or any(o.strip() and o.strip() in n for o in args.only.split(","))]
     if not names:

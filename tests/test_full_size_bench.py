@@ -10,9 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_full_size(tmp_path, only: str) -> dict:
+def run_full_size(tmp_path, only: str, *extra: str) -> dict:
     out = tmp_path / "full.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "full_size.py"), "--quick", "--only", only, "--out", str(out)],
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "full_size.py"), "--quick", "--only", only, "--out", str(out), *extra],
                    check=True, capture_output=True, text=True)
     return json.loads(out.read_text())
 
@@ -38,9 +38,15 @@ def test_full_size_quick_run_merges_into_out(tmp_path):
     """One training run (DPO, SmolVLM family) completes and is merged into an --out that already holds another run."""
     out = tmp_path / "full.json"
     out.write_text(json.dumps({"runs": [{"name": "caption/qwen2vl", "completed": False, "error": "not run"}]}))
-    doc = run_full_size(tmp_path, "dpo/smolvlm")
+    doc = run_full_size(tmp_path, "dpo/smolvlm", "--cache", str(tmp_path / "cache"))
     assert [r["name"] for r in doc["runs"]] == ["dpo/smolvlm", "caption/qwen2vl"]  # kept, in RUNS order
     check_runs({"runs": doc["runs"][:1]}, {"dpo/smolvlm"})
+    # --reestimate runs nothing and recomputes the same estimate with the same estimator; the failed run stays as it was
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "full_size.py"), "--reestimate", "--out", str(out), "--cache", str(tmp_path / "cache")],
+                   check=True, capture_output=True, text=True)
+    again = json.loads(out.read_text())
+    assert again["runs"][0]["estimated_peak_bytes"] == doc["runs"][0]["estimated_peak_bytes"]
+    assert again["runs"][0]["seconds"] == doc["runs"][0]["seconds"] and again["runs"][1] == doc["runs"][1]
 
 
 @pytest.mark.slow

@@ -13,8 +13,12 @@ Where the numbers come from:
   the LM weights and the KV cache once from memory (decoding is memory-bound at small batches);
 - time = FLOPs / (peak x `--mfu`), with the GPU's datasheet dense bf16 peak and memory bandwidth;
 - memory: bf16 weights + LoRA parameters, gradients and AdamW states in fp32 (16 bytes each) + the largest
-  of: training activations (per LM layer and token, the inputs the LoRA and activation gradients need,
-  ~(7 x width + 4 x MLP width) values; with gradient_checkpointing only the layer inputs plus one layer)
+  of: training activations (per LM layer and token, what autograd keeps with LoRA on every linear layer:
+  the two RMSNorms' inputs and outputs, the dropped-out inputs of the q/k/v/o/gate/up adapters (6 x width)
+  and of down (MLP width), the rotated q and k, the attention's inputs and output, the MLP's gate, up,
+  activation and product: ~(14 x width + 4 x KV width + 5 x MLP width) values, 2026-12-04, after
+  benchmarks/full_size.py measured the earlier 7 x width + 4 x MLP width 38% low on a DPO step;
+  with gradient_checkpointing only the layer inputs plus one layer)
   and the KV cache of generation; + 10% for the CUDA context and fragmentation.
 CPU stages (the nano Base, evaluation) are not estimated.
 """
@@ -154,7 +158,7 @@ class Costs:
 
     def train_act_bytes(self, tokens: int, batch: int, checkpointing: bool) -> float:
         f = self.f
-        per_layer = (7 * f["d"] + 4 * f["inter"]) * 2
+        per_layer = (14 * f["d"] + 4 * f["kv"] * f["hd"] + 5 * f["inter"]) * 2  # bf16 values autograd keeps (module docstring)
         if checkpointing:
             return batch * tokens * (f["layers"] * f["d"] * 2 + per_layer)
         return batch * tokens * f["layers"] * per_layer
