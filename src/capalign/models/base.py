@@ -280,27 +280,27 @@ class VLM:
         content[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])] = 0
         return Captions(texts=list(texts), ids=ids.to(self.device), mask=mask.to(self.device), content=content.to(self.device))
 
-    def _forward(self, enc: Encoded, caps: Captions, layer: int = -1) -> torch.Tensor:
-        """A hidden state of the language model (no LM head) over prompt + caption: [N, T + L, D_t]. layer -1: the
-        last (after the final norm); 0: the input embeddings; k: the output of decoder layer k."""
+    def _forward(self, enc: Encoded, caps: Captions, layer: int = -1, image: bool = True) -> torch.Tensor:
+        """A hidden state of the language model (no LM head) over prompt + caption: [N, T + L, D_t]; with `image`
+        False over the caption's tokens alone: [N, L, D_t]. layer -1: the last (after the final norm); 0: the input
+        embeddings; k: the output of decoder layer k."""
         if len(caps.ids) != len(enc):
             raise ValueError(f"{len(caps.ids)} captions for {len(enc)} encoded images; repeat the encoding first")
-        kw = self.extend_inputs(enc.inputs, caps.ids, caps.mask)
-        out = self.model.model(**kw, mm_encoder_outputs=enc.mm_outputs, use_cache=False, output_hidden_states=layer != -1)
+        if image:
+            kw = {**self.extend_inputs(enc.inputs, caps.ids, caps.mask), "mm_encoder_outputs": enc.mm_outputs}
+        else:
+            kw = {"input_ids": caps.ids.to(self.device), "attention_mask": caps.mask.to(self.device)}
+        out = self.model.model(**kw, use_cache=False, output_hidden_states=layer != -1)
         return out.last_hidden_state if layer == -1 else out.hidden_states[layer]
 
     def caption_token_states(self, enc: Encoded, caps: Captions) -> tuple[torch.Tensor, torch.Tensor]:
         """([N, L, D_t] hidden state (of `states_layer`, default the last) at each caption token, [N, L] weights: 1 at
         the tokens caption_states pools, the content tokens, or the end token of an empty caption); differentiable.
-        The forward sees the image, the prompt and the caption (the paper), or with `text_only` the caption alone."""
-        if self.text_only:  # the caption's tokens alone: states that carry what it says, none of the image
-            if len(caps.ids) != len(enc):
-                raise ValueError(f"{len(caps.ids)} captions for {len(enc)} encoded images; repeat the encoding first")
-            out = self.model.model(input_ids=caps.ids.to(self.device), attention_mask=caps.mask.to(self.device), use_cache=False,
-                                   output_hidden_states=self.states_layer != -1)
-            h = out.last_hidden_state if self.states_layer == -1 else out.hidden_states[self.states_layer]
-        else:
-            h = self._forward(enc, caps, self.states_layer)[:, enc.inputs["input_ids"].shape[1] :]  # [N, L, D_t]
+        The forward sees the image, the prompt and the caption (the paper), or with `text_only` the caption alone
+        (states that carry what it says, none of the image)."""
+        h = self._forward(enc, caps, self.states_layer, image=not self.text_only)
+        if not self.text_only:
+            h = h[:, enc.inputs["input_ids"].shape[1] :]  # [N, L, D_t]: the caption's positions
         w = caps.content if caps.content is not None else caps.mask
         return h, torch.where(w.sum(1, keepdim=True) > 0, w, caps.mask).to(h.dtype)  # empty caption: its end token
 

@@ -194,7 +194,7 @@ def run(cfg: DiagnoseConfig) -> dict:
     import json
 
     from ..models import load_vlm
-    from .mapper import Mapper
+    from .mapper import Mapper, vlm_settings
 
     show_config(cfg)
     metas = []
@@ -224,15 +224,15 @@ def run(cfg: DiagnoseConfig) -> dict:
 
     kinds = corruptions()[0]
     print0(f"diagnose: {mode} corruptions ({', '.join(kinds)})")
-    groups: dict = {}  # mappers trained with other pooling or prompt settings see other features and states: one pass per setting
+    groups: dict = {}  # mappers trained with other model settings (pooling, prompt, states) see other features and states: one pass each
     for path, meta in zip(cfg.mappers, metas):
-        groups.setdefault((meta["pooling"], meta.get("prompt"), meta.get("states_layer", -1),
-                               bool(meta.get("text_only"))), []).append((path, meta))
+        groups.setdefault(tuple(vlm_settings(meta).items()), []).append((path, meta))
     results, examples = {}, []
-    for (pooling, prompt, layer, text_only), members in groups.items():
+    for key, members in groups.items():
+        settings = dict(key)
+        pooling = settings["pooling"]
         kinds, captions_of, skipped = corruptions()
-        vlm = load_vlm(cfg.model, device=cfg.device, dtype="float32", prompt=prompt or "", pooling=pooling, states_layer=layer,
-                       text_only=text_only)
+        vlm = load_vlm(cfg.model, device=cfg.device, dtype="float32", **settings)
         mappers = {path: Mapper.from_pretrained(path).eval() for path, _ in members}
         tokens = any(m.objective == "late" for m in mappers.values())  # late interaction needs each token's state
         ids, feats, correct, wrong = caption_sets(vlm, source, captions_of, kinds, cfg.batch_size, examples if not results else None, tokens=tokens)
@@ -244,7 +244,7 @@ def run(cfg: DiagnoseConfig) -> dict:
                                     f"D_t={d_t}, features of {feats.shape[1]} ({pooling} pooling); it was trained on another model")
             r = score_mapper(mapper, feats, correct, wrong, cfg.group)
             results[path] = {"variant": meta["variant"], "center": bool(meta.get("center")), "objective": mapper.objective,
-                             "pooling": pooling, "states_layer": layer, "text_only": text_only, **r}
+                             "pooling": pooling, "states_layer": settings["states_layer"], "text_only": settings["text_only"], **r}
             print0(f"{path} ({meta['variant']}, {mapper.objective}, {pooling}, {'centred' if meta.get('center') else 'raw'}): AUC "
                    + " ".join(f"{k} {v:.3f}" for k, v in r["auc"].items()) + f" | R@1 {r['retrieval_r1']} (chance {r['retrieval_chance']:.3f})")
     results = {p: results[p] for p in cfg.mappers}  # in the order given

@@ -126,6 +126,14 @@ class Mapper(nn.Module, PyTorchModelHubMixin, library_name="capalign", tags=["vi
         return infonce_loss(self.target(features), self(pooled.float()), self.temperature)
 
 
+def vlm_settings(meta: dict) -> dict:
+    """The `load_vlm` settings a mapper was trained with (its mapper_meta.json): prompt, pooling, states_layer and
+    text_only, older mappers' missing fields as the paper's. vizer train, vizer diagnose and the study's features
+    stage load the model with exactly these, so the reward sees the features and states the mapper learned on."""
+    return {"prompt": meta.get("prompt") or "", "pooling": meta["pooling"], "states_layer": meta.get("states_layer", -1),
+            "text_only": bool(meta.get("text_only"))}
+
+
 def infonce_loss(features: torch.Tensor, mapped: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP) over a batch: logits cos(mapped_i, features_j) / temperature, pair i the
     positive of row i and of column i; the mean of the two cross-entropies. [B, D] x [B, D] -> scalar."""

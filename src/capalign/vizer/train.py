@@ -54,7 +54,7 @@ from ..training.card import write_model_card
 from ..training.checkpoints import begin_run, last_checkpoint, rotate
 from ..training.hub import push_folder
 from ..utils import print0, progress, seed_everything
-from .mapper import Mapper
+from .mapper import Mapper, vlm_settings
 
 PROGRESS = "progress.json"  # written last into a checkpoint: step and loss history (its completeness marker)
 
@@ -128,8 +128,7 @@ def run(cfg: VizerTrainConfig) -> dict:
     if meta.get("states_layer") == 0:
         raise CapalignError(f"mapper {cfg.mapper} reads states_layer 0, the token embeddings: no LoRA weight lies behind them, so "
                             "ViZer cannot train through that reward (use it in `vizer diagnose`; train a mapper on layer >= 1)")
-    vlm = load_vlm(cfg.model, device=str(acc.device), dtype=prec.weights, prompt=meta.get("prompt") or "", pooling=meta["pooling"],
-                   states_layer=meta.get("states_layer", -1), text_only=bool(meta.get("text_only")))
+    vlm = load_vlm(cfg.model, device=str(acc.device), dtype=prec.weights, **vlm_settings(meta))
     mapper = Mapper.from_pretrained(cfg.mapper).to(acc.device).eval().requires_grad_(False)
     if mapper.in_dim != vlm.text_hidden_size or mapper.feature_dim != vlm.feature_size:
         raise CapalignError(f"mapper {cfg.mapper} maps {mapper.in_dim}->{mapper.feature_dim} but the model has "

@@ -51,13 +51,12 @@ class FeaturesStage(Stage):
 
         from ...data.sources import batched, open_images
         from ...models import load_vlm
-        from ...vizer.mapper import Mapper
+        from ...vizer.mapper import Mapper, vlm_settings
 
         o = self.opts(self.section(ctx))
         mdir = ctx.mappers[o.variant]
         meta = json.loads((mdir / "mapper_meta.json").read_text())
-        vlm = load_vlm(ctx.model, prompt=meta.get("prompt") or "", pooling=meta["pooling"], states_layer=meta.get("states_layer", -1),
-                       text_only=bool(meta.get("text_only")))
+        vlm = load_vlm(ctx.model, **vlm_settings(meta))
         mapper = Mapper.from_pretrained(str(mdir)).to(vlm.device).eval()
         caps = {name: {r["id"]: r["caption"] for r in read_jsonl(path)} for name, path in ctx.captions.items()}
         refs = {r["id"]: r["captions"] for r in read_jsonl(ctx.test_manifest)}
