@@ -113,13 +113,11 @@ def layer_states(vlm, enc, caps) -> torch.Tensor:
     `caption_states` pools (its last entry is `caption_states`)."""
     from capalign.models.base import masked_mean
 
+    last, w = vlm.caption_token_states(enc, caps)  # the last layer, after the final norm, and the pooling weights
     kw = vlm.extend_inputs(enc.inputs, caps.ids, caps.mask)
     hs = vlm.model.model(**kw, mm_encoder_outputs=enc.mm_outputs, use_cache=False, output_hidden_states=True).hidden_states
     T = enc.inputs["input_ids"].shape[1]
-    w = caps.content if caps.content is not None else caps.mask
-    w = torch.where(w.sum(1, keepdim=True) > 0, w, caps.mask).float()
-    out = [masked_mean(h[:, T:].float(), w) for h in hs[:-1]] + [vlm.caption_states(enc, caps).float()]  # the last one after the final norm
-    return torch.stack(out)
+    return torch.stack([masked_mean(h[:, T:].float(), w.float()) for h in hs[:-1]] + [masked_mean(last.float(), w.float())])
 
 
 def mismatched_states(vlm, source, batch_size: int = 50) -> tuple[torch.Tensor, list, list]:

@@ -88,7 +88,7 @@ def test_linear_probes_read_what_the_features_hold_and_not_more():
     assert all(noise[k]["accuracy"] < noise[k]["majority"] + 0.1 for k in V.PROBES)
 
 
-def test_region_features_are_the_strip_means_by_hand():
+def test_tower_features_mean_and_strip_means_by_hand():
     """A fake tower whose patch states are their own (row, column) on a 6x6 patch grid: strip c is columns 2c, 2c+1."""
     class Fake(torch.nn.Module):
         def forward(self, pixel_values):
@@ -96,7 +96,8 @@ def test_region_features_are_the_strip_means_by_hand():
             hs = torch.stack([idx // 6, idx % 6], -1).expand(len(pixel_values), 36, 2)
             return type("O", (), {"last_hidden_state": hs})()
 
-    r = V.region_features(Fake(), torch.zeros(2, 3, 4, 4))
+    f, r = V.tower_features(Fake(), torch.zeros(2, 3, 4, 4))
+    assert f[0].tolist() == [2.5, 2.5]  # F_I: the mean over all 36 patches, from the same pass
     assert r.shape == (2, 3, 2)
     assert r[0].tolist() == [[2.5, 0.5], [2.5, 2.5], [2.5, 4.5]]  # mean row 2.5 everywhere; mean column of each strip
 

@@ -191,16 +191,22 @@ def probe_targets(rows: list[dict]) -> dict[str, list[list[str]]]:
     return out
 
 
-def _probe_accuracy(train_x: torch.Tensor, ytr: list[str], test_x: torch.Tensor, yte: list[str]) -> tuple[float, float]:
-    """Held-out accuracy of one logistic-regression probe on standardised features, and the majority baseline
-    (the most frequent training label's share of the held-out labels)."""
-    from collections import Counter
-
-    from sklearn.linear_model import LogisticRegression
+def _standardised(train_x: torch.Tensor, test_x: torch.Tensor):
+    """Both feature sets scaled by the training set's mean and standard deviation (numpy arrays)."""
     from sklearn.preprocessing import StandardScaler
 
     sc = StandardScaler().fit(train_x.numpy())
-    pred = LogisticRegression(max_iter=3000).fit(sc.transform(train_x.numpy()), ytr).predict(sc.transform(test_x.numpy()))
+    return sc.transform(train_x.numpy()), sc.transform(test_x.numpy())
+
+
+def _probe_accuracy(a, ytr: list[str], b, yte: list[str]) -> tuple[float, float]:
+    """Held-out accuracy of one logistic-regression probe on standardised features (a: train, b: test), and the
+    majority baseline (the most frequent training label's share of the held-out labels)."""
+    from collections import Counter
+
+    from sklearn.linear_model import LogisticRegression
+
+    pred = LogisticRegression(max_iter=3000).fit(a, ytr).predict(b)
     top = Counter(ytr).most_common(1)[0][0]
     return sum(p == y for p, y in zip(pred, yte)) / len(yte), sum(y == top for y in yte) / len(yte)
 
@@ -212,37 +218,34 @@ def _mean(pairs: list[tuple[float, float]]) -> dict:
 def linear_probes(train_x: torch.Tensor, train_rows: list[dict], test_x: torch.Tensor, test_rows: list[dict]) -> dict:
     """Per PROBES, the held-out accuracy of its probes averaged over its targets, and the majority baseline."""
     tr, te = probe_targets(train_rows), probe_targets(test_rows)
-    return {k: _mean([_probe_accuracy(train_x, ytr, test_x, yte) for ytr, yte in zip(tr[k], te[k])]) for k in PROBES}
+    a, b = _standardised(train_x, test_x)
+    return {k: _mean([_probe_accuracy(a, ytr, b, yte) for ytr, yte in zip(tr[k], te[k])]) for k in PROBES}
 
 
 def region_probes(train_r: torch.Tensor, train_rows: list[dict], test_r: torch.Tensor, test_rows: list[dict]) -> dict:
     """Colour / shape / size probes where cell k's probe sees only region k's features ([N, 3, D] inputs)."""
     tr, te = probe_targets(train_rows), probe_targets(test_rows)
-    return {k: _mean([_probe_accuracy(train_r[:, c], tr[k][c], test_r[:, c], te[k][c]) for c in range(train_r.shape[1])])
-            for k in ("colour", "shape", "size")}
+    regions = [_standardised(train_r[:, c], test_r[:, c]) for c in range(train_r.shape[1])]
+    return {k: _mean([_probe_accuracy(a, tr[k][c], b, te[k][c]) for c, (a, b) in enumerate(regions)]) for k in ("colour", "shape", "size")}
 
 
 @torch.no_grad()
-def tower_features(tower, pix: torch.Tensor) -> torch.Tensor:
-    tower.eval()
-    return torch.cat([pooled(tower, pix[i : i + 100]) for i in range(0, len(pix), 100)]).float()
-
-
-@torch.no_grad()
-def region_features(tower, pix: torch.Tensor, columns: int = len(shapes.POSITIONS)) -> torch.Tensor:
-    """[N, columns, D]: per image, the mean last hidden state of each vertical strip of its square patch grid
-    (grid1x<columns> of models/base.py `region_means`, the features of ViZer's grid pooling for one-tile images)."""
+def tower_features(tower, pix: torch.Tensor, columns: int = len(shapes.POSITIONS)) -> tuple[torch.Tensor, torch.Tensor]:
+    """One tower pass: ([N, D] F_I, the mean last hidden state over all patches as `pooled` gives it; [N, columns, D]
+    the mean over each vertical strip of the square patch grid, grid1x<columns> of models/base.py `region_means`,
+    the features of ViZer's grid pooling for one-tile images)."""
     from ..models.base import region_means
 
     tower.eval()
-    out = []
+    means, regions = [], []
     for i in range(0, len(pix), 100):
         hs = tower(pixel_values=pix[i : i + 100]).last_hidden_state  # [B, P, D]
         side = int(round(hs.shape[1] ** 0.5))
         idx = torch.arange(hs.shape[1])
         rows, cols = idx // side, idx % side
-        out += [region_means(h, rows, cols, side, side, (1, columns)).view(columns, -1) for h in hs]
-    return torch.stack(out).float()
+        means.append(hs.mean(1))
+        regions += [region_means(h, rows, cols, side, side, (1, columns)).view(columns, -1) for h in hs]
+    return torch.cat(means).float(), torch.stack(regions).float()
 
 
 def probe(tower, image_size: int, seed: int = 0, n_probe: int = 2000, n_test: int = 500, lit_steps: int = 600, batch_size: int = 64,
@@ -253,8 +256,9 @@ def probe(tower, image_size: int, seed: int = 0, n_probe: int = 2000, n_test: in
     tr_rows, tr_ims = _examples(seed, n_probe, "train", image_size, offset=10**6)
     te_rows, te_ims = _examples(seed, n_test, "val", image_size)
     tr_pix, te_pix = pixels(tr_ims, image_size), pixels(te_ims, image_size)
-    out = {"probes": linear_probes(tower_features(tower, tr_pix), tr_rows, tower_features(tower, te_pix), te_rows), "n_probe": n_probe, "n_test": n_test}
-    out["region_probes"] = region_probes(region_features(tower, tr_pix), tr_rows, region_features(tower, te_pix), te_rows)
+    (tr_f, tr_r), (te_f, te_r) = tower_features(tower, tr_pix), tower_features(tower, te_pix)
+    out = {"probes": linear_probes(tr_f, tr_rows, te_f, te_rows), "region_probes": region_probes(tr_r, tr_rows, te_r, te_rows),
+           "n_probe": n_probe, "n_test": n_test}
     out["lit_r1"], out["lit_steps"] = None, lit_steps
     if lit_steps:  # 0: probes only
         lit, _ = train_dual(tower, tr_rows, tr_pix, lit_steps, batch_size, lr, seed, loss, freeze_tower=True, desc="LiT probe")
