@@ -86,6 +86,19 @@ def plain_inputs(vlm, images, prompt=None):
     return dict(vlm.processor(text=texts, images=vlm.processor_images(images), return_tensors="pt", padding=True))
 
 
+def with_caption(vlm, image, caps: Captions, i: int) -> tuple[dict, int]:
+    """Plain processor inputs of one image followed by caption i's tokens (content + end token, if generated), for an
+    independent single-sample forward; and T, the prompt's length (the caption starts there)."""
+    b = plain_inputs(vlm, [image])
+    T = b["input_ids"].shape[1]
+    att = caps.ids[i][caps.mask[i].bool()]
+    b["input_ids"] = torch.cat([b["input_ids"], att[None]], 1)
+    b["attention_mask"] = torch.ones_like(b["input_ids"])
+    if "mm_token_type_ids" in b:
+        b["mm_token_type_ids"] = torch.cat([b["mm_token_type_ids"], torch.zeros_like(att[None])], 1)
+    return b, T
+
+
 def lm_parameters(vlm):
     vis = {id(p) for p in vlm.vision_parameters()}
     return [(n, p) for n, p in vlm.model.named_parameters() if id(p) not in vis]
@@ -288,13 +301,7 @@ def test_caption_states_equal_independent_single_sample_forward(vlm, enc):
         n = len(content)
         if n == 0:
             continue
-        b = plain_inputs(vlm, [im])
-        T = b["input_ids"].shape[1]
-        att = caps.ids[i][caps.mask[i].bool()]  # content + end token (if generated)
-        b["input_ids"] = torch.cat([b["input_ids"], att[None]], 1)
-        b["attention_mask"] = torch.ones_like(b["input_ids"])
-        if "mm_token_type_ids" in b:
-            b["mm_token_type_ids"] = torch.cat([b["mm_token_type_ids"], torch.zeros_like(att[None])], 1)
+        b, T = with_caption(vlm, im, caps, i)
         with torch.no_grad():
             h = vlm.model.model(**b, use_cache=False).last_hidden_state[0, T : T + n]
         ref = h.mean(0)
@@ -488,13 +495,7 @@ def test_states_layer_reads_that_hidden_state(path, vlm, enc):
         if n == 0:
             continue
         assert torch.allclose(s0[i], emb[content].mean(0), atol=1e-5)
-        b = plain_inputs(vlm, [im])
-        T = b["input_ids"].shape[1]
-        att = caps.ids[i][caps.mask[i].bool()]
-        b["input_ids"] = torch.cat([b["input_ids"], att[None]], 1)
-        b["attention_mask"] = torch.ones_like(b["input_ids"])
-        if "mm_token_type_ids" in b:
-            b["mm_token_type_ids"] = torch.cat([b["mm_token_type_ids"], torch.zeros_like(att[None])], 1)
+        b, T = with_caption(vlm, im, caps, i)
         with torch.no_grad():
             h1 = vlm.model.model(**b, use_cache=False, output_hidden_states=True).hidden_states[1][0, T : T + n]
         assert torch.allclose(s1[i], h1.mean(0), atol=1e-4)

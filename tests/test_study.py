@@ -359,8 +359,8 @@ class Stop(Exception):
     pass
 
 
-def test_vizer_study_base_trains_for_fixed_steps(tmp_path, monkeypatch):
-    """The Base: clean pre-training for --nano_steps, then web fine-tuning from the clean weights (never a clock)."""
+def record_base_runs(monkeypatch) -> list:
+    """`nano train` replaced: each config it is called with is recorded, and the second call stops the study (Stop)."""
     from capalign.nano import train as nano
 
     seen = []
@@ -371,6 +371,14 @@ def test_vizer_study_base_trains_for_fixed_steps(tmp_path, monkeypatch):
             raise Stop
 
     monkeypatch.setattr(nano, "run", fake_run)
+    return seen
+
+
+def test_vizer_study_base_trains_for_fixed_steps(tmp_path, monkeypatch):
+    """The Base: clean pre-training for --nano_steps, then web fine-tuning from the clean weights (never a clock)."""
+    from capalign.nano import train as nano
+
+    seen = record_base_runs(monkeypatch)
     with pytest.raises(Stop):
         main(["vizer", "study", "--out", str(tmp_path / "s"), "--nano_steps", "123", "--web_steps", "45", "--n_mapper", "4",
               "--n_unlabeled", "4", "--n_test", "4"])
@@ -430,16 +438,7 @@ def test_a_karpathy_test_split_is_copied_into_the_run_folder(tmp_path):
 def test_base_vision_from_applies_to_the_clean_run_only(tmp_path, monkeypatch):
     """base.vision_from: the clean pre-training starts its tower from the `nano vision` folder; the web fine-tune
     starts from the clean model (re-applying the tower there would undo the clean run's training of it)."""
-    from capalign.nano import train as nano
-
-    seen = []
-
-    def fake_run(cfg):
-        seen.append(cfg)
-        if len(seen) == 2:
-            raise Stop
-
-    monkeypatch.setattr(nano, "run", fake_run)
+    seen = record_base_runs(monkeypatch)
     (tmp_path / "r.yaml").write_text("seeds: [0]\ndata: {mapper: 4, unlabeled: 4, test: 4}\n"
                                      f"base: {{vision_from: {tmp_path / 'nv'}, freeze_vision: true}}\n")
     with pytest.raises(Stop):
