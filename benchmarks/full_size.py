@@ -148,6 +148,13 @@ def child(name: str, cache: Path, dtype: str, tokens: int, attn: str = "sdpa", c
     # peak of loading, not of the work; the work's own peak is measured from a reset mark (None where unsupported)
     load_peak, after_load = _status_bytes("VmHWM"), _status_bytes("VmRSS")
     work_mark = _reset_peak()
+    phases: dict[str, list[int | None]] = {}  # phase -> [its peak RSS, RSS at its end]; each phase measured from a reset mark
+
+    def mark(phase: str) -> None:
+        if work_mark:
+            phases[phase] = [_status_bytes("VmHWM"), _status_bytes("VmRSS")]
+            _reset_peak()
+
     n_img, ckpt = (2 if kind in ("caption", "mapper") else 1), False
     imgs = images(n_img)
     if kind not in ("caption", "mapper"):
@@ -155,12 +162,15 @@ def child(name: str, cache: Path, dtype: str, tokens: int, attn: str = "sdpa", c
     t0 = time.perf_counter()
     enc = vlm.encode(imgs)
     img_tok = int((enc.inputs["input_ids"] == vlm.model.config.image_token_id).sum()) // n_img
+    mark("encode")
     if kind in ("caption", "mapper"):
         vlm.model.eval()
         with torch.no_grad():
             caps = vlm.generate(enc, max_new_tokens=tokens)
+            mark("generate")
             if kind == "mapper":
                 vlm.caption_states(enc, caps)
+                mark("states")
     else:
         from peft import get_peft_model
 
@@ -175,6 +185,7 @@ def child(name: str, cache: Path, dtype: str, tokens: int, attn: str = "sdpa", c
 
             vlm.model.eval()
             caps = vlm.generate(enc, max_new_tokens=tokens)
+            mark("generate")
             vlm.model.train()
             mapper = Mapper(vlm.text_hidden_size, vlm.vision_hidden_size, 256).requires_grad_(False).to(vlm.device)
             loss, _ = VizerObjective(vlm, mapper)(enc, caps)
@@ -185,6 +196,7 @@ def child(name: str, cache: Path, dtype: str, tokens: int, attn: str = "sdpa", c
             caps = vlm.tokenize_captions(["a funny cat plays a piano on the roof of a red car", "a cat on a car"])
             with torch.no_grad(), peft.disable_adapter():
                 ref = caption_token_logps(peft, vlm, enc2, caps).sum(1)
+            mark("reference")
             vlm.model.train()
             lp = caption_token_logps(peft, vlm, enc2, caps).sum(1)
             loss = dpo_loss(lp[0::2], lp[1::2], ref[0::2], ref[1::2], 0.1).losses.mean()
@@ -196,33 +208,47 @@ def child(name: str, cache: Path, dtype: str, tokens: int, attn: str = "sdpa", c
             caps = vlm.generate(enc, max_new_tokens=tokens, do_sample=True, num_return_sequences=2)
             r = torch.tensor(reward(completions=caps.texts, references=[["a photo"]] * 2, image=imgs * 2, id=["0", "0"]), dtype=torch.float32)
             adv = ((r - r.mean()) / (r.std() + 1e-4)).to(vlm.device)
+            mark("generate+judge")
             vlm.model.train()
             loss = -(adv * vlm.caption_logprobs(vlm.repeat(enc, 2), caps)).mean()
+        mark("forward")
         loss.backward()
+        mark("backward")
         opt.step()
         opt.zero_grad(set_to_none=True)
+        mark("step")
     seconds = time.perf_counter() - t0
-    work_peak = _status_bytes("VmHWM") if work_mark else None
+    work_peak = max(p for p, _ in phases.values()) if work_mark and phases else None
     # the reset also lowers ru_maxrss (Linux derives it from the same mark): the process peak is the larger of the two
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, load_peak or 0, work_peak or 0)
     return {"name": name, "kind": kind, "model": MODELS[key], "dtype": dtype, "device": dev, "seconds": seconds, "load_seconds": load_s,
             "new_tokens": tokens, "images": n_img, "image_tokens_per_image": img_tok, "measured_peak_bytes": peak,
             "rss_before_load_bytes": base_rss, "load_peak_bytes": load_peak, "rss_after_load_bytes": after_load, "work_peak_bytes": work_peak,
+            "phase_peak_bytes": {k: v[0] for k, v in phases.items()}, "phase_end_rss_bytes": {k: v[1] for k, v in phases.items()},
             "allocator_peak_bytes": torch.cuda.max_memory_allocated() if dev == "cuda" else None,
-            "threads": torch.get_num_threads(), "attn": attn,
+            "threads": torch.get_num_threads(), "attn": attn, "malloc_env": {k: os.environ.get(k) for k in MALLOC_LIVE},
             "gradient_checkpointing": ckpt if kind in ("vizer", "dpo", "grpo") else None}
 
 
-def run_one(name: str, cache: Path, dtype: str, tokens: int, quick: bool, attn: str = "sdpa", checkpointing: str = "recipe") -> dict:
+# glibc's malloc raises its mmap threshold after large frees (up to 32 MiB), so freed activations stay in its heap and
+# in RSS: on the ViZer step that retention was 24-34% of the estimate (docs/results/full-size.md). A fixed threshold returns
+# every freed block >= 128 KiB to the kernel, so RSS follows the live tensors, the quantity the estimator models (and a
+# GPU's max_memory_allocated reports). `--malloc default` keeps glibc's own behaviour.
+MALLOC_LIVE = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def run_one(name: str, cache: Path, dtype: str, tokens: int, quick: bool, attn: str = "sdpa", checkpointing: str = "recipe",
+            malloc: str = "live") -> dict:
     cmd = [sys.executable, __file__, "--_child", name, "--cache", str(cache), "--dtype", dtype, "--tokens", str(tokens),
            "--attn", attn, "--checkpointing", checkpointing]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_LIVE}
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**env, **MALLOC_LIVE} if malloc == "live" else env)
     lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     if p.returncode or not lines:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
         return {"name": name, "completed": False, "error": " | ".join(tail), "measured_peak_bytes": None,
                 "estimated_peak_bytes": None, "seconds": None}
-    return with_estimate(json.loads(lines[-1][7:]), cache, quick)
+    return with_estimate({**json.loads(lines[-1][7:]), "malloc": malloc}, cache, quick)
 
 
 def with_estimate(r: dict, cache: Path, quick: bool) -> dict:
@@ -249,6 +275,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16, help="new tokens per caption")
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
     ap.add_argument("--checkpointing", default="recipe", choices=["recipe", "on", "off"], help="gradient checkpointing of the training runs")
+    ap.add_argument("--malloc", default="live", choices=["live", "default"],
+                    help="live: glibc returns freed blocks >= 128 KiB (RSS follows live tensors); default: glibc's own (keeps freed heap)")
     ap.add_argument("--reestimate", action="store_true", help="run nothing: recompute the estimates of the runs already in --out "
                                                                   "with the current estimator (after a change to it)")
     ap.add_argument("--_child", default="", help=argparse.SUPPRESS)
@@ -285,7 +313,7 @@ def main() -> None:
     doc = json.loads(out.read_text()) if out.is_file() else {}
     runs = {r["name"]: r for r in doc.get("runs", [])}
     for name in names:
-        r = run_one(name, cache, dtype, args.tokens, args.quick, args.attn, args.checkpointing)
+        r = run_one(name, cache, dtype, args.tokens, args.quick, args.attn, args.checkpointing, args.malloc)
         runs[name] = r
         doc.update(benchmark="full_size", cpu_threads=os.environ.get("OMP_NUM_THREADS"), torch=torch.__version__,
                    runs=[runs[n] for n in RUNS if n in runs])

@@ -27,6 +27,16 @@ def check_runs(doc: dict, names: set) -> None:
         assert r["work_peak_bytes"] >= r["rss_after_load_bytes"] * 0.9  # the mark starts at the RSS after loading
         assert r["measured_peak_bytes"] >= max(r["load_peak_bytes"], r["work_peak_bytes"])
         assert r["work_ratio"] == pytest.approx(r["work_peak_bytes"] / r["estimated_peak_bytes"])
+        # the work's peak is the largest of its phases' peaks, each measured from its own reset mark
+        phases = {"caption": ["encode", "generate"], "mapper": ["encode", "generate", "states"],
+                  "vizer": ["encode", "generate", "forward", "backward", "step"],
+                  "dpo": ["encode", "reference", "forward", "backward", "step"],
+                  "grpo": ["encode", "generate+judge", "forward", "backward", "step"]}[r["kind"]]
+        assert list(r["phase_peak_bytes"]) == phases and list(r["phase_end_rss_bytes"]) == phases
+        assert r["work_peak_bytes"] == max(r["phase_peak_bytes"].values())
+        assert all(r["phase_peak_bytes"][k] >= r["phase_end_rss_bytes"][k] > 0 for k in phases)
+        # the child ran with the fixed mmap threshold (freed blocks go back to the kernel: RSS follows live tensors)
+        assert r["malloc"] == "live" and r["malloc_env"] == {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
         assert r["estimated_peak_bytes"] > r["rss_before_load_bytes"]
         assert r["seconds"] > 0 and r["image_tokens_per_image"] > 0
         assert r["estimate_parts"]["weights"] > 0
@@ -47,6 +57,15 @@ def test_full_size_quick_run_merges_into_out(tmp_path):
     again = json.loads(out.read_text())
     assert again["runs"][0]["estimated_peak_bytes"] == doc["runs"][0]["estimated_peak_bytes"]
     assert again["runs"][0]["seconds"] == doc["runs"][0]["seconds"] and again["runs"][1] == doc["runs"][1]
+
+
+def test_full_size_malloc_default_leaves_glibc_alone(tmp_path, monkeypatch):
+    """--malloc default: the child sees no malloc setting, not even one inherited from the caller's environment."""
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4096")
+    doc = run_full_size(tmp_path, "caption/qwen2vl", "--malloc", "default")
+    (r,) = doc["runs"]
+    assert r["completed"] and r["malloc"] == "default"
+    assert r["malloc_env"] == {"MALLOC_MMAP_THRESHOLD_": None, "MALLOC_TRIM_THRESHOLD_": None}
 
 
 @pytest.mark.slow
