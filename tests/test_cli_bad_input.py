@@ -343,6 +343,7 @@ ROWS = [
     (_with(JUDGE_TRAIN, out="{tmp}/afile/jt"), "none", "{tmp}/afile is a file, not a folder"),
     (JUDGE_TRAIN + " --config {tmp}/run.yaml", "yaml_malformed", "{tmp}/run.yaml"),
     (_with(JUDGE_TRAIN, degenerate_share="1"), "none", "degenerate_share must be in [0, 1), got 1.0"),
+    (_with(JUDGE_TRAIN, web_grading="loose"), "none", "unknown web_grading 'loose'; expected fixed or content"),
     # ------------------------------------------------------------------ judge calibrate
     (_with(CALIBRATE, judge="{tmp}/nope"), "none", "model path not found: {tmp}/nope"),
     (_with(CALIBRATE, limit="1"), "none", "limit must be >= 2"),

@@ -23,6 +23,7 @@ from capalign.judge.train import (
     image_expansion,
     judge_loss,
     training_inputs,
+    web_grade,
 )
 from capalign.metrics.judge import LETTERS, Judge, fill
 
@@ -92,6 +93,34 @@ def test_candidates_match_their_sources():
         candidate(rows[0], "funny", random.Random(0))
 
 
+OBJS = [{"name": "triangle", "attributes": ["purple", "large"]}, {"name": "circle", "attributes": ["red", "small"]}]
+
+
+@pytest.mark.parametrize("caption,grade", [
+    ("so aesthetic", "E"), ("stock photo", "E"), ("IMG_7186.jpg", "E"), ("ITAP of a shape", "E"),  # nothing of the image
+    ("nice square", "E"),                                    # names a shape the image does not have
+    ("a purple triangle", "C"), ("look at this large triangle", "C"), ("circle clipart png", "C"), ("red circle on grey background", "C"),
+    ("my red triangle :)", "D"),                             # the image's shape, a wrong colour
+    ("a purple triangle and a blue square", "D"),            # one true object, one that is not there
+])
+def test_web_grade_by_hand(caption, grade):
+    assert web_grade(caption, OBJS) == grade
+
+
+def test_web_candidates_graded_by_content():
+    """--web_grading content: every web candidate's grade is web_grade of its caption, all three grades occur, and the
+    other sources and the random stream are those of --web_grading fixed."""
+    rows = [shapes.make_example(0, i, 48, "train")[0] for i in range(80)]
+    fixed, content = examples(rows, random.Random(0)), examples(rows, random.Random(0), web_grading="content")
+    assert [{**e, "grade": None} for e in fixed] == [{**e, "grade": None} for e in content]
+    web = [e for e in content if e["source"] == "web"]
+    assert all(e["grade"] == web_grade(e["caption"], rows[e["image"]]["objects"]) for e in web)
+    assert {e["grade"] for e in web} == {"C", "D", "E"}
+    assert all(a == b for a, b in zip(fixed, content) if a["source"] != "web")
+    with pytest.raises(ValueError, match="unknown web_grading"):
+        JudgeTrainConfig(web_grading="loose")
+
+
 TINY = ["--n_train", "12", "--n_val", "3", "--steps", "4", "--batch_size", "6", "--image_size", "48", "--vision_width", "32",
         "--vision_layers", "1", "--text_width", "32", "--text_layers", "1", "--vocab_size", "320", "--eval_batch_size", "7"]
 
@@ -106,6 +135,7 @@ def tiny_judge(tmp_path_factory):
 def test_train_writes_a_judge_folder(tiny_judge, capsys):
     meta = json.loads((tiny_judge / "judge.json").read_text())
     assert meta["prompt"] == NANO_PROMPT and set(meta["grade_mapping"]) == set(LETTERS)
+    assert meta["web_grading"] == JudgeTrainConfig().web_grading  # how its web-style candidates were graded
     res = json.loads((tiny_judge / "judge_result.json").read_text())
     val = res["val"]
     assert res["steps"] == 4 and val["n"] == 3 * len(SOURCES)

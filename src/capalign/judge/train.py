@@ -7,7 +7,7 @@ caption; candidates come from five sources, and the grade is a function of what 
 - factual captions of the image (any phrasing that states positions)        -> usually A
 - factual captions of the image with one injected error (a colour, shape or size changed, an object
   moved to an empty cell, dropped, or invented: data/shapes.py `corrupt`)  -> B
-- web-style captions (vague, partial, opinionated)                          -> C, always
+- web-style captions (vague, partial, opinionated)                          -> C, or by content (below)
 - factual captions with 2-3 injected errors                                 -> D, or E (below)
 - factual captions of another image                                         -> E, or D (below)
 Grade of a factual-form caption from `errors`, the fewest unit edits (change one object's colour,
@@ -15,7 +15,14 @@ shape or size, move it, drop one, invent one) that turn the true scene into the 
 0 errors -> A; 1 -> B; 2 or more -> D if some described object has the shape and colour of a true
 object ("some correct elements"), else E ("completely incorrect"). So a caption of another image that
 shares a red circle with the image is D, and a 2-error caption that names no true object is E: the
-grade follows the content, never the source. "From left to right: a, b" phrasings are left out for
+grade follows the content, never the source. Web-style captions are C whatever they say with `--web_grading fixed`;
+with `--web_grading content` they are graded by what they say about the image, by the paper's rubric (`web_grade`):
+C ("correct general scene but lacks specificity") when they name objects of the image and every named object is
+there (its shape, and its colour where one is stated), D ("some correct elements but major inaccuracies") when they
+name a shape of the image but also a wrong colour or a shape that is not there, E ("completely incorrect or
+irrelevant") when they name no object of the image ("so aesthetic", "stock photo"). With `fixed` such a caption earns
+C, 0.5, on every image, as much as the average caption of a captioner that describes with errors: a GRPO policy
+drifted to it (docs/results/rl-collapse.md). "From left to right: a, b" phrasings are left out for
 scenes of 2-3 objects: they do not state the cells, so a moved object could read as correct.
 The nano judge's prompt is short ("reference: {reference}\\ncaption: {caption}\\ngrade:") rather than
 the paper's A.1 text, which would triple the sequence (and training time) of a model that never reads
@@ -55,7 +62,7 @@ SOURCES = ("correct", "one_error", "web", "errors", "other_image")
 GRADE_MAPPING = {
     "A": "factual caption with 0 errors",
     "B": "factual caption with 1 error (a colour, shape or size changed, an object moved, dropped or invented)",
-    "C": "web-style caption (vague, partial or opinionated)",
+    "C": "web-style caption (vague, partial or opinionated); with web_grading content: one that names only objects of the image",
     "D": "factual caption with >= 2 errors that still names a true object (same shape and colour)",
     "E": "factual caption with >= 2 errors that names no true object (e.g. a caption of another image)",
 }
@@ -85,17 +92,31 @@ def grade_of(truth: Scene, said: Scene) -> tuple[str, int]:
     return ("D" if names_one else "E"), e
 
 
+def web_grade(caption: str, objects) -> str:
+    """The grade of a web-style caption by what it says about the image whose `objects` are given (module docstring):
+    C when it names objects and each is grounded (metrics/grounding.py, shape and stated colour), D when it names a
+    shape of the image but not every mention is grounded, E when no mention names a shape of the image."""
+    from ..metrics.grounding import grounded, mentions, parse_objects, vocabulary
+
+    objs = parse_objects(objects)
+    said = mentions(caption, *vocabulary([objects]))
+    if not any(grounded(m, objs, "name") for m in said):
+        return "E"
+    return "C" if all(grounded(m, objs, "attr") for m in said) else "D"
+
+
 def phrasings(scene: Scene) -> list[str]:
     """Factual captions that state every object's cell (see the module docstring)."""
     caps = factual_captions(scene)
     return caps if len(scene.objects) == 1 else [c for i, c in enumerate(caps) if i != 2]
 
 
-def candidate(row: dict, source: str, rng: random.Random, other: dict | None = None) -> dict:
+def candidate(row: dict, source: str, rng: random.Random, other: dict | None = None, web_grading: str = "fixed") -> dict:
     """A candidate caption for a manifest row from one source, with its grade and error count."""
     truth = scene_from_objects(row["objects"])
     if source == "web":
-        return {"caption": rng.choice(row["captions_web"]), "grade": "C", "errors": None, "source": source}
+        cap = rng.choice(row["captions_web"])
+        return {"caption": cap, "grade": web_grade(cap, row["objects"]) if web_grading == "content" else "C", "errors": None, "source": source}
     if source == "correct":
         said = truth
     elif source in ("one_error", "errors"):
@@ -138,14 +159,14 @@ def degenerate_examples(rows: list[dict], rng: random.Random) -> list[dict]:
             for i, row in enumerate(rows) for kind in DEGENERATE_KINDS]
 
 
-def examples(rows: list[dict], rng: random.Random, per_source: int = 1) -> list[dict]:
+def examples(rows: list[dict], rng: random.Random, per_source: int = 1, web_grading: str = "fixed") -> list[dict]:
     """Every row with `per_source` candidates from every source (another image: a random other row)."""
     out = []
     for i, row in enumerate(rows):
         for source in SOURCES:
             for _ in range(per_source):
                 other = rows[(i + rng.randrange(1, len(rows))) % len(rows)] if len(rows) > 1 else None
-                out.append({"image": i, "reference": row["captions"][0], **candidate(row, source, rng, other)})
+                out.append({"image": i, "reference": row["captions"][0], **candidate(row, source, rng, other, web_grading)})
     return out
 
 
@@ -175,6 +196,8 @@ class JudgeTrainConfig:
     hub_public: bool = arg(False, PUBLIC_HELP)
     degenerate_share: float = arg(0.15, "Share of training candidates that are degenerate (non-words, noise, repeats, truncated, empty, "
                                         "another image's, garbage after a correct caption), graded E; 0: the ordinary five sources only.")
+    web_grading: str = arg("fixed", "Grade of web-style candidates: fixed (always C) or content (C / D / E by what they say about the "
+                                    "image, the paper's rubric; see the module docstring).")
 
     def __post_init__(self):
         check_report_to(self.report_to)
@@ -185,6 +208,8 @@ class JudgeTrainConfig:
             raise ValueError("n_train and n_val must be >= 2 (candidates from another image need one)")
         if not 0 <= self.degenerate_share < 1:
             raise ValueError(f"degenerate_share must be in [0, 1), got {self.degenerate_share}")
+        if self.web_grading not in ("fixed", "content"):
+            raise ValueError(f"unknown web_grading {self.web_grading!r}; expected fixed or content")
         for k in ("{reference}", "{caption}"):
             if k not in self.prompt:
                 raise ValueError(f"prompt lacks the {k} placeholder")
@@ -264,7 +289,7 @@ def run(cfg: JudgeTrainConfig) -> dict:
     val = _examples(cfg.seed, cfg.n_val, "val", cfg.image_size)
     rng = random.Random(cfg.seed)
     train_rows = [r for r, _ in train]
-    corpus = [fill(cfg.prompt, e["reference"], e["caption"]) + e["grade"] for e in examples(train_rows[:1000], rng)]
+    corpus = [fill(cfg.prompt, e["reference"], e["caption"]) + e["grade"] for e in examples(train_rows[:1000], rng, web_grading=cfg.web_grading)]
     nano = NanoTrainConfig(out=cfg.out, seed=cfg.seed, image_size=cfg.image_size, vision_width=cfg.vision_width, vision_layers=cfg.vision_layers,
                            text_width=cfg.text_width, text_layers=cfg.text_layers, vocab_size=cfg.vocab_size)
     build_nano(nano, corpus, out)
@@ -287,7 +312,8 @@ def run(cfg: JudgeTrainConfig) -> dict:
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
         cands = [degenerate_candidate(train_rows[i], rng.choice(DEGENERATE_KINDS), rng, train_rows)
                  if cfg.degenerate_share and rng.random() < cfg.degenerate_share else  # share 0 draws nothing: the old stream
-                 candidate(train_rows[i], rng.choice(SOURCES), rng, train_rows[(i + rng.randrange(1, len(train))) % len(train)]) for i in idx]
+                 candidate(train_rows[i], rng.choice(SOURCES), rng, train_rows[(i + rng.randrange(1, len(train))) % len(train)], cfg.web_grading)
+                 for i in idx]
         kw = training_inputs(judge, expansion, [train_rows[i]["captions"][0] for i in idx], [c["caption"] for c in cands],
                              [letter[LETTERS.index(c["grade"])] for c in cands])
         return {**kw, "pixel_values": pix[idx]}
@@ -301,11 +327,11 @@ def run(cfg: JudgeTrainConfig) -> dict:
     vlm.model.save_pretrained(out)
     vlm.processor.save_pretrained(out)
     atomic_write_json(out / JUDGE_FILE, {"prompt": cfg.prompt, "answer_prefix": judge.answer_prefix, "letters": list(LETTERS),
-                                         "letter_scores": list(LETTER_SCORES), "grade_mapping": GRADE_MAPPING,
+                                         "letter_scores": list(LETTER_SCORES), "grade_mapping": GRADE_MAPPING, "web_grading": cfg.web_grading,
                                          "trained_on": "capalign shapes world (capalign judge train)"})
 
     # 3. held-out accuracy through the same scoring path as the judge reward
-    held = heldout(Judge.load(str(out), device="cpu", dtype="float32", batch_size=cfg.eval_batch_size), val, cfg.seed)
+    held = heldout(Judge.load(str(out), device="cpu", dtype="float32", batch_size=cfg.eval_batch_size), val, cfg.seed, cfg.web_grading)
     m = held["val"]
     result = {"steps": cfg.steps, "train_seconds": round(train_s, 1), "threads": torch.get_num_threads(), "params": n_params,
               "final_loss": sum(losses[-50:]) / len(losses[-50:]), "val_images": cfg.n_val, **held,
@@ -332,10 +358,10 @@ def run(cfg: JudgeTrainConfig) -> dict:
     return result
 
 
-def heldout(judge: Judge, val: list, seed: int) -> dict:
+def heldout(judge: Judge, val: list, seed: int, web_grading: str = "fixed") -> dict:
     """Held-out measures of a judge on the `val` examples ((row, image) pairs of split 'val'): `val`, one ordinary
     candidate per source and image (the candidates every earlier judge was measured on), and `val_degenerate`,
     one degenerate candidate of every kind per image (all graded E). Callable on any judge, e.g. an old one."""
     rows, images = [r for r, _ in val], [im for _, im in val]
-    return {"val": measure(judge, images, examples(rows, random.Random(f"judge-val/{seed}"))),
+    return {"val": measure(judge, images, examples(rows, random.Random(f"judge-val/{seed}"), web_grading=web_grading)),
             "val_degenerate": measure(judge, images, degenerate_examples(rows, random.Random(f"judge-val-degenerate/{seed}")))}
