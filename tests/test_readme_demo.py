@@ -8,12 +8,10 @@ against those files, so a re-measured doc or a changed recipe cannot leave the R
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
 
 import yaml
-
-from capalign.metrics import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -38,19 +36,24 @@ def test_demo_section_says_what_varies_and_what_does_not():
     assert "bit-identical" in words and "pattern over seeds" in words
 
 
-def test_five_seed_rows_are_docs_vizer_numbers():
-    five = (ROOT / "docs" / "results" / "vizer-five-seeds.md").read_text()
-    src = {r[0]: r[1:] for r in _table(five, "metric")[1:]}  # metric -> [Base mean, GT - Base (...), G - Base (...)]
+def test_five_seed_rows_are_the_compare_study_summary():
+    """The README's one table is the shapes-compare study's summary.json (benchmarks/results), cell by cell, and the
+    same table as docs/results/compare.md's."""
+    summary = json.loads((ROOT / "benchmarks" / "results" / "shapes_compare_summary.json").read_text())
     header, *rows = _table(DEMO, "over 5 seeds")
-    by_label = {registry.label(k): k for k in src}
-    keys = [by_label[h] for h in header[1:]]
+    keys = {"CIDEr": "CIDEr", "R_obj": "recall_name", "R_attr": "recall_attr", "CHAIRs_attr": "chair_s_attr", "judge": "judge", "words": "words"}
     readme = {r[0]: r[1:] for r in rows}
-    for col, k in enumerate(keys):
-        base, gt, g = src[k]
-        assert readme["Base"][col] == base, k
-        for name, full in (("ViZer_GT - Base", gt), ("ViZer_G - Base", g)):
-            mean, updown = re.match(r"([+-][\d.]+) \[.*\] \((\d/\d)\)", full).groups()
-            assert readme[name][col] == f"{mean} ({updown})", (name, k)
+    assert set(readme) == {"Base"} | {f"{s} - Base" for s in summary["paired"]}
+    for col, h in enumerate(header[1:-1]):
+        k = keys[h]
+        assert readme["Base"][col] == f"{summary['systems']['Base'][k]['mean']:.3f}", h
+        for name, row in summary["paired"].items():
+            p = row[k]
+            assert readme[f"{name} - Base"][col] == f"{p['mean_diff']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}] ({p['n_up']}/{p['n_down']})", (name, h)
+    for name in summary["paired"]:
+        assert readme[f"{name} - Base"][-1] == (", ".join(sorted(summary["collapsed"].get(name, {}))) or "none")
+    compare = (ROOT / "docs" / "results" / "compare.md").read_text()
+    assert _table(compare, "over 5 seeds") == [header, *rows]
 
 
 def test_demo_time_is_the_base_steps_at_the_nano_rate():
