@@ -218,7 +218,7 @@ def child(name: str, cache: Path, dtype: str, tokens: int, attn: str = "sdpa", c
         opt.zero_grad(set_to_none=True)
         mark("step")
     seconds = time.perf_counter() - t0
-    work_peak = max(p for p, _ in phases.values()) if work_mark and phases else None
+    work_peak = max(p for p, _ in phases.values()) if phases else None  # no phases: no reset mark (not Linux)
     # the reset also lowers ru_maxrss (Linux derives it from the same mark): the process peak is the larger of the two
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, load_peak or 0, work_peak or 0)
     return {"name": name, "kind": kind, "model": MODELS[key], "dtype": dtype, "device": dev, "seconds": seconds, "load_seconds": load_s,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from capalign.metrics import registry
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 DEMO = README[README.index("## Two commands"):README.index("## Real use")]
@@ -41,7 +43,7 @@ def test_five_seed_rows_are_the_compare_study_summary():
     same table as docs/results/compare.md's."""
     summary = json.loads((ROOT / "benchmarks" / "results" / "shapes_compare_summary.json").read_text())
     header, *rows = _table(DEMO, "over 5 seeds")
-    keys = {"CIDEr": "CIDEr", "R_obj": "recall_name", "R_attr": "recall_attr", "CHAIRs_attr": "chair_s_attr", "judge": "judge", "words": "words"}
+    keys = {registry.label(k): k for k in summary["metrics"]}
     readme = {r[0]: r[1:] for r in rows}
     assert set(readme) == {"Base"} | {f"{s} - Base" for s in summary["paired"]}
     for col, h in enumerate(header[1:-1]):
